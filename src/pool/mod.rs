@@ -1,0 +1,82 @@
+//! Max pooling: `max_pool_forward_naive`/`max_pool_backward_naive` (the reference) and the fast
+//! strided-window kernels, with one cache type both accept.
+
+pub mod reference;
+
+use crate::error::{Error, Result, expect_shape};
+use crate::params::{PoolGeom, PoolParam};
+use crate::scalar::Float;
+use crate::tensor::{Tensor, TensorView};
+
+/// What the backward pass needs: the forward's input (the notebook's `(x, pool_param)`) and/or
+/// the argmax index of every output (what the fast forward stores instead of x).
+#[derive(Clone, Debug)]
+pub struct PoolCache<T> {
+    pub(crate) geom: PoolGeom,
+    pub(crate) x: Option<Tensor<T>>,
+    pub(crate) argmax: Option<Vec<u32>>,
+}
+
+impl<T> PoolCache<T> {
+    pub fn geom(&self) -> &PoolGeom {
+        &self.geom
+    }
+    /// Argmax offsets into each input plane (`ih * W + iw`), one per output, when cached.
+    pub fn argmax(&self) -> Option<&[u32]> {
+        self.argmax.as_deref()
+    }
+}
+
+pub(crate) fn check_backward<T>(dout: &TensorView<'_, T>, cache: &PoolCache<T>) -> Result<()> {
+    expect_shape("dout", dout.shape(), &cache.geom.out_shape())?;
+    if cache.x.is_none() && cache.argmax.is_none() {
+        return Err(Error::cache(
+            "cache",
+            "the input or the argmax indices of a max-pool forward",
+            "neither",
+        ));
+    }
+    Ok(())
+}
+
+/// Reference max-pool forward: x (N, C, H, W) -> out (N, C, H', W') and the cache (x).
+pub fn max_pool_forward_naive<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    pool_param: &PoolParam,
+) -> Result<(Tensor<T>, PoolCache<T>)> {
+    let x = x.into();
+    let g = PoolGeom::new(x.shape(), pool_param)?;
+    let mut out = Tensor::zeros(&g.out_shape())?;
+    reference::forward(&g, x.data(), out.data_mut(), None);
+    Ok((
+        out,
+        PoolCache {
+            geom: g,
+            x: Some(x.to_owned()),
+            argmax: None,
+        },
+    ))
+}
+
+/// Reference max-pool backward: dx (N, C, H, W) from dout (N, C, H', W').
+pub fn max_pool_backward_naive<'a, T: Float>(
+    dout: impl Into<TensorView<'a, T>>,
+    cache: &PoolCache<T>,
+) -> Result<Tensor<T>> {
+    let dout = dout.into();
+    check_backward(&dout, cache)?;
+    let g = &cache.geom;
+    let mut dx = Tensor::zeros(&g.x_shape())?;
+    match (&cache.x, &cache.argmax) {
+        (Some(x), _) => reference::backward(g, x.data(), dout.data(), dx.data_mut()),
+        (None, Some(idx)) => {
+            // A cache from the fast forward: scatter through its indices.
+            let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
+            for (o, (&d, &i)) in dout.data().iter().zip(idx).enumerate() {
+                dx.data_mut()[(o / oplane) * plane + i as usize] += d;
+            }
+        }
+        (None, None) => unreachable!("check_backward rejects an empty cache"),
+    }
+    Ok(dx)
+}

@@ -1,0 +1,431 @@
+//! Semantic decisions (ties, NaN, padding, running statistics, dropout scaling) and algebraic
+//! identities that check the references by independent constructions.
+
+#![allow(clippy::needless_range_loop, clippy::identity_op)]
+
+mod common;
+
+use common::*;
+use fastlayers::*;
+
+fn t(data: Vec<f64>, shape: &[usize]) -> Tensor<f64> {
+    Tensor::new(data, shape).unwrap()
+}
+
+// ---------- max pooling ----------
+
+#[test]
+fn pool_ties_go_to_the_first_maximum() {
+    // One 2x2 window, all equal: the gradient goes to element 0 only (np.argmax).
+    let x = t(vec![1.0; 4], &[1, 1, 2, 2]);
+    let p = PoolParam::new(2, 2, 2);
+    let (_, c) = max_pool_forward_naive(&x, &p).unwrap();
+    let dx = max_pool_backward_naive(&t(vec![5.0], &[1, 1, 1, 1]), &c).unwrap();
+    assert_eq!(dx.data(), &[5.0, 0.0, 0.0, 0.0]);
+    // Tie between elements 1 and 3: element 1 (first in row-major order) wins.
+    let x = t(vec![0.0, 2.0, 1.0, 2.0], &[1, 1, 2, 2]);
+    let (_, c) = max_pool_forward_naive(&x, &p).unwrap();
+    let dx = max_pool_backward_naive(&t(vec![1.0], &[1, 1, 1, 1]), &c).unwrap();
+    assert_eq!(dx.data(), &[0.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn pool_nan_wins_and_first_nan_gets_the_gradient() {
+    let x = t(vec![1.0, f64::NAN, 7.0, f64::NAN], &[1, 1, 2, 2]);
+    let p = PoolParam::new(2, 2, 2);
+    let (out, c) = max_pool_forward_naive(&x, &p).unwrap();
+    assert!(out.data()[0].is_nan());
+    let dx = max_pool_backward_naive(&t(vec![1.0], &[1, 1, 1, 1]), &c).unwrap();
+    assert_eq!(dx.data()[..], [0.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn pool_overlapping_windows_accumulate() {
+    // 1x3 input, window 1x2 stride 1: the middle element is the max of both windows.
+    let x = t(vec![0.0, 5.0, 1.0], &[1, 1, 1, 3]);
+    let p = PoolParam::new(1, 2, 1);
+    let (out, c) = max_pool_forward_naive(&x, &p).unwrap();
+    assert_eq!(out.data(), &[5.0, 5.0]);
+    let dx = max_pool_backward_naive(&t(vec![2.0, 3.0], &[1, 1, 1, 2]), &c).unwrap();
+    assert_eq!(dx.data(), &[0.0, 5.0, 0.0]);
+}
+
+/// Pads every plane with `fill` (top/left `ph`/`pw`, bottom/right `ph + eh`/`pw + ew`).
+fn pad_planes(
+    x: &Tensor<f64>,
+    ph: usize,
+    pw: usize,
+    eh: usize,
+    ew: usize,
+    fill: f64,
+) -> Tensor<f64> {
+    let s = x.shape();
+    let (hp, wp) = (s[2] + 2 * ph + eh, s[3] + 2 * pw + ew);
+    let mut out = Tensor::full(&[s[0], s[1], hp, wp], fill).unwrap();
+    for nc in 0..s[0] * s[1] {
+        for r in 0..s[2] {
+            for c in 0..s[3] {
+                out.data_mut()[(nc * hp + r + ph) * wp + c + pw] =
+                    x.data()[(nc * s[2] + r) * s[3] + c];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn pool_padding_never_wins_and_equals_explicit_neg_inf_padding() {
+    let mut rng = Rng::new(5);
+    // All-negative input: zero padding would win if padding were read as 0.
+    let x = rng.randn::<f64>(&[2, 3, 7, 6], 1.0, -10.0);
+    for (ph, pw, ceil) in [(1, 1, false), (1, 0, true), (0, 1, true), (1, 1, true)] {
+        let p = PoolParam::new(3, 3, 2)
+            .with_pad(ph, pw)
+            .with_ceil_mode(ceil);
+        let (out, _) = max_pool_forward_naive(&x, &p).unwrap();
+        assert!(out.data().iter().all(|&v| v < -5.0), "padding won");
+        // Independent construction: pad with -inf ourselves (plus enough extra -inf on the
+        // bottom/right for ceil mode's last window) and pool without padding.
+        let (ho, wo) = (out.shape()[2], out.shape()[3]);
+        let need_h = (ho - 1) * 2 + 3;
+        let need_w = (wo - 1) * 2 + 3;
+        let eh = need_h.saturating_sub(7 + 2 * ph);
+        let ew = need_w.saturating_sub(6 + 2 * pw);
+        let xp = pad_planes(&x, ph, pw, eh, ew, f64::NEG_INFINITY);
+        let (want, _) = max_pool_forward_naive(&xp, &PoolParam::new(3, 3, 2)).unwrap();
+        let want = want.data()[..].to_vec();
+        // The explicit construction may have one more row/col than ceil mode keeps.
+        let (wh, ww) = ((xp.shape()[2] - 3) / 2 + 1, (xp.shape()[3] - 3) / 2 + 1);
+        for nc in 0..6 {
+            for r in 0..ho {
+                for c in 0..wo {
+                    assert_eq!(
+                        out.data()[(nc * ho + r) * wo + c],
+                        want[(nc * wh + r) * ww + c]
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------- convolution: independent constructions ----------
+
+fn conv(x: &Tensor<f64>, w: &Tensor<f64>, b: &Tensor<f64>, p: ConvParam) -> Tensor<f64> {
+    conv_forward_naive(x, w, b, &p).unwrap().0
+}
+
+#[test]
+fn conv_padding_equals_explicit_zero_padding() {
+    let mut rng = Rng::new(1);
+    let x = randn(&mut rng, &[2, 3, 5, 6]);
+    let w = randn(&mut rng, &[4, 3, 3, 2]);
+    let b = randn(&mut rng, &[4]);
+    let got = conv(&x, &w, &b, ConvParam::new(1, 0).with_pad(2, 1));
+    let want = conv(
+        &pad_planes(&x, 2, 1, 0, 0, 0.0),
+        &w,
+        &b,
+        ConvParam::new(1, 0),
+    );
+    assert_close("pad", &got, &want, 1e-14);
+}
+
+#[test]
+fn conv_stride_subsamples_the_stride_one_output() {
+    let mut rng = Rng::new(2);
+    let x = randn(&mut rng, &[1, 2, 7, 8]);
+    let w = randn(&mut rng, &[3, 2, 3, 3]);
+    let b = randn(&mut rng, &[3]);
+    let full = conv(&x, &w, &b, ConvParam::new(1, 1));
+    let strided = conv(&x, &w, &b, ConvParam::new(1, 1).with_stride(2, 3));
+    let (ho, wo) = (strided.shape()[2], strided.shape()[3]);
+    assert_eq!((ho, wo), (4, 3));
+    for f in 0..3 {
+        for r in 0..ho {
+            for c in 0..wo {
+                let a = strided.data()[(f * ho + r) * wo + c];
+                let e = full.data()[(f * 7 + 2 * r) * 8 + 3 * c];
+                assert!((a - e).abs() < 1e-14);
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_dilation_equals_a_kernel_with_inserted_zeros() {
+    let mut rng = Rng::new(3);
+    let x = randn(&mut rng, &[2, 2, 9, 8]);
+    let w = randn(&mut rng, &[3, 2, 3, 2]);
+    let b = randn(&mut rng, &[3]);
+    let (dh, dw) = (2, 3);
+    let (kh, kw) = ((3 - 1) * dh + 1, (2 - 1) * dw + 1);
+    let mut wd = Tensor::zeros(&[3, 2, kh, kw]).unwrap();
+    for fc in 0..6 {
+        for i in 0..3 {
+            for j in 0..2 {
+                wd.data_mut()[(fc * kh + i * dh) * kw + j * dw] = w.data()[(fc * 3 + i) * 2 + j];
+            }
+        }
+    }
+    let got = conv(&x, &w, &b, ConvParam::new(1, 1).with_dilation(dh, dw));
+    let want = conv(&x, &wd, &b, ConvParam::new(1, 1));
+    assert_close("dilation", &got, &want, 1e-14);
+}
+
+#[test]
+fn conv_groups_equal_separate_convolutions() {
+    let mut rng = Rng::new(4);
+    let (g, c, f) = (3, 6, 9);
+    let x = randn(&mut rng, &[2, c, 5, 5]);
+    let w = randn(&mut rng, &[f, c / g, 3, 3]);
+    let b = randn(&mut rng, &[f]);
+    let got = conv(&x, &w, &b, ConvParam::new(1, 1).with_groups(g));
+    let plane = 25;
+    for grp in 0..g {
+        // x channels [grp*2, grp*2+2), filters [grp*3, grp*3+3)
+        let xs = Tensor::from_fn(&[2, 2, 5, 5], |i| {
+            let (n, r) = (i / (2 * plane), i % (2 * plane));
+            x.data()[n * c * plane + grp * 2 * plane + r]
+        })
+        .unwrap();
+        let wsz = 2 * 9;
+        let ws = Tensor::new(
+            w.data()[grp * 3 * wsz..(grp + 1) * 3 * wsz].to_vec(),
+            &[3, 2, 3, 3],
+        )
+        .unwrap();
+        let bs = Tensor::new(b.data()[grp * 3..grp * 3 + 3].to_vec(), &[3]).unwrap();
+        let want = conv(&xs, &ws, &bs, ConvParam::new(1, 1));
+        for n in 0..2 {
+            for fo in 0..3 {
+                for p in 0..plane {
+                    let a = got.data()[(n * f + grp * 3 + fo) * plane + p];
+                    let e = want.data()[(n * 3 + fo) * plane + p];
+                    assert!((a - e).abs() < 1e-13);
+                }
+            }
+        }
+    }
+}
+
+// ---------- normalisation ----------
+
+#[test]
+fn batchnorm_test_mode_uses_running_statistics_only() {
+    let mut rng = Rng::new(6);
+    let x = rng.randn::<f64>(&[8, 3], 2.0, 5.0);
+    let gamma = randn(&mut rng, &[3]);
+    let beta = randn(&mut rng, &[3]);
+    let mut p = BnParam::test();
+    p.running_mean = Some(vec![1.0, -2.0, 0.5]);
+    p.running_var = Some(vec![4.0, 0.25, 9.0]);
+    let before = p.clone();
+    let (out, _) = batchnorm_forward_naive(&x, &gamma, &beta, &mut p).unwrap();
+    assert_eq!(p, before, "test mode must not touch the running statistics");
+    for i in 0..8 {
+        for d in 0..3 {
+            let rm = before.running_mean.as_ref().unwrap()[d];
+            let rv = before.running_var.as_ref().unwrap()[d];
+            let want =
+                gamma.data()[d] * (x.data()[i * 3 + d] - rm) / (rv + 1e-5).sqrt() + beta.data()[d];
+            assert!((out.data()[i * 3 + d] - want).abs() < 1e-12);
+        }
+    }
+}
+
+fn mean_var(col: &[f64]) -> (f64, f64) {
+    let m = col.iter().sum::<f64>() / col.len() as f64;
+    (
+        m,
+        col.iter().map(|v| (v - m).powi(2)).sum::<f64>() / col.len() as f64,
+    )
+}
+
+#[test]
+fn running_statistics_follow_each_convention() {
+    let mut rng = Rng::new(7);
+    let x = rng.randn::<f64>(&[6, 2], 3.0, 1.0);
+    let (g, b) = (
+        Tensor::full(&[2], 1.0).unwrap(),
+        Tensor::zeros(&[2]).unwrap(),
+    );
+    let cols: Vec<(f64, f64)> = (0..2)
+        .map(|d| mean_var(&[0, 1, 2, 3, 4, 5].map(|i| x.data()[i * 2 + d])))
+        .collect();
+
+    // Notebook: absent stats start at zero; momentum 0.9 weights the old value.
+    let mut p = BnParam::train();
+    batchnorm_forward_naive(&x, &g, &b, &mut p).unwrap();
+    for d in 0..2 {
+        assert!((p.running_mean.as_ref().unwrap()[d] - 0.1 * cols[d].0).abs() < 1e-14);
+        assert!((p.running_var.as_ref().unwrap()[d] - 0.1 * cols[d].1).abs() < 1e-14);
+    }
+    // PyTorch: mean 0 / var 1 start, momentum 0.1 weights the new value, unbiased variance.
+    let mut p = BnParam::pytorch(Mode::Train);
+    batchnorm_forward_naive(&x, &g, &b, &mut p).unwrap();
+    for d in 0..2 {
+        assert!((p.running_mean.as_ref().unwrap()[d] - 0.1 * cols[d].0).abs() < 1e-14);
+        let want = 0.9 * 1.0 + 0.1 * cols[d].1 * 6.0 / 5.0;
+        assert!((p.running_var.as_ref().unwrap()[d] - want).abs() < 1e-14);
+    }
+    // Both normalise with the uncorrected batch variance.
+    let (o1, _) = batchnorm_forward_naive(&x, &g, &b, &mut BnParam::train()).unwrap();
+    let (o2, _) = batchnorm_forward_naive(&x, &g, &b, &mut BnParam::pytorch(Mode::Train)).unwrap();
+    assert_eq!(o1, o2);
+}
+
+#[test]
+fn spatial_batchnorm_equals_batchnorm_on_the_transposed_matrix() {
+    // The notebook's construction: (N, C, H, W) -> (N*H*W, C), batchnorm, back.
+    let mut rng = Rng::new(8);
+    let (n, c, h, w) = (2, 3, 4, 5);
+    let x = rng.randn::<f64>(&[n, c, h, w], 4.0, 10.0);
+    let gamma = randn(&mut rng, &[c]);
+    let beta = randn(&mut rng, &[c]);
+    let dout = randn(&mut rng, &[n, c, h, w]);
+    let nhwc = |t: &Tensor<f64>| {
+        Tensor::from_fn(&[n * h * w, c], |i| {
+            let (row, ch) = (i / c, i % c);
+            let (ni, hw) = (row / (h * w), row % (h * w));
+            t.data()[(ni * c + ch) * h * w + hw]
+        })
+        .unwrap()
+    };
+    let (o_s, cache_s) =
+        spatial_batchnorm_forward_naive(&x, &gamma, &beta, &mut BnParam::train()).unwrap();
+    let (o_f, cache_f) =
+        batchnorm_forward_naive(&nhwc(&x), &gamma, &beta, &mut BnParam::train()).unwrap();
+    assert_close("forward", &nhwc(&o_s), &o_f, 1e-14);
+    let (dx_s, dg_s, db_s) = spatial_batchnorm_backward_naive(&dout, &cache_s).unwrap();
+    let (dx_f, dg_f, db_f) = batchnorm_backward_naive(&nhwc(&dout), &cache_f).unwrap();
+    assert_close("dx", &nhwc(&dx_s), &dx_f, 1e-12);
+    assert_close("dgamma", &dg_s, &dg_f, 1e-13);
+    assert_close("dbeta", &db_s, &db_f, 1e-13);
+}
+
+#[test]
+fn groupnorm_with_one_group_is_layernorm_over_chw() {
+    let mut rng = Rng::new(9);
+    let x = rng.randn::<f64>(&[3, 4, 2, 3], 2.0, -1.0);
+    let p = NormParam::default();
+    let (gn, _) = spatial_groupnorm_forward_naive(
+        &x,
+        &Tensor::full(&[4], 1.0).unwrap(),
+        &Tensor::zeros(&[4]).unwrap(),
+        1,
+        &p,
+    )
+    .unwrap();
+    let (ln, _) = layernorm_forward_naive(
+        &x.clone().reshape(&[3, 24]).unwrap(),
+        &Tensor::full(&[24], 1.0).unwrap(),
+        &Tensor::zeros(&[24]).unwrap(),
+        &p,
+    )
+    .unwrap();
+    assert_close("gn(G=1) vs ln", &gn.reshape(&[3, 24]).unwrap(), &ln, 1e-14);
+}
+
+#[test]
+fn constant_input_normalises_to_beta_without_nan() {
+    let x = Tensor::full(&[4, 3], 2.5f32).unwrap();
+    let beta = Tensor::new(vec![1.0f32, 2.0, 3.0], &[3]).unwrap();
+    let (out, cache) = batchnorm_forward_naive(
+        &x,
+        &Tensor::full(&[3], 7.0).unwrap(),
+        &beta,
+        &mut BnParam::train(),
+    )
+    .unwrap();
+    for (i, v) in out.data().iter().enumerate() {
+        assert_eq!(*v, beta.data()[i % 3]);
+    }
+    let (dx, _, _) =
+        batchnorm_backward_naive(&Tensor::full(&[4, 3], 1.0f32).unwrap(), &cache).unwrap();
+    assert!(dx.data().iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn f32_statistics_are_accurate_for_large_offset_data() {
+    // 1e6 values of 1000 + N(0, 1) in f32: naive f32 sums would lose several digits.
+    let mut rng = Rng::new(10);
+    let x: Tensor<f32> = rng.randn(&[1, 1, 1000, 1000], 1.0, 1000.0);
+    let x64 = x.to_f64();
+    let (m, v) = mean_var(x64.data());
+    let (_, cache) = spatial_batchnorm_forward_naive(
+        &x,
+        &Tensor::full(&[1], 1.0).unwrap(),
+        &Tensor::zeros(&[1]).unwrap(),
+        &mut BnParam::train(),
+    )
+    .unwrap();
+    assert!((cache.mean()[0] - m).abs() < 1e-12 * m.abs());
+    assert!((cache.inv_std()[0] - 1.0 / (v + 1e-5).sqrt()).abs() < 1e-12);
+}
+
+// ---------- dropout, relu ----------
+
+#[test]
+fn dropout_is_inverted_and_identity_at_test_time() {
+    let mut rng = Rng::new(11);
+    let x = rng.randn::<f64>(&[40, 50], 1.0, 3.0);
+    let p = 0.3;
+    let (out, cache) = dropout_forward(&x, &DropoutParam::train(p, Some(42))).unwrap();
+    let mask = cache.mask().unwrap();
+    for ((&o, &v), &m) in out.data().iter().zip(x.data()).zip(mask) {
+        assert!(m == 0.0 || m == 1.0 / p);
+        assert_eq!(o, v * m);
+    }
+    let (again, _) = dropout_forward(&x, &DropoutParam::train(p, Some(42))).unwrap();
+    assert_eq!(out, again, "a seeded mask is reproducible");
+    let (other, _) = dropout_forward(&x, &DropoutParam::train(p, Some(43))).unwrap();
+    assert_ne!(out, other);
+    let (test, _) = dropout_forward(&x, &DropoutParam::test(p)).unwrap();
+    assert_eq!(test, x);
+    let (keep_all, _) = dropout_forward(&x, &DropoutParam::train(1.0, None)).unwrap();
+    assert_eq!(keep_all, x);
+}
+
+#[test]
+fn relu_propagates_nan_and_blocks_its_gradient() {
+    let x = t(vec![-1.0, 0.0, 2.0, f64::NAN], &[4]);
+    let (out, c) = relu_forward(&x).unwrap();
+    assert_eq!(&out.data()[..3], &[0.0, 0.0, 2.0]);
+    assert!(out.data()[3].is_nan());
+    let dx = relu_backward(&t(vec![1.0; 4], &[4]), &c).unwrap();
+    assert_eq!(dx.data(), &[0.0, 0.0, 1.0, 0.0]);
+}
+
+#[test]
+fn losses_match_closed_forms() {
+    // Equal scores: softmax loss is ln C, SVM loss is C - 1.
+    let x = Tensor::full(&[3, 4], 0.7).unwrap();
+    let (l, _) = softmax_loss(&x, &[0, 1, 3]).unwrap();
+    assert!((l - 4f64.ln()).abs() < 1e-15);
+    let (l, dx) = svm_loss(&x, &[0, 1, 3]).unwrap();
+    assert_eq!(l, 3.0);
+    assert_eq!(&dx.data()[..4], &[-1.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0]);
+    // Huge scores do not overflow softmax.
+    let (l, dx) = softmax_loss(&t(vec![1000.0, 0.0], &[1, 2]), &[0]).unwrap();
+    assert!(l.abs() < 1e-300 && dx.data().iter().all(|v| v.is_finite()));
+}
+
+// ---------- data model ----------
+
+#[test]
+fn ndarray_round_trip_does_not_copy() {
+    let t = Tensor::<f32>::linspace(0.0, 1.0, &[2, 3, 4]).unwrap();
+    let ptr = t.data().as_ptr();
+    let a = t.into_ndarray();
+    assert_eq!(a.as_ptr(), ptr);
+    let back = Tensor::from_ndarray(a);
+    assert_eq!(back.data().as_ptr(), ptr);
+    assert_eq!(back.shape(), &[2, 3, 4]);
+    let view = back.as_ndarray();
+    let tv = TensorView::from_ndarray(&view).unwrap();
+    assert_eq!(tv.data().as_ptr(), ptr);
+    // A transposed (non-standard) view is refused rather than silently reinterpreted.
+    let tr = view.t();
+    assert!(TensorView::from_ndarray(&tr).is_none());
+}
