@@ -29,36 +29,52 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod affine;
+pub mod bench;
 pub mod check;
 pub mod conv;
 pub mod dropout;
 pub mod error;
+pub mod gemm;
 pub mod gradcheck;
 pub mod loss;
 pub mod norm;
+pub mod parallel;
 pub mod params;
+pub mod peak;
 pub mod pool;
 pub mod rng;
 pub mod scalar;
+pub mod simd;
 pub mod tensor;
 
 pub use affine::{
     AffineCache, ReluCache, affine_backward_naive, affine_forward_naive, relu_backward,
     relu_forward,
 };
-pub use conv::{ConvCache, conv_backward_naive, conv_forward_naive};
+pub use conv::{
+    ConvCache, conv_backward_fast, conv_backward_into, conv_backward_naive, conv_forward_fast,
+    conv_forward_into, conv_forward_naive, conv_workspace_len,
+};
 pub use dropout::{DropoutCache, DropoutParam, dropout_backward, dropout_forward};
 pub use error::{Error, Result};
 pub use gradcheck::{eval_numerical_gradient, eval_numerical_gradient_array, rel_error};
 pub use loss::{softmax_loss, svm_loss};
 pub use norm::{
-    BnParam, Convention, Mode, NormCache, NormLayout, NormParam, batchnorm_backward_alt_naive,
-    batchnorm_backward_naive, batchnorm_forward_naive, layernorm_backward_naive,
-    layernorm_forward_naive, spatial_batchnorm_backward_naive, spatial_batchnorm_forward_naive,
-    spatial_groupnorm_backward_naive, spatial_groupnorm_forward_naive,
+    BnParam, Convention, Mode, NormCache, NormLayout, NormParam, NormStats, batchnorm_backward,
+    batchnorm_backward_alt, batchnorm_backward_alt_naive, batchnorm_backward_naive,
+    batchnorm_forward, batchnorm_forward_into, batchnorm_forward_naive, layernorm_backward,
+    layernorm_backward_naive, layernorm_forward, layernorm_forward_into, layernorm_forward_naive,
+    norm_backward_into, spatial_batchnorm_backward, spatial_batchnorm_backward_naive,
+    spatial_batchnorm_forward, spatial_batchnorm_forward_naive, spatial_groupnorm_backward,
+    spatial_groupnorm_backward_naive, spatial_groupnorm_forward, spatial_groupnorm_forward_into,
+    spatial_groupnorm_forward_naive,
 };
+pub use parallel::Parallelism;
 pub use params::{ConvGeom, ConvParam, PoolGeom, PoolParam};
-pub use pool::{PoolCache, max_pool_backward_naive, max_pool_forward_naive};
+pub use pool::{
+    PoolCache, max_pool_backward_fast, max_pool_backward_into, max_pool_backward_naive,
+    max_pool_forward_fast, max_pool_forward_into, max_pool_forward_naive,
+};
 pub use rng::Rng;
 pub use scalar::Float;
 pub use tensor::{Tensor, TensorView, TensorViewMut};

@@ -1,4 +1,5 @@
-//! The `fastlayers` command: `check` runs the notebooks' check cells.
+//! The `fastlayers` command: `bench` (the default) times naive against fast kernels and the
+//! named shapes shared with the PyTorch anchors; `check` runs the notebooks' check cells.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,58 @@ enum Cmd {
         #[arg(long, default_value_t = 231)]
         seed: u64,
     },
+    /// Time the notebook's timing cells (naive vs fast) and the named shapes: median ms,
+    /// GFLOP/s and % of the measured peak.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct BenchArgs {
+    /// One JSON line per measurement: {"op", "shape", "dtype", "threads", "impl", "ms"}.
+    #[arg(long)]
+    json: bool,
+    /// Threads (default: RAYON_NUM_THREADS or the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// f32 or f64 (default: both).
+    #[arg(long, value_parser = ["f32", "f64"])]
+    dtype: Option<String>,
+    /// Also time the reference kernels on the named shapes (one run each; slow).
+    #[arg(long)]
+    naive: bool,
+    /// Seconds of timed calls per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    budget: f64,
+    /// Only ops or shapes whose name contains this (e.g. conv_fwd, res_conv).
+    #[arg(long)]
+    filter: Option<String>,
+    /// Skip the notebook timing cells.
+    #[arg(long)]
+    no_cells: bool,
+}
+
+fn run_bench(a: BenchArgs) -> ExitCode {
+    let threads = a.threads.unwrap_or_else(rayon::current_num_threads).max(1);
+    let dtypes = match a.dtype {
+        Some(d) => vec![d],
+        None => vec!["f32".to_string(), "f64".to_string()],
+    };
+    let o = fastlayers::bench::Options {
+        threads,
+        dtypes,
+        json: a.json,
+        naive: a.naive,
+        budget: if a.budget > 0.0 { a.budget } else { 1.0 },
+        filter: a.filter,
+        skip_cells: a.no_cells,
+    };
+    match fastlayers::bench::run(&o) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_check(seed: u64) -> ExitCode {
@@ -49,7 +102,8 @@ fn run_check(seed: u64) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd.unwrap_or(Cmd::Check { seed: 231 }) {
+    match cli.cmd.unwrap_or(Cmd::Bench(BenchArgs::default())) {
         Cmd::Check { seed } => run_check(seed),
+        Cmd::Bench(a) => run_bench(a),
     }
 }

@@ -1,9 +1,11 @@
 //! Convolution: `conv_forward_naive`/`conv_backward_naive` (the reference) and
 //! `conv_forward_fast`/`conv_backward_fast`, with one cache type both accept.
 
+pub mod fast;
 pub mod reference;
 
 use crate::error::{Result, expect_shape};
+use crate::parallel::Parallelism;
 use crate::params::{ConvGeom, ConvParam};
 use crate::scalar::Float;
 use crate::tensor::{Tensor, TensorView};
@@ -106,4 +108,126 @@ pub fn conv_backward_naive<'a, T: Float>(
     cache: &ConvCache<T>,
 ) -> Result<Grads<T>> {
     backward_with(dout.into(), cache, Box::new(reference::backward))
+}
+
+/// Fast convolution forward (im2col + GEMM), same arguments and results as
+/// [`conv_forward_naive`]; runs on the current rayon pool.
+pub fn conv_forward_fast<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    w: impl Into<TensorView<'a, T>>,
+    b: impl Into<TensorView<'a, T>>,
+    conv_param: &ConvParam,
+) -> Result<(Tensor<T>, ConvCache<T>)> {
+    let par = Parallelism::Current;
+    forward_with(
+        x.into(),
+        w.into(),
+        b.into(),
+        conv_param,
+        |g, x, w, b, out| {
+            let mut ws = vec![T::zero(); fast::forward_workspace_len(g, par.threads())];
+            fast::forward_into(g, x, w, b, out, &mut ws, par)
+        },
+    )
+}
+
+/// Fast convolution backward: (dx, dw, db), as [`conv_backward_naive`].
+pub fn conv_backward_fast<'a, T: Float>(
+    dout: impl Into<TensorView<'a, T>>,
+    cache: &ConvCache<T>,
+) -> Result<Grads<T>> {
+    let par = Parallelism::Current;
+    backward_with(
+        dout.into(),
+        cache,
+        Box::new(move |g, x, w, dout, dx, dw, db| {
+            let mut ws = vec![T::zero(); fast::backward_workspace_len(g, par.threads())];
+            fast::backward_into(g, x, w, dout, dx, dw, db, &mut ws, par)
+        }),
+    )
+}
+
+/// Workspace (elements of T) that [`conv_forward_into`] and [`conv_backward_into`] need for
+/// these shapes when run with `par`: enough for either direction.
+pub fn conv_workspace_len(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    conv_param: &ConvParam,
+    par: Parallelism<'_>,
+) -> Result<usize> {
+    let f = w_shape.first().copied().unwrap_or(0);
+    let g = ConvGeom::new(x_shape, w_shape, &[f], conv_param)?;
+    fast::backward_workspace_len_checked(&g, par.threads())
+        .ok_or_else(|| crate::error::overflow("workspace", "workspace length"))
+}
+
+fn check_buf<T>(arg: &'static str, buf: &[T], len: usize) -> Result<()> {
+    expect_shape(arg, &[buf.len()], &[len])
+}
+
+fn check_ws<T>(ws: &[T], need: usize) -> Result<()> {
+    if ws.len() < need {
+        return Err(crate::error::Error::shape(
+            "workspace",
+            format!("at least {need} elements (conv_workspace_len)"),
+            format!("{} elements", ws.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Framework entry point: forward into the caller's `out` (N*F*H'*W' elements) using the
+/// caller's workspace (at least [`conv_workspace_len`]); allocates nothing proportional to the
+/// data. Validates everything before writing.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_forward_into<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    w: impl Into<TensorView<'a, T>>,
+    b: impl Into<TensorView<'a, T>>,
+    conv_param: &ConvParam,
+    out: &mut [T],
+    workspace: &mut [T],
+    par: Parallelism<'_>,
+) -> Result<ConvGeom> {
+    let (x, w, b) = (x.into(), w.into(), b.into());
+    let g = check_forward(&x, &w, &b, conv_param)?;
+    check_buf("out", out, g.out_shape().iter().product())?;
+    check_ws(workspace, fast::forward_workspace_len(&g, par.threads()))?;
+    fast::forward_into(&g, x.data(), w.data(), b.data(), out, workspace, par);
+    Ok(g)
+}
+
+/// Framework entry point: backward into the caller's dx (like x), dw (like w), db (F).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_backward_into<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    w: impl Into<TensorView<'a, T>>,
+    dout: impl Into<TensorView<'a, T>>,
+    conv_param: &ConvParam,
+    dx: &mut [T],
+    dw: &mut [T],
+    db: &mut [T],
+    workspace: &mut [T],
+    par: Parallelism<'_>,
+) -> Result<()> {
+    let (x, w, dout) = (x.into(), w.into(), dout.into());
+    let f = w.shape().first().copied().unwrap_or(0);
+    let g = ConvGeom::new(x.shape(), w.shape(), &[f], conv_param)?;
+    check_backward(&dout, &g)?;
+    check_buf("dx", dx, x.len())?;
+    check_buf("dw", dw, w.len())?;
+    check_buf("db", db, f)?;
+    check_ws(workspace, fast::backward_workspace_len(&g, par.threads()))?;
+    fast::backward_into(
+        &g,
+        x.data(),
+        w.data(),
+        dout.data(),
+        dx,
+        dw,
+        db,
+        workspace,
+        par,
+    );
+    Ok(())
 }

@@ -6,9 +6,11 @@
 //! belongs to. The cache records the layout, so a backward pass handed another layer's (or
 //! another shape's) cache says so instead of computing nonsense.
 
+pub mod fast;
 pub mod reference;
 
 use crate::error::{Error, Result, expect_rank, expect_shape, fmt_shape};
+use crate::parallel::Parallelism;
 use crate::scalar::Float;
 use crate::tensor::{Tensor, TensorView};
 
@@ -296,9 +298,21 @@ pub(crate) struct Prepared<'a, T> {
     pub gamma_shape: Vec<usize>,
 }
 
-/// The stats/normalise pair a forward uses: the reference or a fast kernel.
+/// The kernels a norm layer runs: the reference or the fast ones.
 pub(crate) trait NormKernels {
-    fn stats<T: Float>(l: &NormLayout, x: &[T]) -> (Vec<f64>, Vec<f64>);
+    /// Normalises x into out with batch statistics; returns per-group (mean, var).
+    #[allow(clippy::too_many_arguments)]
+    fn train_forward<T: Float>(
+        l: &NormLayout,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        eps: f64,
+        out: &mut [T],
+        par: Parallelism<'_>,
+    ) -> (Vec<f64>, Vec<f64>);
+    /// Normalises x into out with fixed per-group statistics.
+    #[allow(clippy::too_many_arguments)]
     fn normalize<T: Float>(
         l: &NormLayout,
         x: &[T],
@@ -307,13 +321,39 @@ pub(crate) trait NormKernels {
         mean: &[f64],
         inv_std: &[f64],
         out: &mut [T],
+        par: Parallelism<'_>,
+    );
+    /// dx, dgamma, dbeta (closed form).
+    #[allow(clippy::too_many_arguments)]
+    fn backward<T: Float>(
+        l: &NormLayout,
+        batch_stats: bool,
+        x: &[T],
+        gamma: &[T],
+        mean: &[f64],
+        inv_std: &[f64],
+        dout: &[T],
+        dx: &mut [T],
+        dgamma: &mut [T],
+        dbeta: &mut [T],
+        par: Parallelism<'_>,
     );
 }
 
 pub(crate) struct Reference;
 impl NormKernels for Reference {
-    fn stats<T: Float>(l: &NormLayout, x: &[T]) -> (Vec<f64>, Vec<f64>) {
-        reference::stats(l, x)
+    fn train_forward<T: Float>(
+        l: &NormLayout,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        eps: f64,
+        out: &mut [T],
+        _: Parallelism<'_>,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (mean, var) = reference::stats(l, x);
+        reference::normalize(l, x, gamma, beta, &mean, &inv_std_of(&var, eps), out);
+        (mean, var)
     }
     fn normalize<T: Float>(
         l: &NormLayout,
@@ -323,8 +363,89 @@ impl NormKernels for Reference {
         mean: &[f64],
         inv_std: &[f64],
         out: &mut [T],
+        _: Parallelism<'_>,
     ) {
         reference::normalize(l, x, gamma, beta, mean, inv_std, out)
+    }
+    fn backward<T: Float>(
+        l: &NormLayout,
+        batch_stats: bool,
+        x: &[T],
+        gamma: &[T],
+        mean: &[f64],
+        inv_std: &[f64],
+        dout: &[T],
+        dx: &mut [T],
+        dgamma: &mut [T],
+        dbeta: &mut [T],
+        _: Parallelism<'_>,
+    ) {
+        reference::backward(
+            l,
+            batch_stats,
+            x,
+            gamma,
+            mean,
+            inv_std,
+            dout,
+            dx,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+pub(crate) struct Fast;
+impl NormKernels for Fast {
+    fn train_forward<T: Float>(
+        l: &NormLayout,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        eps: f64,
+        out: &mut [T],
+        par: Parallelism<'_>,
+    ) -> (Vec<f64>, Vec<f64>) {
+        fast::train_forward(l, x, gamma, beta, eps, out, par)
+    }
+    fn normalize<T: Float>(
+        l: &NormLayout,
+        x: &[T],
+        gamma: &[T],
+        beta: &[T],
+        mean: &[f64],
+        inv_std: &[f64],
+        out: &mut [T],
+        par: Parallelism<'_>,
+    ) {
+        fast::normalize(l, x, gamma, beta, mean, inv_std, out, par)
+    }
+    fn backward<T: Float>(
+        l: &NormLayout,
+        batch_stats: bool,
+        x: &[T],
+        gamma: &[T],
+        mean: &[f64],
+        inv_std: &[f64],
+        dout: &[T],
+        dx: &mut [T],
+        dgamma: &mut [T],
+        dbeta: &mut [T],
+        par: Parallelism<'_>,
+    ) {
+        fast::backward(
+            l,
+            batch_stats,
+            x,
+            gamma,
+            mean,
+            inv_std,
+            dout,
+            dx,
+            dgamma,
+            dbeta,
+            par,
+        )
     }
 }
 
@@ -384,29 +505,35 @@ fn running_stats<T: Float>(p: &BnParam<T>, l: &NormLayout) -> Result<(Vec<T>, Ve
     Ok((rm, rv))
 }
 
-fn inv_std_of(var: &[f64], eps: f64) -> Vec<f64> {
+pub(crate) fn inv_std_of(var: &[f64], eps: f64) -> Vec<f64> {
     var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect()
 }
 
-/// Batch norm forward (plain or spatial) with the given kernels.
-pub(crate) fn bn_forward<T: Float, K: NormKernels>(
-    pr: Prepared<'_, T>,
+/// Batch norm forward (plain or spatial) with the given kernels, into `out` (validated first:
+/// on error neither `out` nor `p` is touched). Returns the cache's statistics.
+pub(crate) fn bn_forward_into<T: Float, K: NormKernels>(
+    pr: &Prepared<'_, T>,
     p: &mut BnParam<T>,
-) -> Result<(Tensor<T>, NormCache<T>)> {
+    out: &mut [T],
+    par: Parallelism<'_>,
+) -> Result<(Vec<f64>, Vec<f64>, bool)> {
     let l = pr.layout;
     let (mut rm, mut rv) = running_stats(p, &l)?;
+    expect_shape("out", &[out.len()], &[l.numel()])?;
+    let count = l.group_size();
+    if p.mode == Mode::Train {
+        check_batch_stats(&l)?;
+        if p.convention == Convention::PyTorch && count < 2 {
+            return Err(Error::shape(
+                "x",
+                "more than 1 value per channel in train mode (PyTorch convention)",
+                fmt_shape(&l.shape()),
+            ));
+        }
+    }
     let (mean, inv_std, batch_stats) = match p.mode {
         Mode::Train => {
-            check_batch_stats(&l)?;
-            let count = l.group_size();
-            if p.convention == Convention::PyTorch && count < 2 {
-                return Err(Error::shape(
-                    "x",
-                    "more than 1 value per channel in train mode (PyTorch convention)",
-                    fmt_shape(&l.shape()),
-                ));
-            }
-            let (mean, var) = K::stats(&l, pr.x);
+            let (mean, var) = K::train_forward(&l, pr.x, pr.gamma, pr.beta, p.eps, out, par);
             let m = p.momentum;
             for ch in 0..l.channels() {
                 let (old_m, old_v) = (rm[ch].to_f(), rv[ch].to_f());
@@ -431,47 +558,67 @@ pub(crate) fn bn_forward<T: Float, K: NormKernels>(
         Mode::Test => {
             let mean: Vec<f64> = rm.iter().map(|v| v.to_f()).collect();
             let var: Vec<f64> = rv.iter().map(|v| v.to_f()).collect();
-            (mean, inv_std_of(&var, p.eps), false)
+            let inv = inv_std_of(&var, p.eps);
+            K::normalize(&l, pr.x, pr.gamma, pr.beta, &mean, &inv, out, par);
+            (mean, inv, false)
         }
     };
-    let mut out = Tensor::zeros(&l.shape())?;
-    K::normalize(&l, pr.x, pr.gamma, pr.beta, &mean, &inv_std, out.data_mut());
     p.running_mean = Some(rm);
     p.running_var = Some(rv);
-    let cache = NormCache {
-        layout: l,
+    Ok((mean, inv_std, batch_stats))
+}
+
+/// Batch norm forward (plain or spatial) with the given kernels, allocating out and the cache.
+pub(crate) fn bn_forward<T: Float, K: NormKernels>(
+    pr: Prepared<'_, T>,
+    p: &mut BnParam<T>,
+    par: Parallelism<'_>,
+) -> Result<(Tensor<T>, NormCache<T>)> {
+    let mut out = Tensor::zeros(&pr.layout.shape())?;
+    let (mean, inv_std, batch_stats) = bn_forward_into::<T, K>(&pr, p, out.data_mut(), par)?;
+    Ok((out, make_cache(pr, mean, inv_std, batch_stats)?))
+}
+
+fn make_cache<T: Float>(
+    pr: Prepared<'_, T>,
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+    batch_stats: bool,
+) -> Result<NormCache<T>> {
+    Ok(NormCache {
+        layout: pr.layout,
         batch_stats,
-        x: Tensor::new(pr.x.to_vec(), &l.shape())?,
+        x: Tensor::new(pr.x.to_vec(), &pr.layout.shape())?,
         gamma: pr.gamma.to_vec(),
         gamma_shape: pr.gamma_shape,
         mean,
         inv_std,
-    };
-    Ok((out, cache))
+    })
 }
 
-/// Layer/group norm forward with the given kernels (always batch statistics).
-pub(crate) fn per_sample_forward<T: Float, K: NormKernels>(
-    pr: Prepared<'_, T>,
+/// Layer/group norm forward with the given kernels into `out` (always batch statistics).
+pub(crate) fn per_sample_forward_into<T: Float, K: NormKernels>(
+    pr: &Prepared<'_, T>,
     p: &NormParam,
-) -> Result<(Tensor<T>, NormCache<T>)> {
+    out: &mut [T],
+    par: Parallelism<'_>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let l = pr.layout;
     check_eps(p.eps)?;
     check_batch_stats(&l)?;
-    let (mean, var) = K::stats(&l, pr.x);
-    let inv_std = inv_std_of(&var, p.eps);
-    let mut out = Tensor::zeros(&l.shape())?;
-    K::normalize(&l, pr.x, pr.gamma, pr.beta, &mean, &inv_std, out.data_mut());
-    let cache = NormCache {
-        layout: l,
-        batch_stats: true,
-        x: Tensor::new(pr.x.to_vec(), &l.shape())?,
-        gamma: pr.gamma.to_vec(),
-        gamma_shape: pr.gamma_shape,
-        mean,
-        inv_std,
-    };
-    Ok((out, cache))
+    expect_shape("out", &[out.len()], &[l.numel()])?;
+    let (mean, var) = K::train_forward(&l, pr.x, pr.gamma, pr.beta, p.eps, out, par);
+    Ok((mean, inv_std_of(&var, p.eps)))
+}
+
+pub(crate) fn per_sample_forward<T: Float, K: NormKernels>(
+    pr: Prepared<'_, T>,
+    p: &NormParam,
+    par: Parallelism<'_>,
+) -> Result<(Tensor<T>, NormCache<T>)> {
+    let mut out = Tensor::zeros(&pr.layout.shape())?;
+    let (mean, inv_std) = per_sample_forward_into::<T, K>(&pr, p, out.data_mut(), par)?;
+    Ok((out, make_cache(pr, mean, inv_std, true)?))
 }
 
 /// Checks that `cache` came from layer `kind` and that dout has its shape.
@@ -500,14 +647,15 @@ pub(crate) fn alloc_grads<T: Float>(cache: &NormCache<T>) -> Result<NormGrads<T>
     ))
 }
 
-fn reference_backward<T: Float>(
+fn kernel_backward<T: Float, K: NormKernels>(
     kind: &'static str,
     dout: TensorView<'_, T>,
     cache: &NormCache<T>,
+    par: Parallelism<'_>,
 ) -> Result<NormGrads<T>> {
     check_backward(kind, &dout, cache)?;
     let (mut dx, mut dg, mut db) = alloc_grads(cache)?;
-    reference::backward(
+    K::backward(
         &cache.layout,
         cache.batch_stats,
         cache.x.data(),
@@ -518,8 +666,17 @@ fn reference_backward<T: Float>(
         dx.data_mut(),
         dg.data_mut(),
         db.data_mut(),
+        par,
     );
     Ok((dx, dg, db))
+}
+
+fn reference_backward<T: Float>(
+    kind: &'static str,
+    dout: TensorView<'_, T>,
+    cache: &NormCache<T>,
+) -> Result<NormGrads<T>> {
+    kernel_backward::<T, Reference>(kind, dout, cache, Parallelism::Sequential)
 }
 
 /// Reference batch norm forward on (N, D); updates bn_param's running statistics in train mode.
@@ -530,7 +687,7 @@ pub fn batchnorm_forward_naive<'a, T: Float>(
     bn_param: &mut BnParam<T>,
 ) -> Result<(Tensor<T>, NormCache<T>)> {
     let pr = prepare("batchnorm", x.into(), gamma.into(), beta.into(), 0)?;
-    bn_forward::<T, Reference>(pr, bn_param)
+    bn_forward::<T, Reference>(pr, bn_param, Parallelism::Sequential)
 }
 
 /// Batch norm backward through the computation graph (the notebook's `batchnorm_backward`).
@@ -578,7 +735,7 @@ pub fn spatial_batchnorm_forward_naive<'a, T: Float>(
     bn_param: &mut BnParam<T>,
 ) -> Result<(Tensor<T>, NormCache<T>)> {
     let pr = prepare("spatial_batchnorm", x.into(), gamma.into(), beta.into(), 0)?;
-    bn_forward::<T, Reference>(pr, bn_param)
+    bn_forward::<T, Reference>(pr, bn_param, Parallelism::Sequential)
 }
 
 pub fn spatial_batchnorm_backward_naive<'a, T: Float>(
@@ -596,7 +753,7 @@ pub fn layernorm_forward_naive<'a, T: Float>(
     ln_param: &NormParam,
 ) -> Result<(Tensor<T>, NormCache<T>)> {
     let pr = prepare("layernorm", x.into(), gamma.into(), beta.into(), 0)?;
-    per_sample_forward::<T, Reference>(pr, ln_param)
+    per_sample_forward::<T, Reference>(pr, ln_param, Parallelism::Sequential)
 }
 
 pub fn layernorm_backward_naive<'a, T: Float>(
@@ -615,7 +772,7 @@ pub fn spatial_groupnorm_forward_naive<'a, T: Float>(
     gn_param: &NormParam,
 ) -> Result<(Tensor<T>, NormCache<T>)> {
     let pr = prepare("spatial_groupnorm", x.into(), gamma.into(), beta.into(), g)?;
-    per_sample_forward::<T, Reference>(pr, gn_param)
+    per_sample_forward::<T, Reference>(pr, gn_param, Parallelism::Sequential)
 }
 
 pub fn spatial_groupnorm_backward_naive<'a, T: Float>(
@@ -623,4 +780,216 @@ pub fn spatial_groupnorm_backward_naive<'a, T: Float>(
     cache: &NormCache<T>,
 ) -> Result<NormGrads<T>> {
     reference_backward("spatial_groupnorm", dout.into(), cache)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast kernels: the notebook's names without `_naive`. Both batch-norm backward names run the
+// fast closed form; `batchnorm_backward_naive` is the computation-graph reference.
+
+macro_rules! fast_bn {
+    ($fwd:ident, $bwd:ident, $kind:literal, $doc:literal) => {
+        #[doc = $doc]
+        pub fn $fwd<'a, T: Float>(
+            x: impl Into<TensorView<'a, T>>,
+            gamma: impl Into<TensorView<'a, T>>,
+            beta: impl Into<TensorView<'a, T>>,
+            bn_param: &mut BnParam<T>,
+        ) -> Result<(Tensor<T>, NormCache<T>)> {
+            let pr = prepare($kind, x.into(), gamma.into(), beta.into(), 0)?;
+            bn_forward::<T, Fast>(pr, bn_param, Parallelism::Current)
+        }
+        /// Fast backward (closed form) for the matching forward's cache.
+        pub fn $bwd<'a, T: Float>(
+            dout: impl Into<TensorView<'a, T>>,
+            cache: &NormCache<T>,
+        ) -> Result<NormGrads<T>> {
+            kernel_backward::<T, Fast>($kind, dout.into(), cache, Parallelism::Current)
+        }
+    };
+}
+
+fast_bn!(
+    batchnorm_forward,
+    batchnorm_backward,
+    "batchnorm",
+    "Fast batch norm forward on (N, D)."
+);
+fast_bn!(
+    spatial_batchnorm_forward,
+    spatial_batchnorm_backward,
+    "spatial_batchnorm",
+    "Fast spatial batch norm forward on (N, C, H, W)."
+);
+
+/// Fast batch norm backward, closed form (the same kernel as `batchnorm_backward`).
+pub fn batchnorm_backward_alt<'a, T: Float>(
+    dout: impl Into<TensorView<'a, T>>,
+    cache: &NormCache<T>,
+) -> Result<NormGrads<T>> {
+    batchnorm_backward(dout, cache)
+}
+
+/// Fast layer norm forward on (N, D).
+pub fn layernorm_forward<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    gamma: impl Into<TensorView<'a, T>>,
+    beta: impl Into<TensorView<'a, T>>,
+    ln_param: &NormParam,
+) -> Result<(Tensor<T>, NormCache<T>)> {
+    let pr = prepare("layernorm", x.into(), gamma.into(), beta.into(), 0)?;
+    per_sample_forward::<T, Fast>(pr, ln_param, Parallelism::Current)
+}
+
+pub fn layernorm_backward<'a, T: Float>(
+    dout: impl Into<TensorView<'a, T>>,
+    cache: &NormCache<T>,
+) -> Result<NormGrads<T>> {
+    kernel_backward::<T, Fast>("layernorm", dout.into(), cache, Parallelism::Current)
+}
+
+/// Fast spatial group norm forward on (N, C, H, W) with `g` groups.
+pub fn spatial_groupnorm_forward<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    gamma: impl Into<TensorView<'a, T>>,
+    beta: impl Into<TensorView<'a, T>>,
+    g: usize,
+    gn_param: &NormParam,
+) -> Result<(Tensor<T>, NormCache<T>)> {
+    let pr = prepare("spatial_groupnorm", x.into(), gamma.into(), beta.into(), g)?;
+    per_sample_forward::<T, Fast>(pr, gn_param, Parallelism::Current)
+}
+
+pub fn spatial_groupnorm_backward<'a, T: Float>(
+    dout: impl Into<TensorView<'a, T>>,
+    cache: &NormCache<T>,
+) -> Result<NormGrads<T>> {
+    kernel_backward::<T, Fast>(
+        "spatial_groupnorm",
+        dout.into(),
+        cache,
+        Parallelism::Current,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framework entry points: caller-provided output and gradient buffers.
+
+/// Statistics a norm forward computed (or, in batch-norm test mode, used), as its backward needs
+/// them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NormStats {
+    pub layout: NormLayout,
+    pub batch_stats: bool,
+    pub mean: Vec<f64>,
+    pub inv_std: Vec<f64>,
+}
+
+/// Batch norm (kind "batchnorm" on (N, D) or "spatial_batchnorm" on (N, C, H, W)) forward
+/// into `out`; updates `bn_param` in train mode. Nothing is written on error.
+pub fn batchnorm_forward_into<'a, T: Float>(
+    spatial: bool,
+    x: impl Into<TensorView<'a, T>>,
+    gamma: impl Into<TensorView<'a, T>>,
+    beta: impl Into<TensorView<'a, T>>,
+    bn_param: &mut BnParam<T>,
+    out: &mut [T],
+    par: Parallelism<'_>,
+) -> Result<NormStats> {
+    let kind = if spatial {
+        "spatial_batchnorm"
+    } else {
+        "batchnorm"
+    };
+    let pr = prepare(kind, x.into(), gamma.into(), beta.into(), 0)?;
+    let (mean, inv_std, batch_stats) = bn_forward_into::<T, Fast>(&pr, bn_param, out, par)?;
+    Ok(NormStats {
+        layout: pr.layout,
+        batch_stats,
+        mean,
+        inv_std,
+    })
+}
+
+/// Layer norm forward into `out`.
+pub fn layernorm_forward_into<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    gamma: impl Into<TensorView<'a, T>>,
+    beta: impl Into<TensorView<'a, T>>,
+    ln_param: &NormParam,
+    out: &mut [T],
+    par: Parallelism<'_>,
+) -> Result<NormStats> {
+    let pr = prepare("layernorm", x.into(), gamma.into(), beta.into(), 0)?;
+    let (mean, inv_std) = per_sample_forward_into::<T, Fast>(&pr, ln_param, out, par)?;
+    Ok(NormStats {
+        layout: pr.layout,
+        batch_stats: true,
+        mean,
+        inv_std,
+    })
+}
+
+/// Spatial group norm forward into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn spatial_groupnorm_forward_into<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    gamma: impl Into<TensorView<'a, T>>,
+    beta: impl Into<TensorView<'a, T>>,
+    g: usize,
+    gn_param: &NormParam,
+    out: &mut [T],
+    par: Parallelism<'_>,
+) -> Result<NormStats> {
+    let pr = prepare("spatial_groupnorm", x.into(), gamma.into(), beta.into(), g)?;
+    let (mean, inv_std) = per_sample_forward_into::<T, Fast>(&pr, gn_param, out, par)?;
+    Ok(NormStats {
+        layout: pr.layout,
+        batch_stats: true,
+        mean,
+        inv_std,
+    })
+}
+
+/// Backward of any norm forward into the caller's dx, dgamma, dbeta, from the forward's input,
+/// gamma and statistics. Nothing is written on error.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_backward_into<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    gamma: impl Into<TensorView<'a, T>>,
+    stats: &NormStats,
+    dout: impl Into<TensorView<'a, T>>,
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    par: Parallelism<'_>,
+) -> Result<()> {
+    let (x, gamma, dout) = (x.into(), gamma.into(), dout.into());
+    let l = stats.layout;
+    expect_shape("x", x.shape(), &l.shape())?;
+    check_affine("gamma", &gamma, &l)?;
+    expect_shape("dout", dout.shape(), &l.shape())?;
+    if stats.mean.len() != l.groups() || stats.inv_std.len() != l.groups() {
+        return Err(Error::cache(
+            "stats",
+            format!("{} mean and inv_std values for {}", l.groups(), l.name()),
+            format!("{} and {}", stats.mean.len(), stats.inv_std.len()),
+        ));
+    }
+    expect_shape("dx", &[dx.len()], &[l.numel()])?;
+    expect_shape("dgamma", &[dgamma.len()], &[l.channels()])?;
+    expect_shape("dbeta", &[dbeta.len()], &[l.channels()])?;
+    Fast::backward(
+        &l,
+        stats.batch_stats,
+        x.data(),
+        gamma.data(),
+        &stats.mean,
+        &stats.inv_std,
+        dout.data(),
+        dx,
+        dgamma,
+        dbeta,
+        par,
+    );
+    Ok(())
 }

@@ -1,0 +1,389 @@
+//! `fastlayers bench`: the notebooks' timing cells for real, then the named shapes shared with
+//! ../shared/anchors/torch_layers.py, timed as medians.
+//!
+//! The fast kernels are timed through the framework entry points (`*_into`, buffers allocated
+//! once outside the timed region), as a framework calling us as its backend would run them; the
+//! notebook cells time the notebook-style allocating API (naive against fast), as the notebook
+//! does.
+
+use crate::parallel::Parallelism;
+use crate::params::{ConvGeom, ConvParam, PoolGeom, PoolParam};
+use crate::scalar::Float;
+use crate::tensor::Tensor;
+use crate::*;
+use std::time::Instant;
+
+/// Median milliseconds of `f`: one warm-up call, then as many timed calls as fit `budget`
+/// seconds (at least 3, at most 50).
+pub fn median_ms(budget: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    f();
+    let one = t.elapsed().as_secs_f64();
+    let reps = ((budget / one.max(1e-6)) as usize).clamp(3, 50);
+    let mut ts: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    ts[ts.len() / 2]
+}
+
+/// Seconds of one call.
+fn once(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+/// (name, x shape, w shape, stride, pad).
+pub type ConvShape = (&'static str, [usize; 4], [usize; 4], usize, usize);
+
+pub const CONV_SHAPES: [ConvShape; 4] = [
+    ("nb_conv", [100, 3, 31, 31], [25, 3, 3, 3], 2, 1),
+    ("tlcn_conv", [50, 3, 32, 32], [32, 3, 7, 7], 1, 3),
+    ("res_conv", [32, 64, 32, 32], [64, 64, 3, 3], 1, 1),
+    ("res2_conv", [16, 128, 16, 16], [128, 128, 3, 3], 1, 1),
+];
+pub const POOL_SHAPES: [(&str, [usize; 4], usize, usize); 3] = [
+    ("nb_pool", [100, 3, 32, 32], 2, 2),
+    ("tlcn_pool", [50, 32, 32, 32], 2, 2),
+    ("ovl_pool", [32, 64, 32, 32], 3, 2),
+];
+pub const NORM_SHAPE: [usize; 4] = [32, 64, 32, 32];
+pub const GN_GROUPS: usize = 8;
+
+/// Options of `fastlayers bench`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub threads: usize,
+    pub dtypes: Vec<String>,
+    pub json: bool,
+    /// Also time the reference kernels on the named shapes (one run each: slow).
+    pub naive: bool,
+    /// Seconds of timed calls per measurement.
+    pub budget: f64,
+    /// Only ops or shapes whose name contains this.
+    pub filter: Option<String>,
+    /// Skip the notebook timing cells.
+    pub skip_cells: bool,
+}
+
+/// One measurement of a named shape.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub op: &'static str,
+    pub shape: &'static str,
+    pub dtype: &'static str,
+    pub threads: usize,
+    pub fast_ms: f64,
+    pub naive_ms: Option<f64>,
+    pub flops: Option<f64>,
+}
+
+impl Row {
+    pub fn json(&self) -> String {
+        let mut s = format!(
+            "{{\"op\": \"{}\", \"shape\": \"{}\", \"dtype\": \"{}\", \"threads\": {}, \"impl\": \"fast\", \"ms\": {:.4}",
+            self.op, self.shape, self.dtype, self.threads, self.fast_ms
+        );
+        if let Some(f) = self.flops {
+            s += &format!(", \"gflops\": {:.2}", f / self.fast_ms / 1e6);
+        }
+        s += "}";
+        if let Some(n) = self.naive_ms {
+            s += &format!(
+                "\n{{\"op\": \"{}\", \"shape\": \"{}\", \"dtype\": \"{}\", \"threads\": 1, \"impl\": \"naive\", \"ms\": {:.4}}}",
+                self.op, self.shape, self.dtype, n
+            );
+        }
+        s
+    }
+}
+
+/// The notebook's two timing cells (conv, then pool), f64, printed as the notebook prints them.
+pub fn notebook_cells(seed: u64) -> Result<String> {
+    let mut rng = Rng::new(seed);
+    let mut s = String::new();
+    let x: Tensor<f64> = rng.randn(&[100, 3, 31, 31], 1.0, 0.0);
+    let w: Tensor<f64> = rng.randn(&[25, 3, 3, 3], 1.0, 0.0);
+    let b: Tensor<f64> = rng.randn(&[25], 1.0, 0.0);
+    let dout: Tensor<f64> = rng.randn(&[100, 25, 16, 16], 1.0, 0.0);
+    let p = ConvParam::new(2, 1);
+    let mut r = None;
+    let tn = once(|| r = Some(conv_forward_naive(&x, &w, &b, &p)));
+    let (out_naive, cache_naive) = r.take().expect("ran")?;
+    let tf = once(|| r = Some(conv_forward_fast(&x, &w, &b, &p)));
+    let (out_fast, cache_fast) = r.take().expect("ran")?;
+    s += &format!(
+        "Testing conv_forward_fast:\nNaive: {tn:.6}s\nFast: {tf:.6}s\nSpeedup: {:.6}x\nDifference: {:e}\n\n",
+        tn / tf,
+        rel_error(&out_naive, &out_fast)?
+    );
+    let mut r = None;
+    let tn = once(|| r = Some(conv_backward_naive(&dout, &cache_naive)));
+    let (dxn, dwn, dbn) = r.take().expect("ran")?;
+    let tf = once(|| r = Some(conv_backward_fast(&dout, &cache_fast)));
+    let (dxf, dwf, dbf) = r.take().expect("ran")?;
+    s += &format!(
+        "Testing conv_backward_fast:\nNaive: {tn:.6}s\nFast: {tf:.6}s\nSpeedup: {:.6}x\ndx difference: {:e}\ndw difference: {:e}\ndb difference: {:e}\n\n",
+        tn / tf,
+        rel_error(&dxn, &dxf)?,
+        rel_error(&dwn, &dwf)?,
+        rel_error(&dbn, &dbf)?
+    );
+
+    let x: Tensor<f64> = rng.randn(&[100, 3, 32, 32], 1.0, 0.0);
+    let dout: Tensor<f64> = rng.randn(&[100, 3, 16, 16], 1.0, 0.0);
+    let p = PoolParam::new(2, 2, 2);
+    let mut r = None;
+    let tn = once(|| r = Some(max_pool_forward_naive(&x, &p)));
+    let (out_naive, cache_naive) = r.take().expect("ran")?;
+    let tf = once(|| r = Some(max_pool_forward_fast(&x, &p)));
+    let (out_fast, cache_fast) = r.take().expect("ran")?;
+    s += &format!(
+        "Testing pool_forward_fast:\nNaive: {tn:.6}s\nfast: {tf:.6}s\nspeedup: {:.6}x\ndifference: {:e}\n\n",
+        tn / tf,
+        rel_error(&out_naive, &out_fast)?
+    );
+    let mut r = None;
+    let tn = once(|| r = Some(max_pool_backward_naive(&dout, &cache_naive)));
+    let dxn = r.take().expect("ran")?;
+    let tf = once(|| r = Some(max_pool_backward_fast(&dout, &cache_fast)));
+    let dxf = r.take().expect("ran")?;
+    s += &format!(
+        "Testing pool_backward_fast:\nNaive: {tn:.6}s\nfast: {tf:.6}s\nspeedup: {:.6}x\ndx difference: {:e}\n",
+        tn / tf,
+        rel_error(&dxn, &dxf)?
+    );
+    Ok(s)
+}
+
+fn wanted(o: &Options, op: &str, shape: &str) -> bool {
+    o.filter
+        .as_deref()
+        .is_none_or(|f| op.contains(f) || shape.contains(f))
+}
+
+/// Times every named shape for dtype T; `emit` receives each row as soon as it is measured.
+pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<()> {
+    let par = Parallelism::Threads(o.threads);
+    let mut rng = Rng::new(0);
+    let row = |op, shape, ms, naive, flops| Row {
+        op,
+        shape,
+        dtype: T::NAME,
+        threads: o.threads,
+        fast_ms: ms,
+        naive_ms: naive,
+        flops,
+    };
+    for (name, xs, ws, s, p) in CONV_SHAPES {
+        let cp = ConvParam::new(s, p);
+        let g = ConvGeom::new(&xs, &ws, &[ws[0]], &cp)?;
+        let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+        let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
+        let b: Tensor<T> = rng.randn(&[ws[0]], 1.0, 0.0);
+        let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
+        let mut ws_buf = vec![T::zero(); conv_workspace_len(&xs, &ws, &cp, par)?];
+        let mut out = vec![T::zero(); g.out_shape().iter().product()];
+        let (mut dx, mut dw, mut db) = (
+            vec![T::zero(); x.len()],
+            vec![T::zero(); w.len()],
+            vec![T::zero(); ws[0]],
+        );
+        if wanted(o, "conv_fwd", name) {
+            let ms = median_ms(o.budget, || {
+                conv_forward_into(&x, &w, &b, &cp, &mut out, &mut ws_buf, par).expect("validated");
+            });
+            let naive = o
+                .naive
+                .then(|| once(|| drop(conv_forward_naive(&x, &w, &b, &cp))) * 1e3);
+            emit(row("conv_fwd", name, ms, naive, Some(g.flops())));
+        }
+        if wanted(o, "conv_bwd", name) {
+            let ms = median_ms(o.budget, || {
+                conv_backward_into(
+                    &x,
+                    &w,
+                    &dout,
+                    &cp,
+                    &mut dx,
+                    &mut dw,
+                    &mut db,
+                    &mut ws_buf,
+                    par,
+                )
+                .expect("validated");
+            });
+            let naive = if o.naive {
+                let (_, cache) = conv_forward_naive(&x, &w, &b, &cp)?;
+                Some(once(|| drop(conv_backward_naive(&dout, &cache))) * 1e3)
+            } else {
+                None
+            };
+            emit(row("conv_bwd", name, ms, naive, Some(2.0 * g.flops())));
+        }
+    }
+    for (name, xs, k, s) in POOL_SHAPES {
+        let pp = PoolParam::new(k, k, s);
+        let g = PoolGeom::new(&xs, &pp)?;
+        let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+        let n: usize = g.out_shape().iter().product();
+        let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
+        let (mut out, mut idx, mut dx) =
+            (vec![T::zero(); n], vec![0u32; n], vec![T::zero(); x.len()]);
+        max_pool_forward_into(&x, &pp, &mut out, &mut idx, par)?;
+        if wanted(o, "pool_fwd", name) {
+            let ms = median_ms(o.budget, || {
+                max_pool_forward_into(&x, &pp, &mut out, &mut idx, par).expect("validated");
+            });
+            let naive = o
+                .naive
+                .then(|| once(|| drop(max_pool_forward_naive(&x, &pp))) * 1e3);
+            emit(row("pool_fwd", name, ms, naive, None));
+        }
+        if wanted(o, "pool_bwd", name) {
+            let ms = median_ms(o.budget, || {
+                max_pool_backward_into(&dout, &idx, &xs, &pp, &mut dx, par).expect("validated");
+            });
+            let naive = if o.naive {
+                let (_, cache) = max_pool_forward_naive(&x, &pp)?;
+                Some(once(|| drop(max_pool_backward_naive(&dout, &cache))) * 1e3)
+            } else {
+                None
+            };
+            emit(row("pool_bwd", name, ms, naive, None));
+        }
+    }
+    let xs = NORM_SHAPE;
+    let c = xs[1];
+    let x: Tensor<T> = rng.randn(&xs, 4.0, 10.0);
+    let gamma: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
+    let beta: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
+    let dout: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let (mut out, mut dx) = (vec![T::zero(); x.len()], vec![T::zero(); x.len()]);
+    let (mut dg, mut dbt) = (vec![T::zero(); c], vec![T::zero(); c]);
+    let mut bn = BnParam::train();
+    let stats = batchnorm_forward_into(true, &x, &gamma, &beta, &mut bn, &mut out, par)?;
+    if wanted(o, "bn_fwd", "bn") {
+        let ms = median_ms(o.budget, || {
+            batchnorm_forward_into(true, &x, &gamma, &beta, &mut bn, &mut out, par)
+                .expect("validated");
+        });
+        let naive = o.naive.then(|| {
+            once(|| {
+                drop(spatial_batchnorm_forward_naive(
+                    &x,
+                    &gamma,
+                    &beta,
+                    &mut BnParam::train(),
+                ))
+            }) * 1e3
+        });
+        emit(row("bn_fwd", "bn", ms, naive, None));
+    }
+    if wanted(o, "bn_bwd", "bn") {
+        let ms = median_ms(o.budget, || {
+            norm_backward_into(&x, &gamma, &stats, &dout, &mut dx, &mut dg, &mut dbt, par)
+                .expect("validated");
+        });
+        let naive = if o.naive {
+            let (_, cache) =
+                spatial_batchnorm_forward_naive(&x, &gamma, &beta, &mut BnParam::train())?;
+            Some(once(|| drop(spatial_batchnorm_backward_naive(&dout, &cache))) * 1e3)
+        } else {
+            None
+        };
+        emit(row("bn_bwd", "bn", ms, naive, None));
+    }
+    let gp = NormParam::default();
+    let stats = spatial_groupnorm_forward_into(&x, &gamma, &beta, GN_GROUPS, &gp, &mut out, par)?;
+    if wanted(o, "gn_fwd", "gn") {
+        let ms = median_ms(o.budget, || {
+            spatial_groupnorm_forward_into(&x, &gamma, &beta, GN_GROUPS, &gp, &mut out, par)
+                .expect("validated");
+        });
+        let naive = o.naive.then(|| {
+            once(|| {
+                drop(spatial_groupnorm_forward_naive(
+                    &x, &gamma, &beta, GN_GROUPS, &gp,
+                ))
+            }) * 1e3
+        });
+        emit(row("gn_fwd", "gn", ms, naive, None));
+    }
+    if wanted(o, "gn_bwd", "gn") {
+        let ms = median_ms(o.budget, || {
+            norm_backward_into(&x, &gamma, &stats, &dout, &mut dx, &mut dg, &mut dbt, par)
+                .expect("validated");
+        });
+        let naive = if o.naive {
+            let (_, cache) = spatial_groupnorm_forward_naive(&x, &gamma, &beta, GN_GROUPS, &gp)?;
+            Some(once(|| drop(spatial_groupnorm_backward_naive(&dout, &cache))) * 1e3)
+        } else {
+            None
+        };
+        emit(row("gn_bwd", "gn", ms, naive, None));
+    }
+    Ok(())
+}
+
+/// Runs the whole benchmark and prints it (human table, or JSON lines with `o.json`).
+pub fn run(o: &Options) -> Result<()> {
+    let peak32 = crate::peak::measure_gflops(false, o.threads);
+    let peak64 = crate::peak::measure_gflops(true, o.threads);
+    if o.json {
+        println!(
+            "{{\"op\": \"peak\", \"threads\": {}, \"gflops_f32\": {peak32:.1}, \"gflops_f64\": {peak64:.1}, \"simd\": \"{:?}\"}}",
+            o.threads,
+            crate::simd::level()
+        );
+    } else {
+        println!(
+            "fastlayers bench: {} threads, SIMD {:?}; measured peak {peak32:.1} GFLOP/s f32, {peak64:.1} GFLOP/s f64\n",
+            o.threads,
+            crate::simd::level()
+        );
+        if !o.skip_cells {
+            print!("{}", notebook_cells(231)?);
+            println!();
+        }
+        println!(
+            "{:<9} {:<10} {:<5} {:>10} {:>9} {:>7} {:>11} {:>9}",
+            "op", "shape", "dtype", "fast ms", "GFLOP/s", "% peak", "naive ms", "speedup"
+        );
+    }
+    for dt in &o.dtypes {
+        let peak = if dt == "f64" { peak64 } else { peak32 };
+        let mut emit = |r: Row| {
+            if o.json {
+                println!("{}", r.json());
+            } else {
+                let (gf, pct) = match r.flops {
+                    Some(f) => {
+                        let gf = f / r.fast_ms / 1e6;
+                        (format!("{gf:.1}"), format!("{:.0}%", 100.0 * gf / peak))
+                    }
+                    None => (String::new(), String::new()),
+                };
+                let (nv, sp) = match r.naive_ms {
+                    Some(n) => (format!("{n:.2}"), format!("{:.1}x", n / r.fast_ms)),
+                    None => (String::new(), String::new()),
+                };
+                println!(
+                    "{:<9} {:<10} {:<5} {:>10.3} {:>9} {:>7} {:>11} {:>9}",
+                    r.op, r.shape, r.dtype, r.fast_ms, gf, pct, nv, sp
+                );
+            }
+        };
+        match dt.as_str() {
+            "f64" => named_shapes::<f64>(o, &mut emit)?,
+            _ => named_shapes::<f32>(o, &mut emit)?,
+        }
+    }
+    Ok(())
+}

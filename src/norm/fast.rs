@@ -1,0 +1,390 @@
+//! Fast normalisation kernels: fused two-pass, f64 statistics, deterministic.
+//!
+//! Two shapes of work cover the four layers:
+//! - channel layouts (batch norm (N, D) = (N, D, 1, 1), spatial batch norm): a statistic is a
+//!   channel spread over N planes of H*W. Pass 1 runs one job per channel over its N planes;
+//!   pass 2 sweeps each sample once, normalising (forward) or writing dx (backward).
+//! - group layouts (layer norm (N, D) = one group of D channels of 1 element, group norm): a
+//!   statistic is one contiguous block. One job per block does both passes while the block is in
+//!   cache: mean, then squared deviations, then the normalised output (or, backward, per-channel
+//!   sums of dout and dout*(x - mean), then dx). dgamma/dbeta combine the per-(n, c) sums over n
+//!   in order afterwards.
+//!
+//! Sums run in f64 over 8 fixed lanes (element i goes to lane i % 8), then the lanes combine
+//! pairwise: accurate for f32 data of any size, and the same order whatever the thread count.
+//! Per-element arithmetic is f64 too, rounded once to T at the end.
+
+use super::NormLayout;
+use crate::parallel::Parallelism;
+use crate::scalar::Float;
+use crate::simd::multiversion;
+
+const LANES: usize = 8;
+
+#[inline(always)]
+fn combine(acc: [f64; LANES]) -> f64 {
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// sum(x) in f64, 8 lanes.
+#[inline(always)]
+pub(crate) fn sum_f64<T: Float>(x: &[T]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for l in 0..LANES {
+            acc[l] += c[l].to_f();
+        }
+    }
+    for (l, v) in it.remainder().iter().enumerate() {
+        acc[l] += v.to_f();
+    }
+    combine(acc)
+}
+
+/// sum((x - m)^2) in f64, 8 lanes.
+#[inline(always)]
+fn sum_sq_dev<T: Float>(x: &[T], m: f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let mut it = x.chunks_exact(LANES);
+    for c in &mut it {
+        for l in 0..LANES {
+            let d = c[l].to_f() - m;
+            acc[l] += d * d;
+        }
+    }
+    for (l, v) in it.remainder().iter().enumerate() {
+        let d = v.to_f() - m;
+        acc[l] += d * d;
+    }
+    combine(acc)
+}
+
+/// (sum(dy), sum(dy * (x - m))) in f64, 8 lanes each.
+#[inline(always)]
+fn sum_dy_dev<T: Float>(dy: &[T], x: &[T], m: f64) -> (f64, f64) {
+    let (mut a, mut b) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let n = dy.len().min(x.len());
+    let (dy, x) = (&dy[..n], &x[..n]);
+    let full = n / LANES * LANES;
+    for (cd, cx) in dy[..full]
+        .chunks_exact(LANES)
+        .zip(x[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let d = cd[l].to_f();
+            a[l] += d;
+            b[l] += d * (cx[l].to_f() - m);
+        }
+    }
+    for l in 0..n - full {
+        let d = dy[full + l].to_f();
+        a[l] += d;
+        b[l] += d * (x[full + l].to_f() - m);
+    }
+    (combine(a), combine(b))
+}
+
+/// out = (x - m) * a + b, per element in f64.
+#[inline(always)]
+fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = T::from_f((v.to_f() - m) * a + b);
+    }
+}
+
+/// dx = k1 * dy + k2 * (x - m) + k3, per element in f64.
+#[inline(always)]
+fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64)) {
+    for ((o, d), v) in dx.iter_mut().zip(dy).zip(x) {
+        *o = T::from_f(k.0 * d.to_f() + k.1 * (v.to_f() - m) + k.2);
+    }
+}
+
+/// (N, C, HW) of a channel layout, or None for a group layout.
+fn channel_dims(l: &NormLayout) -> Option<(usize, usize, usize)> {
+    match *l {
+        NormLayout::BatchNorm { n, d } => Some((n, d, 1)),
+        NormLayout::SpatialBatchNorm { n, c, h, w } => Some((n, c, h * w)),
+        _ => None,
+    }
+}
+
+/// (N * G groups, channels per group, HW, G) of a group layout.
+fn group_dims(l: &NormLayout) -> (usize, usize, usize, usize) {
+    match *l {
+        NormLayout::LayerNorm { n, d } => (n, d, 1, 1),
+        NormLayout::GroupNorm { n, c, h, w, g } => (n * g, c / g, h * w, g),
+        _ => unreachable!("channel layouts are handled by channel_dims"),
+    }
+}
+
+multiversion! {
+    /// Mean and variance (two-pass) of channel `ch` over N planes of `hw`.
+    fn channel_stats<T>(x: &[T], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64) {
+        let cnt = (n * hw) as f64;
+        let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+        let mut s = 0.0;
+        for i in 0..n {
+            s += sum_f64(plane(i));
+        }
+        let mean = s / cnt;
+        let mut v = 0.0;
+        for i in 0..n {
+            v += sum_sq_dev(plane(i), mean);
+        }
+        (mean, v / cnt)
+    }
+}
+
+multiversion! {
+    /// Pass 2 over one sample of a channel layout: every channel plane gets its own (m, a, b).
+    fn channel_sample_affine<T>(x: &[T], out: &mut [T], hw: usize, mab: &[(f64, f64, f64)]) {
+        for (ch, &(m, a, b)) in mab.iter().enumerate() {
+            affine_run(&x[ch * hw..(ch + 1) * hw], &mut out[ch * hw..(ch + 1) * hw], m, a, b);
+        }
+    }
+}
+
+multiversion! {
+    /// One group layout block, forward: stats, then normalise channel by channel.
+    /// Returns (mean, var).
+    fn group_forward<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], eps: f64) -> (f64, f64) {
+        let cnt = x.len() as f64;
+        let mean = sum_f64(x) / cnt;
+        let var = sum_sq_dev(x, mean) / cnt;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (ci, (gm, bt)) in gamma.iter().zip(beta).enumerate() {
+            let r = ci * hw..(ci + 1) * hw;
+            affine_run(&x[r.clone()], &mut out[r], mean, gm.to_f() * inv, bt.to_f());
+        }
+        (mean, var)
+    }
+}
+
+multiversion! {
+    /// One group layout block normalised with given statistics.
+    fn group_affine<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], mean: f64, inv: f64) {
+        for (ci, (gm, bt)) in gamma.iter().zip(beta).enumerate() {
+            let r = ci * hw..(ci + 1) * hw;
+            affine_run(&x[r.clone()], &mut out[r], mean, gm.to_f() * inv, bt.to_f());
+        }
+    }
+}
+
+multiversion! {
+    /// Per-channel (sum dy, sum dy * (x - mean)) of channel `ch` over N planes.
+    fn channel_dsums<T>(dy: &[T], x: &[T], n: usize, c: usize, hw: usize, ch: usize, mean: f64) -> (f64, f64) {
+        let (mut a, mut b) = (0.0, 0.0);
+        for i in 0..n {
+            let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+            let (s, t) = sum_dy_dev(&dy[r.clone()], &x[r], mean);
+            a += s;
+            b += t;
+        }
+        (a, b)
+    }
+}
+
+multiversion! {
+    /// Pass 2 backward over one sample of a channel layout: per channel (mean, k1, k2, k3).
+    fn channel_sample_dx<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, ks: &[(f64, f64, f64, f64)]) {
+        for (ch, &(m, k1, k2, k3)) in ks.iter().enumerate() {
+            let r = ch * hw..(ch + 1) * hw;
+            dx_run(&dy[r.clone()], &x[r.clone()], &mut dx[r], m, (k1, k2, k3));
+        }
+    }
+}
+
+multiversion! {
+    /// One group layout block, backward: per-channel sums into `sums` ((sum dy, sum dy*(x-m))
+    /// per channel), then dx for the block.
+    fn group_backward<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, gamma: &[T], mean: f64, inv: f64, batch: bool, sums: &mut [f64]) {
+        let cnt = x.len() as f64;
+        let (mut sdx, mut sdxx) = (0.0, 0.0);
+        for (ci, gm) in gamma.iter().enumerate() {
+            let r = ci * hw..(ci + 1) * hw;
+            let (a, b) = sum_dy_dev(&dy[r.clone()], &x[r], mean);
+            sums[2 * ci] = a;
+            sums[2 * ci + 1] = b;
+            sdx += gm.to_f() * a;
+            sdxx += gm.to_f() * b;
+        }
+        // sum dxhat = sdx, sum dxhat * xhat = sdxx * inv
+        let (k2, k3) = if batch {
+            (-inv * inv * inv * sdxx / cnt, -inv * sdx / cnt)
+        } else {
+            (0.0, 0.0)
+        };
+        for (ci, gm) in gamma.iter().enumerate() {
+            let r = ci * hw..(ci + 1) * hw;
+            dx_run(&dy[r.clone()], &x[r.clone()], &mut dx[r], mean, (inv * gm.to_f(), k2, k3));
+        }
+    }
+}
+
+/// Train-mode forward: normalises x into out with batch statistics; returns per-group (mean, var).
+pub fn train_forward<T: Float>(
+    l: &NormLayout,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+    out: &mut [T],
+    par: Parallelism<'_>,
+) -> (Vec<f64>, Vec<f64>) {
+    if let Some((n, c, hw)) = channel_dims(l) {
+        let mut st = vec![0.0f64; 2 * c];
+        par.for_each_chunk(&mut st, 2, &|ch, s, _| {
+            let (m, v) = channel_stats(x, n, c, hw, ch);
+            s[0] = m;
+            s[1] = v;
+        });
+        let (mean, var): (Vec<f64>, Vec<f64>) = st.chunks(2).map(|s| (s[0], s[1])).unzip();
+        let inv = super::inv_std_of(&var, eps);
+        normalize(l, x, gamma, beta, &mean, &inv, out, par);
+        (mean, var)
+    } else {
+        let (groups, cg, hw, g) = group_dims(l);
+        let mut st = vec![0.0f64; 2 * groups];
+        par.for_each_chunk2(out, cg * hw, &mut st, 2, &|gi, o, s, _| {
+            let c0 = (gi % g) * cg;
+            let blk = &x[gi * cg * hw..(gi + 1) * cg * hw];
+            let (m, v) = group_forward(blk, o, hw, &gamma[c0..c0 + cg], &beta[c0..c0 + cg], eps);
+            s[0] = m;
+            s[1] = v;
+        });
+        st.chunks(2).map(|s| (s[0], s[1])).unzip()
+    }
+}
+
+/// Per-sample chunking of a channel layout's sweep: whole samples when planes are small.
+fn sample_chunk(c: usize, hw: usize) -> usize {
+    if hw >= 1024 { hw } else { c * hw }
+}
+
+/// Forward with fixed statistics (batch norm test mode, and pass 2 of train mode).
+#[allow(clippy::too_many_arguments)]
+pub fn normalize<T: Float>(
+    l: &NormLayout,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    mean: &[f64],
+    inv_std: &[f64],
+    out: &mut [T],
+    par: Parallelism<'_>,
+) {
+    if let Some((_, c, hw)) = channel_dims(l) {
+        let mab: Vec<(f64, f64, f64)> = (0..c)
+            .map(|ch| (mean[ch], gamma[ch].to_f() * inv_std[ch], beta[ch].to_f()))
+            .collect();
+        let chunk = sample_chunk(c, hw);
+        par.for_each_chunk(out, chunk, &|i, o, _| {
+            let start = i * chunk;
+            let ch0 = (start / hw) % c;
+            let nch = chunk / hw;
+            channel_sample_affine(&x[start..start + chunk], o, hw, &mab[ch0..ch0 + nch]);
+        });
+    } else {
+        let (_, cg, hw, g) = group_dims(l);
+        par.for_each_chunk(out, cg * hw, &|gi, o, _| {
+            let c0 = (gi % g) * cg;
+            let blk = &x[gi * cg * hw..(gi + 1) * cg * hw];
+            group_affine(
+                blk,
+                o,
+                hw,
+                &gamma[c0..c0 + cg],
+                &beta[c0..c0 + cg],
+                mean[gi],
+                inv_std[gi],
+            );
+        });
+    }
+}
+
+/// Backward: dx, dgamma, dbeta. `batch` says whether the statistics came from the batch.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Float>(
+    l: &NormLayout,
+    batch: bool,
+    x: &[T],
+    gamma: &[T],
+    mean: &[f64],
+    inv_std: &[f64],
+    dout: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    par: Parallelism<'_>,
+) {
+    if let Some((n, c, hw)) = channel_dims(l) {
+        let mut sums = vec![0.0f64; 2 * c];
+        par.for_each_chunk(&mut sums, 2, &|ch, s, _| {
+            let (a, b) = channel_dsums(dout, x, n, c, hw, ch, mean[ch]);
+            s[0] = a;
+            s[1] = b;
+        });
+        let cnt = (n * hw) as f64;
+        let ks: Vec<(f64, f64, f64, f64)> = (0..c)
+            .map(|ch| {
+                let (sdy, sdyx) = (sums[2 * ch], sums[2 * ch + 1]);
+                let (gm, inv) = (gamma[ch].to_f(), inv_std[ch]);
+                dgamma[ch] = T::from_f(sdyx * inv);
+                dbeta[ch] = T::from_f(sdy);
+                if batch {
+                    // dx = inv*gm*dy - inv*gm*sdy/cnt - (x-m)*inv^3*gm*sdyx/cnt
+                    (
+                        mean[ch],
+                        inv * gm,
+                        -inv * inv * inv * gm * sdyx / cnt,
+                        -inv * gm * sdy / cnt,
+                    )
+                } else {
+                    (mean[ch], inv * gm, 0.0, 0.0)
+                }
+            })
+            .collect();
+        let chunk = sample_chunk(c, hw);
+        par.for_each_chunk(dx, chunk, &|i, d, _| {
+            let start = i * chunk;
+            let ch0 = (start / hw) % c;
+            let nch = chunk / hw;
+            let r = start..start + chunk;
+            channel_sample_dx(&dout[r.clone()], &x[r], d, hw, &ks[ch0..ch0 + nch]);
+        });
+    } else {
+        let (groups, cg, hw, g) = group_dims(l);
+        let mut sums = vec![0.0f64; groups * 2 * cg];
+        par.for_each_chunk2(dx, cg * hw, &mut sums, 2 * cg, &|gi, d, s, _| {
+            let c0 = (gi % g) * cg;
+            let r = gi * cg * hw..(gi + 1) * cg * hw;
+            group_backward(
+                &dout[r.clone()],
+                &x[r],
+                d,
+                hw,
+                &gamma[c0..c0 + cg],
+                mean[gi],
+                inv_std[gi],
+                batch,
+                s,
+            );
+        });
+        // dgamma[c] = sum_n sum dy*(x-m) * inv, dbeta[c] = sum_n sum dy, over samples in order.
+        let nsamples = groups / g;
+        let cch = g * cg;
+        for ch in 0..cch {
+            let (mut dgm, mut dbt) = (0.0, 0.0);
+            for s in 0..nsamples {
+                let gi = s * g + ch / cg;
+                let ci = ch % cg;
+                dbt += sums[gi * 2 * cg + 2 * ci];
+                dgm += sums[gi * 2 * cg + 2 * ci + 1] * inv_std[gi];
+            }
+            dgamma[ch] = T::from_f(dgm);
+            dbeta[ch] = T::from_f(dbt);
+        }
+    }
+}

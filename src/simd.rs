@@ -1,0 +1,108 @@
+//! Run-time CPU feature dispatch.
+//!
+//! Hot loops are written once as generic `#[inline(always)]` bodies and instantiated inside thin
+//! `#[target_feature]` wrappers (see the `dispatch!` macro), so a plain `cargo build --release`
+//! with no target-cpu flags still runs AVX2/FMA (or AVX-512) code. The level is detected once and
+//! cached. `FASTLAYERS_SIMD=portable|avx2|avx512` (or `force_level`) pins it, so tests can run
+//! each path; a request for a level the CPU lacks falls back to the best available one.
+//! The GEMM (matrixmultiply) dispatches on its own in the same way.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    Portable = 1,
+    Avx2 = 2,
+    Avx512 = 3,
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(0);
+
+/// The best level this CPU supports.
+pub fn detected() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Level::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Level::Avx2;
+        }
+    }
+    Level::Portable
+}
+
+fn from_env() -> Level {
+    let best = detected();
+    let want = match std::env::var("FASTLAYERS_SIMD").as_deref() {
+        Ok("portable") => Level::Portable,
+        Ok("avx2") => Level::Avx2,
+        Ok("avx512") => Level::Avx512,
+        _ => best,
+    };
+    want.min(best)
+}
+
+/// The level kernels run at now.
+#[inline]
+pub fn level() -> Level {
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => Level::Portable,
+        2 => Level::Avx2,
+        3 => Level::Avx512,
+        _ => {
+            let l = from_env();
+            LEVEL.store(l as u8, Ordering::Relaxed);
+            l
+        }
+    }
+}
+
+/// Pins the level (capped at what the CPU supports) and returns the level now in force.
+pub fn force_level(want: Level) -> Level {
+    let l = want.min(detected());
+    LEVEL.store(l as u8, Ordering::Relaxed);
+    l
+}
+
+/// Defines `fn name<T: Float>(args) -> R` as a dispatcher over copies of one body compiled
+/// for each level: the body is an `#[inline(always)]` function and each copy is a thin
+/// `#[target_feature]` wrapper around it, so the whole loop is compiled with the features on.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$T:ident>($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name<$T: $crate::scalar::Float>($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body<$T: $crate::scalar::Float>($($a: $t),*) $(-> $r)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx2<$T: $crate::scalar::Float>($($a: $t),*) $(-> $r)? { body::<$T>($($a),*) }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx512<$T: $crate::scalar::Float>($($a: $t),*) $(-> $r)? { body::<$T>($($a),*) }
+
+            match $crate::simd::level() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: level() reports Avx512 only when the CPU has AVX-512F/VL, AVX2, FMA.
+                $crate::simd::Level::Avx512 => unsafe { avx512::<$T>($($a),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: level() reports Avx2 only when the CPU has AVX2 and FMA.
+                $crate::simd::Level::Avx2 => unsafe { avx2::<$T>($($a),*) },
+                _ => body::<$T>($($a),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
