@@ -1,0 +1,245 @@
+//! Bitwise determinism under any thread count, and algebraic identities that need no reference.
+
+#![allow(clippy::needless_range_loop)]
+
+mod common;
+
+use fastlayers::*;
+
+fn bits<T: Float>(v: &[T]) -> Vec<u64> {
+    v.iter().map(|x| x.to_f().to_bits()).collect()
+}
+
+/// Every fast kernel's outputs, computed with `par`.
+fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
+    let mut rng = Rng::new(77);
+    let mut outs = Vec::new();
+    // Convolution with groups, stride and padding; N not a multiple of any thread count.
+    let (xs, ws, p) = (
+        [5, 6, 11, 9],
+        [8, 3, 3, 3],
+        ConvParam::new(2, 1).with_groups(2),
+    );
+    let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
+    let b: Tensor<T> = rng.randn(&[8], 1.0, 0.0);
+    let mut wsb = vec![T::zero(); conv_workspace_len(&xs, &ws, &p, par).unwrap()];
+    let g = ConvGeom::new(&xs, &ws, &[8], &p).unwrap();
+    let mut out = vec![T::zero(); g.out_shape().iter().product()];
+    conv_forward_into(&x, &w, &b, &p, &mut out, &mut wsb, par).unwrap();
+    let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
+    let (mut dx, mut dw, mut db) = (
+        vec![T::zero(); x.len()],
+        vec![T::zero(); w.len()],
+        vec![T::zero(); 8],
+    );
+    conv_backward_into(&x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut wsb, par).unwrap();
+    outs.extend([bits(&out), bits(&dx), bits(&dw), bits(&db)]);
+    // A conv whose dw has several row blocks (K = 16*3*3 = 144 > 64).
+    let (xs, ws, p) = ([3, 16, 6, 6], [4, 16, 3, 3], ConvParam::new(1, 1));
+    let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
+    let mut wsb = vec![T::zero(); conv_workspace_len(&xs, &ws, &p, par).unwrap()];
+    let dout: Tensor<T> = rng.randn(&[3, 4, 6, 6], 1.0, 0.0);
+    let (mut dx, mut dw, mut db) = (
+        vec![T::zero(); x.len()],
+        vec![T::zero(); w.len()],
+        vec![T::zero(); 4],
+    );
+    conv_backward_into(&x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut wsb, par).unwrap();
+    outs.extend([bits(&dx), bits(&dw), bits(&db)]);
+    // Pooling, overlapping.
+    let pp = PoolParam::new(3, 3, 2).with_pad(1, 1);
+    let x: Tensor<T> = rng.randn(&[3, 5, 9, 10], 1.0, 0.0);
+    let gp = PoolGeom::new(x.shape(), &pp).unwrap();
+    let n: usize = gp.out_shape().iter().product();
+    let (mut o, mut idx) = (vec![T::zero(); n], vec![0u32; n]);
+    max_pool_forward_into(&x, &pp, &mut o, &mut idx, par).unwrap();
+    let dout: Tensor<T> = rng.randn(&gp.out_shape(), 1.0, 0.0);
+    let mut dxp = vec![T::zero(); x.len()];
+    max_pool_backward_into(&dout, &idx, x.shape(), &pp, &mut dxp, par).unwrap();
+    outs.extend([bits(&o), bits(&dxp)]);
+    // Norms: spatial batch norm, group norm, layer norm, batch norm (N, D).
+    let x: Tensor<T> = rng.randn(&[7, 6, 5, 33], 3.0, 5.0);
+    let gm: Tensor<T> = rng.randn(&[6], 1.0, 0.0);
+    let bt: Tensor<T> = rng.randn(&[6], 1.0, 0.0);
+    let dout: Tensor<T> = rng.randn(x.shape(), 1.0, 0.0);
+    let mut o = vec![T::zero(); x.len()];
+    let (mut dx, mut dg, mut dbt) = (
+        vec![T::zero(); x.len()],
+        vec![T::zero(); 6],
+        vec![T::zero(); 6],
+    );
+    let st =
+        batchnorm_forward_into(true, &x, &gm, &bt, &mut BnParam::train(), &mut o, par).unwrap();
+    norm_backward_into(&x, &gm, &st, &dout, &mut dx, &mut dg, &mut dbt, par).unwrap();
+    outs.extend([
+        bits(&o),
+        bits(&dx),
+        bits(&dg),
+        bits(&dbt),
+        bits(&st.mean),
+        bits(&st.inv_std),
+    ]);
+    let st = spatial_groupnorm_forward_into(&x, &gm, &bt, 3, &NormParam::default(), &mut o, par)
+        .unwrap();
+    norm_backward_into(&x, &gm, &st, &dout, &mut dx, &mut dg, &mut dbt, par).unwrap();
+    outs.extend([bits(&o), bits(&dx), bits(&dg), bits(&dbt)]);
+    let x2 = x.clone().reshape(&[7, 990]).unwrap();
+    let d2 = dout.clone().reshape(&[7, 990]).unwrap();
+    let g2: Tensor<T> = rng.randn(&[990], 1.0, 0.0);
+    let (mut dg2, mut db2) = (vec![T::zero(); 990], vec![T::zero(); 990]);
+    let st = layernorm_forward_into(&x2, &g2, &g2, &NormParam::default(), &mut o, par).unwrap();
+    norm_backward_into(&x2, &g2, &st, &d2, &mut dx, &mut dg2, &mut db2, par).unwrap();
+    outs.extend([bits(&o), bits(&dx), bits(&dg2), bits(&db2)]);
+    let st =
+        batchnorm_forward_into(false, &x2, &g2, &g2, &mut BnParam::train(), &mut o, par).unwrap();
+    norm_backward_into(&x2, &g2, &st, &d2, &mut dx, &mut dg2, &mut db2, par).unwrap();
+    outs.extend([bits(&o), bits(&dx), bits(&dg2), bits(&db2)]);
+    outs
+}
+
+fn check_threads<T: Float>() {
+    let base = run_all::<T>(Parallelism::Sequential);
+    for n in [1, 2, 7, 16] {
+        assert!(
+            run_all::<T>(Parallelism::Threads(n)) == base,
+            "{} differs with {n} threads",
+            T::NAME
+        );
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    assert!(
+        run_all::<T>(Parallelism::Pool(&pool)) == base,
+        "differs in a caller's pool"
+    );
+    assert!(
+        pool.install(|| run_all::<T>(Parallelism::Current)) == base,
+        "differs in Current"
+    );
+}
+
+#[test]
+fn bitwise_identical_for_any_thread_count_f32() {
+    check_threads::<f32>();
+}
+
+#[test]
+fn bitwise_identical_for_any_thread_count_f64() {
+    check_threads::<f64>();
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn conv_adjoint_identities() {
+    // <conv(x, w), dy> = <x, dx(dy)> = <w, dw(dy)> (bias zero): the backward is the adjoint of the
+    // forward in each argument. Independent of any reference implementation.
+    let mut rng = Rng::new(3);
+    for (xs, ws, p) in [
+        (
+            [2, 4, 9, 8],
+            [6, 2, 3, 3],
+            ConvParam::new(2, 1).with_groups(2),
+        ),
+        (
+            [3, 3, 7, 7],
+            [5, 3, 2, 3],
+            ConvParam::new(1, 2).with_dilation(2, 1).with_stride(1, 2),
+        ),
+        ([4, 64, 8, 8], [32, 64, 3, 3], ConvParam::new(1, 1)),
+    ] {
+        let x: Tensor<f64> = rng.randn(&xs, 1.0, 0.0);
+        let w: Tensor<f64> = rng.randn(&ws, 1.0, 0.0);
+        let b = Tensor::<f64>::zeros(&[ws[0]]).unwrap();
+        let (y, cache) = conv_forward_fast(&x, &w, &b, &p).unwrap();
+        let dy: Tensor<f64> = rng.randn(y.shape(), 1.0, 0.0);
+        let (dx, dw, db) = conv_backward_fast(&dy, &cache).unwrap();
+        let lhs = dot(y.data(), dy.data());
+        let scale: f64 = y
+            .data()
+            .iter()
+            .zip(dy.data())
+            .map(|(a, b)| (a * b).abs())
+            .sum();
+        assert!(
+            (lhs - dot(x.data(), dx.data())).abs() <= 1e-12 * scale,
+            "dx adjoint"
+        );
+        assert!(
+            (lhs - dot(w.data(), dw.data())).abs() <= 1e-12 * scale,
+            "dw adjoint"
+        );
+        // db is the adjoint of adding the bias: <1_f broadcast, dy> = db[f].
+        let per_f = y.shape()[2] * y.shape()[3];
+        for f in 0..ws[0] {
+            let s: f64 = (0..xs[0])
+                .map(|n| {
+                    dy.data()[(n * ws[0] + f) * per_f..(n * ws[0] + f + 1) * per_f]
+                        .iter()
+                        .sum::<f64>()
+                })
+                .sum();
+            assert!((s - db.data()[f]).abs() <= 1e-12 * s.abs().max(1.0));
+        }
+    }
+}
+
+#[test]
+fn pool_backward_conserves_the_sum_of_dout() {
+    let mut rng = Rng::new(4);
+    for p in [
+        PoolParam::new(2, 2, 2),
+        PoolParam::new(3, 3, 2).with_pad(1, 1).with_ceil_mode(true),
+        PoolParam::new(3, 2, 1),
+    ] {
+        let x: Tensor<f64> = rng.randn(&[2, 3, 11, 9], 1.0, 0.0);
+        let (y, cache) = max_pool_forward_fast(&x, &p).unwrap();
+        let dy: Tensor<f64> = rng.randn(y.shape(), 1.0, 0.0);
+        let dx = max_pool_backward_fast(&dy, &cache).unwrap();
+        let (a, b): (f64, f64) = (dx.data().iter().sum(), dy.data().iter().sum());
+        assert!((a - b).abs() < 1e-12 * dy.len() as f64);
+        // Nonzero dx only at positions some window picked, each an element of x.
+        let (out, _) = max_pool_forward_fast(&x, &p).unwrap();
+        for (i, &v) in dx.data().iter().enumerate() {
+            if v != 0.0 {
+                assert!(out.data().contains(&x.data()[i]));
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_gradient_sums() {
+    // dbeta sums dout over everything but the channel: summing dbeta over channels gives the sum
+    // of dout; and for batch statistics dx sums to zero within every statistic group.
+    let mut rng = Rng::new(5);
+    let x: Tensor<f64> = rng.randn(&[4, 6, 3, 5], 2.0, 1.0);
+    let g: Tensor<f64> = rng.randn(&[6], 1.0, 0.0);
+    let dout: Tensor<f64> = rng.randn(x.shape(), 1.0, 0.0);
+    let (_, c) = spatial_batchnorm_forward(&x, &g, &g, &mut BnParam::train()).unwrap();
+    let (dx, _, dbeta) = spatial_batchnorm_backward(&dout, &c).unwrap();
+    let total: f64 = dout.data().iter().sum();
+    assert!((dbeta.data().iter().sum::<f64>() - total).abs() < 1e-12 * dout.len() as f64);
+    for ch in 0..6 {
+        let s: f64 = (0..4)
+            .map(|n| {
+                dx.data()[(n * 6 + ch) * 15..(n * 6 + ch + 1) * 15]
+                    .iter()
+                    .sum::<f64>()
+            })
+            .sum();
+        assert!(s.abs() < 1e-12, "channel {ch}: {s}");
+    }
+    let (_, c) = spatial_groupnorm_forward(&x, &g, &g, 2, &NormParam::default()).unwrap();
+    let (dx, _, dbeta) = spatial_groupnorm_backward(&dout, &c).unwrap();
+    assert!((dbeta.data().iter().sum::<f64>() - total).abs() < 1e-12 * dout.len() as f64);
+    for grp in dx.data().chunks(3 * 15) {
+        assert!(grp.iter().sum::<f64>().abs() < 1e-12);
+    }
+}

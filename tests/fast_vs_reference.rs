@@ -1,0 +1,360 @@
+//! Property tests: every fast kernel against its reference, over random shapes and parameters
+//! (edge cases included: extents of 1, windows as large as the padded input, overlapping
+//! pooling, groups, dilation, asymmetric strides and padding).
+//!
+//! Bounds and why:
+//! - convolution: each output is a dot product of K terms, computed by the reference in f64 and
+//!   by the fast kernel in T with a different order. The classic bound
+//!   |fast - exact| <= gamma_K * sum|terms| gives, per element,
+//!   |fast - ref| <= 4 (K + 2) u_T * S, with S the same convolution run on |x|, |w|, |b|
+//!   (for dx/dw/db: the backward run on |dout| with |x|, |w|). u_T = 2^-24 (f32) or 2^-53 (f64):
+//!   about 1e-13 of S in f64, 1e-4 of S in f32 for K ~ 100.
+//! - max pooling: the same comparisons in the same order, so fast == reference bit for bit.
+//! - normalisation: both accumulate in f64 and round once to T at the end, so they differ by at
+//!   most a couple of ulps of T: `max|a - b| / max|b| <= 1e-6` (f32), `1e-12` (f64).
+
+#![allow(clippy::needless_range_loop, clippy::identity_op)]
+
+mod common;
+
+use common::*;
+use fastlayers::Rng;
+use fastlayers::*;
+use proptest::prelude::*;
+
+fn abs<T: Float>(t: &Tensor<T>) -> Tensor<T> {
+    t.map(|v| v.abs())
+}
+
+#[track_caller]
+fn assert_bounded<T: Float>(
+    what: &str,
+    fast: &Tensor<T>,
+    reference: &Tensor<T>,
+    scale: &Tensor<T>,
+    k: usize,
+) {
+    assert_eq!(fast.shape(), reference.shape(), "{what}: shape");
+    let tol = 4.0 * (k as f64 + 2.0) * T::UNIT_ROUNDOFF;
+    for i in 0..fast.len() {
+        let (a, b, s) = (
+            fast.data()[i].to_f(),
+            reference.data()[i].to_f(),
+            scale.data()[i].to_f(),
+        );
+        assert!(
+            (a - b).abs() <= tol * s + 1e-300,
+            "{what}[{i}]: fast {a} ref {b} scale {s} tol {tol:e}"
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    xs: [usize; 4],
+    ws: [usize; 4],
+    p: ConvParam,
+    seed: u64,
+}
+
+fn conv_case() -> impl Strategy<Value = ConvCase> {
+    (
+        1usize..=3,
+        1usize..=3,
+        1usize..=3,
+        1usize..=4,
+        (1usize..=9, 1usize..=9),
+        (1usize..=4, 1usize..=4),
+        (1usize..=3, 1usize..=3),
+        (0usize..=2, 0usize..=2),
+        (1usize..=2, 1usize..=2),
+        any::<u64>(),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |(n, groups, cg, fg, (h, w), (kh, kw), s, pd, d, seed)| {
+                let p = ConvParam::new(1, 0)
+                    .with_stride(s.0, s.1)
+                    .with_pad(pd.0, pd.1)
+                    .with_dilation(d.0, d.1)
+                    .with_groups(groups);
+                let xs = [n, groups * cg, h, w];
+                let ws = [groups * fg, cg, kh, kw];
+                ConvGeom::new(&xs, &ws, &[ws[0]], &p)
+                    .ok()
+                    .map(|_| ConvCase { xs, ws, p, seed })
+            },
+        )
+}
+
+fn check_conv<T: Float>(c: &ConvCase) {
+    let mut rng = Rng::new(c.seed);
+    let x: Tensor<T> = rng.randn(&c.xs, 1.0, 0.0);
+    let w: Tensor<T> = rng.randn(&c.ws, 1.0, 0.0);
+    let b: Tensor<T> = rng.randn(&[c.ws[0]], 1.0, 0.0);
+    let (out_r, cache_r) = conv_forward_naive(&x, &w, &b, &c.p).unwrap();
+    let (out_f, cache_f) = conv_forward_fast(&x, &w, &b, &c.p).unwrap();
+    let (scale, cache_abs) = conv_forward_naive(&abs(&x), &abs(&w), &abs(&b), &c.p).unwrap();
+    let k = c.ws[1] * c.ws[2] * c.ws[3];
+    assert_bounded("out", &out_f, &out_r, &scale, k);
+
+    let dout: Tensor<T> = rng.randn(out_r.shape(), 1.0, 0.0);
+    let (dx_r, dw_r, db_r) = conv_backward_naive(&dout, &cache_r).unwrap();
+    let (dx_f, dw_f, db_f) = conv_backward_fast(&dout, &cache_f).unwrap();
+    let (sx, sw, sb) = conv_backward_naive(&abs(&dout), &cache_abs).unwrap();
+    let (n, f, ho, wo) = (
+        out_r.shape()[0],
+        out_r.shape()[1],
+        out_r.shape()[2],
+        out_r.shape()[3],
+    );
+    assert_bounded("dx", &dx_f, &dx_r, &sx, f * c.ws[2] * c.ws[3]);
+    assert_bounded("dw", &dw_f, &dw_r, &sw, n * ho * wo);
+    assert_bounded("db", &db_f, &db_r, &sb, n * ho * wo);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn conv_fast_matches_reference_f64(c in conv_case()) { check_conv::<f64>(&c); }
+
+    #[test]
+    fn conv_fast_matches_reference_f32(c in conv_case()) { check_conv::<f32>(&c); }
+}
+
+#[derive(Debug, Clone)]
+struct PoolCase {
+    xs: [usize; 4],
+    p: PoolParam,
+    seed: u64,
+    ties: bool,
+}
+
+fn pool_case() -> impl Strategy<Value = PoolCase> {
+    (
+        (1usize..=2, 1usize..=3, 1usize..=10, 1usize..=10),
+        (1usize..=4, 1usize..=4),
+        (1usize..=3, 1usize..=3),
+        (0usize..=2, 0usize..=2),
+        any::<bool>(),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |((n, c, h, w), (ph, pw), (sh, sw), (pdh, pdw), ceil, seed, ties)| {
+                let p = PoolParam::new(ph, pw, 1)
+                    .with_stride(sh, sw)
+                    .with_pad(pdh, pdw)
+                    .with_ceil_mode(ceil);
+                let xs = [n, c, h, w];
+                PoolGeom::new(&xs, &p)
+                    .ok()
+                    .map(|_| PoolCase { xs, p, seed, ties })
+            },
+        )
+}
+
+fn check_pool<T: Float>(c: &PoolCase) {
+    let mut rng = Rng::new(c.seed);
+    let mut x: Tensor<T> = rng.randn(&c.xs, 1.0, 0.0);
+    if c.ties {
+        // Few distinct values (and some NaN): ties and NaN everywhere.
+        for v in x.data_mut() {
+            let r = rng.below(5);
+            *v = if r == 4 && rng.below(4) == 0 {
+                T::nan()
+            } else {
+                T::from_f(r as f64)
+            };
+        }
+    }
+    let (out_r, cache_r) = max_pool_forward_naive(&x, &c.p).unwrap();
+    let (out_f, cache_f) = max_pool_forward_fast(&x, &c.p).unwrap();
+    let same =
+        |a: &Tensor<T>, b: &Tensor<T>| a.data().iter().zip(b.data()).all(|(u, v)| u.to_bits_eq(v));
+    assert!(same(&out_r, &out_f), "forward differs");
+    let dout: Tensor<T> = rng.randn(out_r.shape(), 1.0, 0.0);
+    let dx_r = max_pool_backward_naive(&dout, &cache_r).unwrap();
+    let dx_f = max_pool_backward_fast(&dout, &cache_f).unwrap();
+    assert!(same(&dx_r, &dx_f), "backward differs");
+    // Mixed caches: each backward accepts the other forward's cache.
+    assert!(same(
+        &max_pool_backward_fast(&dout, &cache_r).unwrap(),
+        &dx_r
+    ));
+    assert!(same(
+        &max_pool_backward_naive(&dout, &cache_f).unwrap(),
+        &dx_r
+    ));
+}
+
+trait BitsEq {
+    fn to_bits_eq(&self, o: &Self) -> bool;
+}
+impl<T: Float> BitsEq for T {
+    fn to_bits_eq(&self, o: &Self) -> bool {
+        (self.is_nan() && o.is_nan()) || self.to_f().to_bits() == o.to_f().to_bits()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pool_fast_equals_reference_f64(c in pool_case()) { check_pool::<f64>(&c); }
+
+    #[test]
+    fn pool_fast_equals_reference_f32(c in pool_case()) { check_pool::<f32>(&c); }
+}
+
+#[derive(Debug, Clone)]
+struct NormCase {
+    kind: u8,
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    g: usize,
+    train: bool,
+    pytorch: bool,
+    seed: u64,
+}
+
+fn norm_case() -> impl Strategy<Value = NormCase> {
+    (
+        0u8..4,
+        1usize..=5,
+        1usize..=4,
+        1usize..=6,
+        1usize..=6,
+        1usize..=3,
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(kind, n, cpg, h, w, g, train, pytorch, seed)| NormCase {
+            kind,
+            n: n + usize::from(pytorch),
+            c: cpg * g,
+            h,
+            w,
+            g,
+            train,
+            pytorch,
+            seed,
+        })
+}
+
+type Fwd<T> = fn(
+    &Tensor<T>,
+    &Tensor<T>,
+    &Tensor<T>,
+    &NormCase,
+    &mut BnParam<T>,
+) -> Result<(Tensor<T>, NormCache<T>)>;
+
+fn check_norm<T: Float>(c: &NormCase, tol: f64) {
+    let mut rng = Rng::new(c.seed);
+    let (xs, ch): (Vec<usize>, usize) = match c.kind {
+        0 | 2 => (vec![c.n, c.c * c.h], c.c * c.h),
+        _ => (vec![c.n, c.c, c.h, c.w], c.c),
+    };
+    let x: Tensor<T> = rng.randn(&xs, 3.0, 7.0);
+    let gamma: Tensor<T> = rng.randn(&[ch], 1.0, 0.0);
+    let beta: Tensor<T> = rng.randn(&[ch], 1.0, 0.0);
+    let dout: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let mut bn = if c.pytorch {
+        BnParam::pytorch(Mode::Train)
+    } else {
+        BnParam::train()
+    };
+    if !c.train {
+        bn.mode = Mode::Test;
+        bn.running_mean = Some((0..ch).map(|_| T::from_f(rng.normal() + 7.0)).collect());
+        bn.running_var = Some(
+            (0..ch)
+                .map(|_| T::from_f(rng.uniform() * 9.0 + 0.5))
+                .collect(),
+        );
+    }
+    let p = NormParam::default();
+    let (naive, fast): (Fwd<T>, Fwd<T>) = match c.kind {
+        0 => (
+            |x, g, b, _, bn| batchnorm_forward_naive(x, g, b, bn),
+            |x, g, b, _, bn| batchnorm_forward(x, g, b, bn),
+        ),
+        1 => (
+            |x, g, b, _, bn| spatial_batchnorm_forward_naive(x, g, b, bn),
+            |x, g, b, _, bn| spatial_batchnorm_forward(x, g, b, bn),
+        ),
+        2 => (
+            |x, g, b, _, _| layernorm_forward_naive(x, g, b, &NormParam::default()),
+            |x, g, b, _, _| layernorm_forward(x, g, b, &NormParam::default()),
+        ),
+        _ => (
+            |x, g, b, c, _| spatial_groupnorm_forward_naive(x, g, b, c.g, &NormParam::default()),
+            |x, g, b, c, _| spatial_groupnorm_forward(x, g, b, c.g, &NormParam::default()),
+        ),
+    };
+    let _ = p;
+    let mut bn_r = bn.clone();
+    let mut bn_f = bn.clone();
+    let (out_r, cache_r) = naive(&x, &gamma, &beta, c, &mut bn_r).unwrap();
+    let (out_f, cache_f) = fast(&x, &gamma, &beta, c, &mut bn_f).unwrap();
+    assert_close("out", &out_f, &out_r, tol);
+    if let (Some(a), Some(b)) = (&bn_r.running_mean, &bn_f.running_mean) {
+        assert!(
+            norm_error(a, b) <= tol
+                && norm_error(
+                    bn_r.running_var.as_ref().unwrap(),
+                    bn_f.running_var.as_ref().unwrap()
+                ) <= tol
+        );
+    }
+    let bwd_r = match c.kind {
+        0 => batchnorm_backward_alt_naive(&dout, &cache_r),
+        1 => spatial_batchnorm_backward_naive(&dout, &cache_r),
+        2 => layernorm_backward_naive(&dout, &cache_r),
+        _ => spatial_groupnorm_backward_naive(&dout, &cache_r),
+    }
+    .unwrap();
+    let bwd_f = match c.kind {
+        0 => batchnorm_backward(&dout, &cache_f),
+        1 => spatial_batchnorm_backward(&dout, &cache_f),
+        2 => layernorm_backward(&dout, &cache_f),
+        _ => spatial_groupnorm_backward(&dout, &cache_f),
+    }
+    .unwrap();
+    // dx = inv_std * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) can cancel almost
+    // completely (layer norm over D = 2 has xhat = +-1 whatever x is), so its error is measured
+    // against the size of the terms, inv_std * |gamma| * |dout|, not against dx itself.
+    let amax = |v: &[T]| v.iter().map(|a| a.to_f().abs()).fold(0.0, f64::max);
+    let terms = cache_r.inv_std().iter().fold(0.0, |m: f64, v| m.max(*v))
+        * amax(gamma.data())
+        * amax(dout.data());
+    let err = bwd_f
+        .0
+        .data()
+        .iter()
+        .zip(bwd_r.0.data())
+        .map(|(a, b)| (a.to_f() - b.to_f()).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        err <= tol * (terms + amax(bwd_r.0.data())),
+        "dx: error {err:e} vs terms {terms:e}"
+    );
+    assert_close("dgamma", &bwd_f.1, &bwd_r.1, tol);
+    assert_close("dbeta", &bwd_f.2, &bwd_r.2, tol);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn norms_fast_match_reference_f64(c in norm_case()) { check_norm::<f64>(&c, 1e-12); }
+
+    #[test]
+    fn norms_fast_match_reference_f32(c in norm_case()) { check_norm::<f32>(&c, 1e-6); }
+}

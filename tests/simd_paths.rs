@@ -1,0 +1,98 @@
+//! Every SIMD level this CPU has, forced in turn, against the reference. One test function, so the
+//! process-wide level is never changed under a concurrently running test; a requested level that
+//! the CPU has but that does not take effect fails the test.
+
+mod common;
+
+use common::*;
+use fastlayers::simd::{Level, detected, force_level, level};
+use fastlayers::*;
+
+fn check_all_kernels() {
+    let mut rng = Rng::new(9);
+    let (xs, ws, p) = (
+        [3, 4, 9, 10],
+        [6, 2, 3, 3],
+        ConvParam::new(1, 1).with_groups(2),
+    );
+    let x: Tensor<f32> = rng.randn(&xs, 1.0, 0.0);
+    let w: Tensor<f32> = rng.randn(&ws, 1.0, 0.0);
+    let b: Tensor<f32> = rng.randn(&[6], 1.0, 0.0);
+    let (o_r, c_r) = conv_forward_naive(&x, &w, &b, &p).unwrap();
+    let (o_f, c_f) = conv_forward_fast(&x, &w, &b, &p).unwrap();
+    assert_close("conv out", &o_f, &o_r, 1e-5);
+    let d: Tensor<f32> = rng.randn(o_r.shape(), 1.0, 0.0);
+    let (a, bb) = (
+        conv_backward_naive(&d, &c_r).unwrap(),
+        conv_backward_fast(&d, &c_f).unwrap(),
+    );
+    assert_close("conv dx", &bb.0, &a.0, 1e-5);
+    assert_close("conv dw", &bb.1, &a.1, 1e-5);
+    for pp in [
+        PoolParam::new(2, 2, 2),
+        PoolParam::new(3, 3, 2).with_pad(1, 1),
+    ] {
+        let x: Tensor<f64> = rng.randn(&[2, 3, 10, 12], 1.0, 0.0);
+        let (o_r, c_r) = max_pool_forward_naive(&x, &pp).unwrap();
+        let (o_f, c_f) = max_pool_forward_fast(&x, &pp).unwrap();
+        assert_eq!(o_r, o_f);
+        let d: Tensor<f64> = rng.randn(o_r.shape(), 1.0, 0.0);
+        assert_eq!(
+            max_pool_backward_naive(&d, &c_r).unwrap(),
+            max_pool_backward_fast(&d, &c_f).unwrap()
+        );
+    }
+    let x: Tensor<f32> = rng.randn(&[4, 6, 5, 7], 3.0, 10.0);
+    let g: Tensor<f32> = rng.randn(&[6], 1.0, 0.0);
+    let d: Tensor<f32> = rng.randn(x.shape(), 1.0, 0.0);
+    let (o_r, c_r) = spatial_batchnorm_forward_naive(&x, &g, &g, &mut BnParam::train()).unwrap();
+    let (o_f, c_f) = spatial_batchnorm_forward(&x, &g, &g, &mut BnParam::train()).unwrap();
+    assert_close("bn out", &o_f, &o_r, 1e-6);
+    assert_close(
+        "bn dx",
+        &spatial_batchnorm_backward(&d, &c_f).unwrap().0,
+        &spatial_batchnorm_backward_naive(&d, &c_r).unwrap().0,
+        1e-6,
+    );
+    let (o_r, c_r) = spatial_groupnorm_forward_naive(&x, &g, &g, 3, &NormParam::default()).unwrap();
+    let (o_f, c_f) = spatial_groupnorm_forward(&x, &g, &g, 3, &NormParam::default()).unwrap();
+    assert_close("gn out", &o_f, &o_r, 1e-6);
+    assert_close(
+        "gn dx",
+        &spatial_groupnorm_backward(&d, &c_f).unwrap().0,
+        &spatial_groupnorm_backward_naive(&d, &c_r).unwrap().0,
+        1e-6,
+    );
+}
+
+#[test]
+fn every_available_simd_level_matches_the_reference() {
+    let best = detected();
+    let mut ran = Vec::new();
+    for want in [Level::Portable, Level::Avx2, Level::Avx512] {
+        if want > best {
+            continue;
+        }
+        assert_eq!(
+            force_level(want),
+            want,
+            "level {want:?} did not take effect"
+        );
+        assert_eq!(level(), want);
+        check_all_kernels();
+        ran.push(want);
+    }
+    assert!(
+        ran.contains(&Level::Portable),
+        "the portable path must always run"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(
+            ran.contains(&Level::Avx2),
+            "AVX2 is available but was not exercised"
+        );
+    }
+    eprintln!("SIMD levels exercised: {ran:?}");
+    force_level(best);
+}
