@@ -11,52 +11,80 @@
 //!   `out[n][g] (F/G x P) = W[g] (F/G x K) * col (K x P)` with out pre-filled with the bias (beta = 1).
 //! - backward dx, per image: `dcol (K x P) = W[g]^T * dout[n][g]` into the slot, then col2im
 //!   scatters dcol back into dx[n] (no im2col needed).
-//! - backward dw, per block of `KB` column rows (parallel over blocks): for n = 0..N in order,
-//!   build only those rows of image n's column matrix and accumulate
-//!   `dw[g][:, rows] += dout[n][g] * col_rows^T`. Each dw element has exactly one owner and one
-//!   summation order, so dw is bitwise identical for any thread count, with no partial copies.
+//! - backward dw, per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
+//!   chunks): for each image and column tile, `part[c][g] (F/G x K) += dout_tile * col_tile^T`,
+//!   then `dw = part[0] + part[1] + ...` in chunk order. Fixed partition, fixed combine order:
+//!   dw is bitwise identical for any thread count. Both GEMM operands are handed over transposed
+//!   (blocked transposes of the dout tile and the column tile) because matrixmultiply packs an
+//!   operand fast only when it is contiguous in the packing direction; the natural layouts are
+//!   both the wrong way round for dw and cost an element-by-element gather.
 //! - db, per filter (parallel over filters): f64 sum over n then pixels, in order.
 //!
-//! Workspace: `threads * K * P` elements (one group's column matrix per thread), whatever N is,
-//! plus, in the backward, a staging area the size of dw (rounded up to whole KB-row blocks).
+//! Workspace: per thread one column tile (forward: at most one image's column matrix; backward:
+//! the tile, its transpose and a transposed dout tile), whatever N is, plus in the backward
+//! `min(N, DW_CHUNKS)` partial copies of dw.
 //! All of it is the caller's (`*_workspace_len` gives the exact size); the kernels allocate
 //! only O(threads) bookkeeping.
 
-use crate::gemm::{gemm, rm, tr};
+use crate::gemm::{Mat, gemm, rm, tr};
 use crate::parallel::{Parallelism, Slots};
 use crate::params::ConvGeom;
 use crate::scalar::Float;
 use crate::simd::multiversion;
 
-/// Column-matrix rows per dw job: a fixed function of the shape, never of the thread count.
-const KB: usize = 64;
+/// Target size of one column tile in f32 elements (384 KB): the tile and the GEMM's packed copy
+/// of it stay in L2. f64 tiles hold the same element count (twice the bytes, still in L2).
+const TILE_ELEMS: usize = 96 * 1024;
 
-/// Elements of one slot: one group's column matrix of one image.
-pub fn slot_len(g: &ConvGeom) -> usize {
-    g.k_rows() * g.pixels()
+/// Output rows per column tile: a function of the shape only.
+fn tile_rows(g: &ConvGeom) -> usize {
+    (TILE_ELEMS / (g.k_rows() * g.wo).max(1)).clamp(1, g.ho)
 }
 
-/// dw staging: one (F/G x KB) block per (group, row block) job.
+/// Image chunks of the dw reduction: a constant, so the partition depends on N only.
+const DW_CHUNKS: usize = 4;
+
+fn dw_chunks(g: &ConvGeom) -> usize {
+    DW_CHUNKS.min(g.n).max(1)
+}
+
+/// Images of dw chunk `c`: an even split of 0..N.
+fn chunk_images(g: &ConvGeom, c: usize) -> std::ops::Range<usize> {
+    let k = dw_chunks(g);
+    (c * g.n / k)..((c + 1) * g.n / k)
+}
+
+/// Elements of one forward slot: one column tile.
+fn fwd_slot_len(g: &ConvGeom) -> usize {
+    g.k_rows() * g.wo * tile_rows(g)
+}
+
+/// Elements of one backward slot: a column tile, its transpose, and a transposed dout tile.
+fn bwd_slot_len(g: &ConvGeom) -> usize {
+    (2 * g.k_rows() + g.fg()) * g.wo * tile_rows(g)
+}
+
+/// dw partials: one F x K copy per image chunk.
 fn staged_len(g: &ConvGeom) -> usize {
-    g.groups() * g.k_rows().div_ceil(KB) * g.fg() * KB
+    dw_chunks(g) * g.f * g.k_rows()
 }
 
 /// Exact workspace (elements of T) `forward_into` needs with `threads` threads.
 pub fn forward_workspace_len(g: &ConvGeom, threads: usize) -> usize {
-    threads.max(1) * slot_len(g)
+    threads.max(1) * fwd_slot_len(g)
 }
 
 /// `backward_workspace_len` with overflow checking (for absurd thread counts).
 pub fn backward_workspace_len_checked(g: &ConvGeom, threads: usize) -> Option<usize> {
     threads
         .max(1)
-        .checked_mul(slot_len(g))?
+        .checked_mul(bwd_slot_len(g))?
         .checked_add(staged_len(g))
 }
 
 /// Exact workspace (elements of T) `backward_into` needs with `threads` threads.
 pub fn backward_workspace_len(g: &ConvGeom, threads: usize) -> usize {
-    forward_workspace_len(g, threads) + staged_len(g)
+    threads.max(1) * bwd_slot_len(g) + staged_len(g)
 }
 
 /// Output columns `ow` whose tap j lands inside the input row: `lo..hi`.
@@ -77,17 +105,18 @@ fn ow_range(g: &ConvGeom, j: usize) -> (usize, usize) {
 }
 
 multiversion! {
-    /// Rows `r0..r1` of image `xn`'s group-`grp` column matrix into `col` (row r at (r - r0) * P).
-    fn im2col_rows<T>(g: &ConvGeom, xn: &[T], grp: usize, r0: usize, r1: usize, col: &mut [T]) {
-        let (p, kk) = (g.pixels(), g.kh * g.kw);
+    /// Rows `r0..r1` of image `xn`'s group-`grp` column matrix, restricted to output rows
+    /// `oh0..oh1`, into `col` (row r at (r - r0) * PT, PT = (oh1 - oh0) * WO).
+    fn im2col_rows<T>(g: &ConvGeom, xn: &[T], grp: usize, r0: usize, r1: usize, oh0: usize, oh1: usize, col: &mut [T]) {
+        let (p, kk) = ((oh1 - oh0) * g.wo, g.kh * g.kw);
         let (sw, pw) = (g.p.stride.1, g.p.pad.1);
         for r in r0..r1 {
             let (c, i, j) = (r / kk, (r % kk) / g.kw, r % g.kw);
             let plane = &xn[(grp * g.cg() + c) * g.h * g.w..][..g.h * g.w];
             let (lo, hi) = ow_range(g, j);
             let row = &mut col[(r - r0) * p..(r - r0 + 1) * p];
-            for oh in 0..g.ho {
-                let dst = &mut row[oh * g.wo..(oh + 1) * g.wo];
+            for oh in oh0..oh1 {
+                let dst = &mut row[(oh - oh0) * g.wo..(oh - oh0 + 1) * g.wo];
                 let Some(ih) = g.in_row(oh, i) else {
                     dst.fill(T::zero());
                     continue;
@@ -112,9 +141,10 @@ multiversion! {
 }
 
 multiversion! {
-    /// dxn[...] += the group-`grp` column matrix `col` scattered back (col2im), in a fixed order.
-    fn col2im<T>(g: &ConvGeom, col: &[T], grp: usize, dxn: &mut [T]) {
-        let (p, kk) = (g.pixels(), g.kh * g.kw);
+    /// dxn[...] += the group-`grp` column matrix tile `col` (output rows `oh0..oh1`) scattered
+    /// back (col2im), in a fixed order.
+    fn col2im<T>(g: &ConvGeom, col: &[T], grp: usize, oh0: usize, oh1: usize, dxn: &mut [T]) {
+        let (p, kk) = ((oh1 - oh0) * g.wo, g.kh * g.kw);
         let (sw, pw) = (g.p.stride.1, g.p.pad.1);
         for r in 0..g.k_rows() {
             let (c, i, j) = (r / kk, (r % kk) / g.kw, r % g.kw);
@@ -124,10 +154,10 @@ multiversion! {
                 continue;
             }
             let row = &col[r * p..(r + 1) * p];
-            for oh in 0..g.ho {
+            for oh in oh0..oh1 {
                 let Some(ih) = g.in_row(oh, i) else { continue };
                 let dst = &mut plane[ih * g.w..(ih + 1) * g.w];
-                let src = &row[oh * g.wo..(oh + 1) * g.wo];
+                let src = &row[(oh - oh0) * g.wo..(oh - oh0 + 1) * g.wo];
                 let s0 = lo * sw + j * g.p.dilation.1 - pw;
                 if sw == 1 {
                     for (d, s) in dst[s0..s0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
@@ -136,6 +166,22 @@ multiversion! {
                 } else {
                     for (k, s) in src[lo..hi].iter().enumerate() {
                         dst[s0 + k * sw] += *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst (cols x rows) = src^T`, src being rows x cols with row stride `ld`; 8 x 8 blocks.
+    fn transpose<T>(src: &[T], rows: usize, cols: usize, ld: usize, dst: &mut [T]) {
+        const B: usize = 8;
+        for rb in (0..rows).step_by(B) {
+            for cb in (0..cols).step_by(B) {
+                for r in rb..(rb + B).min(rows) {
+                    for c in cb..(cb + B).min(cols) {
+                        dst[c * rows + r] = src[r * ld + c];
                     }
                 }
             }
@@ -159,26 +205,32 @@ pub fn forward_into<T: Float>(
     debug_assert!(ws.len() >= forward_workspace_len(g, threads));
     debug_assert_eq!(out.len(), g.n * g.f * g.pixels());
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
-    let slots = Slots::new(ws, threads, slot_len(g));
+    let slots = Slots::new(ws, threads, fwd_slot_len(g));
+    let th = tile_rows(g);
+    let tiles = g.ho.div_ceil(th);
     par.for_each_chunk(out, g.f * p, &|n, on, slot| {
         let xn = &x[n * chw..(n + 1) * chw];
         for f in 0..g.f {
             on[f * p..(f + 1) * p].fill(b[f]);
         }
         slots.with(slot, |col| {
-            for grp in 0..g.groups() {
-                im2col_rows(g, xn, grp, 0, k, col);
-                gemm(
-                    fg,
-                    k,
-                    p,
-                    T::one(),
-                    rm(&w[grp * fg * k..(grp + 1) * fg * k], k),
-                    rm(&col[..k * p], p),
-                    T::one(),
-                    &mut on[grp * fg * p..(grp + 1) * fg * p],
-                    p,
-                );
+            for t in 0..tiles {
+                let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
+                let pt = (oh1 - oh0) * g.wo;
+                for grp in 0..g.groups() {
+                    im2col_rows(g, xn, grp, 0, k, oh0, oh1, col);
+                    gemm(
+                        fg,
+                        k,
+                        pt,
+                        T::one(),
+                        rm(&w[grp * fg * k..(grp + 1) * fg * k], k),
+                        rm(&col[..k * pt], pt),
+                        T::one(),
+                        &mut on[grp * fg * p + oh0 * g.wo..],
+                        p,
+                    );
+                }
             }
         });
     });
@@ -201,70 +253,85 @@ pub fn backward_into<T: Float>(
     debug_assert!(ws.len() >= backward_workspace_len(g, threads));
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
     let fp = g.f * p;
-    let (ws, staged) = ws.split_at_mut(forward_workspace_len(g, threads));
+    let (ws, staged) = ws.split_at_mut(threads.max(1) * bwd_slot_len(g));
     let staged = &mut staged[..staged_len(g)];
-    let slots = Slots::new(ws, threads, slot_len(g));
+    let slots = Slots::new(ws, threads, bwd_slot_len(g));
 
     // dx: per image, dcol = W^T dout then col2im.
+    let th = tile_rows(g);
+    let tiles = g.ho.div_ceil(th);
     par.for_each_chunk(dx, chw, &|n, dxn, slot| {
         dxn.fill(T::zero());
         let dn = &dout[n * fp..(n + 1) * fp];
         slots.with(slot, |col| {
-            for grp in 0..g.groups() {
-                gemm(
-                    k,
-                    fg,
-                    p,
-                    T::one(),
-                    tr(&w[grp * fg * k..(grp + 1) * fg * k], k),
-                    rm(&dn[grp * fg * p..(grp + 1) * fg * p], p),
-                    T::zero(),
-                    &mut col[..k * p],
-                    p,
-                );
-                col2im(g, &col[..k * p], grp, dxn);
+            for t in 0..tiles {
+                let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
+                let pt = (oh1 - oh0) * g.wo;
+                for grp in 0..g.groups() {
+                    gemm(
+                        k,
+                        fg,
+                        pt,
+                        T::one(),
+                        tr(&w[grp * fg * k..(grp + 1) * fg * k], k),
+                        rm(&dn[grp * fg * p + oh0 * g.wo..], p),
+                        T::zero(),
+                        &mut col[..k * pt],
+                        pt,
+                    );
+                    col2im(g, &col[..k * pt], grp, oh0, oh1, dxn);
+                }
             }
         });
     });
 
-    // dw: per (group, block of KB column rows), images accumulated in order. dw[grp] is
-    // (fg x k) row-major and a job owns columns r0..r1 of it, so each job accumulates into its
-    // own (fg x KB) block of the staging area, copied into place after.
-    let kblocks = k.div_ceil(KB);
-    let block = |job: usize| {
-        let kb = job % kblocks;
-        (job / kblocks, kb * KB, ((kb + 1) * KB).min(k))
-    };
-    par.for_each_chunk(staged, fg * KB, &|job, blk, slot| {
-        let (grp, r0, r1) = block(job);
-        let kr = r1 - r0;
-        let acc = &mut blk[..fg * kr];
-        slots.with(slot, |col| {
-            for n in 0..g.n {
-                im2col_rows(g, &x[n * chw..(n + 1) * chw], grp, r0, r1, col);
-                let dn = &dout[n * fp + grp * fg * p..n * fp + (grp + 1) * fg * p];
-                let beta = if n == 0 { T::zero() } else { T::one() };
-                gemm(
-                    fg,
-                    p,
-                    kr,
-                    T::one(),
-                    rm(dn, p),
-                    tr(&col[..kr * p], p),
-                    beta,
-                    acc,
-                    kr,
-                );
+    // dw: per image chunk, partial F x K sums, then combined in chunk order.
+    let fk = g.f * k;
+    par.for_each_chunk(staged, fk, &|c, part, slot| {
+        slots.with(slot, |ws| {
+            let tmax = th * g.wo;
+            let (col, rest) = ws.split_at_mut(k * tmax);
+            let (col_t, dout_t) = rest.split_at_mut(k * tmax);
+            let mut first = true;
+            for n in chunk_images(g, c) {
+                let xn = &x[n * chw..(n + 1) * chw];
+                for t in 0..tiles {
+                    let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
+                    let pt = (oh1 - oh0) * g.wo;
+                    for grp in 0..g.groups() {
+                        im2col_rows(g, xn, grp, 0, k, oh0, oh1, col);
+                        transpose(&col[..k * pt], k, pt, pt, &mut col_t[..k * pt]);
+                        let dn = &dout[n * fp + grp * fg * p + oh0 * g.wo..];
+                        transpose(dn, fg, pt, p, &mut dout_t[..fg * pt]);
+                        // part[grp] (fg x k) += dout_tile (fg x pt) * col_tile^T (pt x k), with
+                        // dout_tile read column-major from dout_t and col_tile^T row-major.
+                        let a = Mat {
+                            data: &dout_t[..fg * pt],
+                            rs: 1,
+                            cs: fg,
+                        };
+                        let beta = if first { T::zero() } else { T::one() };
+                        gemm(
+                            fg,
+                            pt,
+                            k,
+                            T::one(),
+                            a,
+                            rm(&col_t[..k * pt], k),
+                            beta,
+                            &mut part[grp * fg * k..(grp + 1) * fg * k],
+                            k,
+                        );
+                    }
+                    first = false;
+                }
             }
         });
     });
-    for job in 0..g.groups() * kblocks {
-        let (grp, r0, r1) = block(job);
-        let kr = r1 - r0;
-        let blk = &staged[job * fg * KB..job * fg * KB + fg * kr];
-        for f in 0..fg {
-            let row = (grp * fg + f) * k;
-            dw[row + r0..row + r1].copy_from_slice(&blk[f * kr..(f + 1) * kr]);
+    dw.copy_from_slice(&staged[..fk]);
+    for c in 1..dw_chunks(g) {
+        for (d, v) in dw.iter_mut().zip(&staged[c * fk..(c + 1) * fk]) {
+            *d += *v;
         }
     }
 
