@@ -29,6 +29,9 @@ pub trait Float:
     const UNIT_ROUNDOFF: f64;
     fn from_f(v: f64) -> Self;
     fn to_f(self) -> f64;
+    /// `if c { a } else { b }` as a bit-mask blend: no branch, so the compiler cannot turn a
+    /// data-dependent choice into a mispredicted jump.
+    fn select(c: bool, a: Self, b: Self) -> Self;
 }
 
 impl Float for f32 {
@@ -42,6 +45,11 @@ impl Float for f32 {
     fn to_f(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn select(c: bool, a: Self, b: Self) -> Self {
+        let m = (c as u32).wrapping_neg();
+        f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+    }
 }
 
 impl Float for f64 {
@@ -54,6 +62,11 @@ impl Float for f64 {
     #[inline(always)]
     fn to_f(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn select(c: bool, a: Self, b: Self) -> Self {
+        let m = (c as u64).wrapping_neg();
+        f64::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
     }
 }
 

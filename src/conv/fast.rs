@@ -32,9 +32,9 @@ use crate::params::ConvGeom;
 use crate::scalar::Float;
 use crate::simd::multiversion;
 
-/// Target size of one column tile in f32 elements (384 KB): the tile and the GEMM's packed copy
+/// Target size of one column tile in f32 elements (768 KB): the tile and the GEMM's packed copy
 /// of it stay in L2. f64 tiles hold the same element count (twice the bytes, still in L2).
-const TILE_ELEMS: usize = 96 * 1024;
+const TILE_ELEMS: usize = 192 * 1024;
 
 /// Output rows per column tile: a function of the shape only.
 fn tile_rows(g: &ConvGeom) -> usize {

@@ -10,10 +10,26 @@ use crate::params::PoolGeom;
 use crate::scalar::Float;
 use crate::simd::multiversion;
 
+/// Planes per parallel job: about 16K input elements, so small planes do not drown in
+/// scheduling overhead. (No reduction crosses planes, so this never affects results.)
+fn planes_per_job(plane: usize) -> usize {
+    (16 * 1024 / plane.max(1)).max(1)
+}
+
 /// Whether candidate `v` replaces the current best `b` (first max wins; NaN wins; first NaN kept).
 #[inline(always)]
 fn beats<T: Float>(v: T, b: T) -> bool {
-    !b.is_nan() && (v > b || v.is_nan())
+    // Non-short-circuit `&`/`|`: evaluated as flags, not as branches.
+    #[allow(clippy::eq_op)]
+    let (b_num, v_nan) = (b == b, v != v);
+    b_num & ((v > b) | v_nan)
+}
+
+/// Branch-free index select.
+#[inline(always)]
+fn pick(c: bool, a: u32, b: u32) -> u32 {
+    let m = (c as u32).wrapping_neg();
+    (a & m) | (b & !m)
 }
 
 /// The dedicated path applies to 2x2 windows with stride 2 and no padding (ceil mode then adds
@@ -40,18 +56,89 @@ multiversion! {
             for ow in 0..g.wo {
                 let c = 2 * ow;
                 let (mut bv, mut bi) = (r0[c], 0u32);
-                if beats(r0[c + 1], bv) {
-                    (bv, bi) = (r0[c + 1], 1);
-                }
-                if beats(r1[c], bv) {
-                    (bv, bi) = (r1[c], w as u32);
-                }
-                if beats(r1[c + 1], bv) {
-                    (bv, bi) = (r1[c + 1], w as u32 + 1);
+                for (v, off) in [(r0[c + 1], 1), (r1[c], w as u32), (r1[c + 1], w as u32 + 1)] {
+                    let take = beats(v, bv);
+                    bv = T::select(take, v, bv);
+                    bi = pick(take, off, bi);
                 }
                 o[ow] = bv;
                 ix[ow] = base + c as u32 + bi;
             }
+        }
+    }
+}
+
+/// Every window lies fully inside the input (no padding, and floor mode or an exact fit).
+pub fn is_unclipped(g: &PoolGeom) -> bool {
+    let p = &g.p;
+    p.pad == (0, 0)
+        && p.stride.1 * phase_len(g) <= SCRATCH
+        && g.wo.next_multiple_of(VB) <= SCRATCH
+        && (g.ho - 1) * p.stride.0 + p.pool_height <= g.h
+        && (g.wo - 1) * p.stride.1 + p.pool_width <= g.w
+}
+
+/// Lanes of one vector block of the phase-split path (16 f32 = one AVX-512 register).
+const VB: usize = 16;
+/// Scratch (stack) elements of the phase-split path; rows longer than this take the generic path.
+const SCRATCH: usize = 1024;
+
+/// Phase length (padded) of a row split into `sw` phases, so every tap's lane plus a whole
+/// number of vector blocks stays inside its phase.
+fn phase_len(g: &PoolGeom) -> usize {
+    g.w.div_ceil(g.p.stride.1).next_multiple_of(VB) + (g.p.pool_width - 1) / g.p.stride.1 + VB
+}
+
+multiversion! {
+    /// Windows fully inside the plane. Each input row is first split into `stride` phases
+    /// (`phase[q][t] = row[t * stride + q]`), so window tap j of output column ow is
+    /// `phase[j % stride][ow + j / stride]`: a contiguous lane for all columns at once. Taps
+    /// (i, j) are visited in row-major order, so every window still sees its candidates in
+    /// row-major order (first maximum wins), while the columns are processed in whole blocks of
+    /// VB lanes (padding lanes are computed and discarded) with branch-free compare and blend.
+    fn plane_unclipped<T>(g: &PoolGeom, x: &[T], out: &mut [T], idx: &mut [u32]) {
+        let (kh, kw, sh, sw) = (g.p.pool_height, g.p.pool_width, g.p.stride.0, g.p.stride.1);
+        let (wo, plen) = (g.wo, phase_len(g));
+        let wpad = wo.next_multiple_of(VB);
+        let mut phases = [T::zero(); SCRATCH];
+        let mut best = [T::zero(); SCRATCH];
+        let mut bidx = [0u32; SCRATCH];
+        let mut cols = [0u32; SCRATCH];
+        for (ow, c) in cols[..wpad].iter_mut().enumerate() {
+            *c = (ow * sw) as u32;
+        }
+        for oh in 0..g.ho {
+            let r0 = oh * sh;
+            for i in 0..kh {
+                let row = &x[(r0 + i) * g.w..(r0 + i + 1) * g.w];
+                for (t, &v) in row.iter().enumerate() {
+                    phases[(t % sw) * plen + t / sw] = v;
+                }
+                for j in 0..kw {
+                    let start = (j % sw) * plen + j / sw;
+                    let base = ((r0 + i) * g.w + j) as u32;
+                    for blk in (0..wpad).step_by(VB) {
+                        let lane: &[T; VB] = phases[start + blk..start + blk + VB].try_into().expect("VB lanes");
+                        let c: &[u32; VB] = cols[blk..blk + VB].try_into().expect("VB lanes");
+                        let bv: &mut [T; VB] = (&mut best[blk..blk + VB]).try_into().expect("VB lanes");
+                        let bi: &mut [u32; VB] = (&mut bidx[blk..blk + VB]).try_into().expect("VB lanes");
+                        if i == 0 && j == 0 {
+                            *bv = *lane;
+                            for l in 0..VB {
+                                bi[l] = base + c[l];
+                            }
+                        } else {
+                            for l in 0..VB {
+                                let take = beats(lane[l], bv[l]);
+                                bv[l] = T::select(take, lane[l], bv[l]);
+                                bi[l] = pick(take, base + c[l], bi[l]);
+                            }
+                        }
+                    }
+                }
+            }
+            out[oh * wo..(oh + 1) * wo].copy_from_slice(&best[..wo]);
+            idx[oh * wo..(oh + 1) * wo].copy_from_slice(&bidx[..wo]);
         }
     }
 }
@@ -87,15 +174,27 @@ pub fn forward_into<T: Float>(
     par: Parallelism<'_>,
 ) {
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
-    let two = is_2x2(g);
-    par.for_each_chunk2(out, oplane, argmax, oplane, &|nc, o, a, _| {
-        let xp = &x[nc * plane..(nc + 1) * plane];
-        if two {
-            plane_2x2(g, xp, o, a)
-        } else {
-            plane_generic(g, xp, o, a)
-        }
-    });
+    let (two, unclipped) = (is_2x2(g), is_unclipped(g));
+    let per_job = planes_per_job(plane);
+    par.for_each_chunk2(
+        out,
+        oplane * per_job,
+        argmax,
+        oplane * per_job,
+        &|j, o, a, _| {
+            for (k, (o, a)) in o.chunks_mut(oplane).zip(a.chunks_mut(oplane)).enumerate() {
+                let nc = j * per_job + k;
+                let xp = &x[nc * plane..(nc + 1) * plane];
+                if two {
+                    plane_2x2(g, xp, o, a)
+                } else if unclipped {
+                    plane_unclipped(g, xp, o, a)
+                } else {
+                    plane_generic(g, xp, o, a)
+                }
+            }
+        },
+    );
 }
 
 multiversion! {
@@ -116,8 +215,12 @@ pub fn backward_into<T: Float>(
     par: Parallelism<'_>,
 ) {
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
-    par.for_each_chunk(dx, plane, &|nc, dxp, _| {
-        let r = nc * oplane..(nc + 1) * oplane;
-        plane_scatter(&dout[r.clone()], &argmax[r], dxp)
+    let per_job = planes_per_job(plane);
+    par.for_each_chunk(dx, plane * per_job, &|j, dxs, _| {
+        for (k, dxp) in dxs.chunks_mut(plane).enumerate() {
+            let nc = j * per_job + k;
+            let r = nc * oplane..(nc + 1) * oplane;
+            plane_scatter(&dout[r.clone()], &argmax[r], dxp)
+        }
     });
 }
