@@ -93,6 +93,54 @@ pub mod reference {
     }
 }
 
+/// Fast affine: GEMM (matrixmultiply) with f64-accumulated bias gradient.
+pub mod fast {
+    use crate::gemm::{gemm, rm, tr};
+    use crate::scalar::Float;
+
+    /// out (N x M) = x (N x D) * w (D x M) + b.
+    pub fn forward<T: Float>(
+        n: usize,
+        d: usize,
+        m: usize,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        out: &mut [T],
+    ) {
+        for row in out.chunks_mut(m.max(1)).take(n) {
+            row.copy_from_slice(&b[..m]);
+        }
+        gemm(n, d, m, T::one(), rm(x, d), rm(w, m), T::one(), out, m);
+    }
+
+    /// dx = dout w^T, dw = x^T dout, db = column sums of dout (f64).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Float>(
+        n: usize,
+        d: usize,
+        m: usize,
+        x: &[T],
+        w: &[T],
+        dout: &[T],
+        dx: &mut [T],
+        dw: &mut [T],
+        db: &mut [T],
+    ) {
+        gemm(n, m, d, T::one(), rm(dout, m), tr(w, m), T::zero(), dx, d);
+        gemm(d, n, m, T::one(), tr(x, d), rm(dout, m), T::zero(), dw, m);
+        let mut acc = vec![0.0f64; m];
+        for row in dout.chunks(m.max(1)).take(n) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v.to_f();
+            }
+        }
+        for (o, a) in db.iter_mut().zip(acc) {
+            *o = T::from_f(a);
+        }
+    }
+}
+
 type Grads<T> = (Tensor<T>, Tensor<T>, Tensor<T>);
 
 /// Reference affine forward: out (N, M) and the cache.
@@ -134,6 +182,49 @@ pub fn affine_backward_naive<'a, T: Float>(
     let mut dw = Tensor::zeros(&[d, m])?;
     let mut db = Tensor::zeros(&[m])?;
     reference::backward(
+        n,
+        d,
+        m,
+        cache.x.data(),
+        cache.w.data(),
+        dout.data(),
+        dx.data_mut(),
+        dw.data_mut(),
+        db.data_mut(),
+    );
+    Ok((dx, dw, db))
+}
+
+/// Fast affine forward (GEMM): same arguments and results as [`affine_forward_naive`].
+pub fn affine_forward<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    w: impl Into<TensorView<'a, T>>,
+    b: impl Into<TensorView<'a, T>>,
+) -> Result<(Tensor<T>, AffineCache<T>)> {
+    let (x, w, b) = (x.into(), w.into(), b.into());
+    let (n, d, m) = affine_dims(x.shape(), w.shape(), b.shape())?;
+    let mut out = Tensor::zeros(&[n, m])?;
+    fast::forward(n, d, m, x.data(), w.data(), b.data(), out.data_mut());
+    Ok((
+        out,
+        AffineCache {
+            x: x.to_owned(),
+            w: w.to_owned(),
+        },
+    ))
+}
+
+/// Fast affine backward (GEMM): dx (shape of x), dw (D, M), db (M,).
+pub fn affine_backward<'a, T: Float>(
+    dout: impl Into<TensorView<'a, T>>,
+    cache: &AffineCache<T>,
+) -> Result<Grads<T>> {
+    let dout = dout.into();
+    let (n, d, m) = check_affine_backward(&dout, cache)?;
+    let mut dx = Tensor::zeros(cache.x.shape())?;
+    let mut dw = Tensor::zeros(&[d, m])?;
+    let mut db = Tensor::zeros(&[m])?;
+    fast::backward(
         n,
         d,
         m,

@@ -48,8 +48,8 @@ pub mod simd;
 pub mod tensor;
 
 pub use affine::{
-    AffineCache, ReluCache, affine_backward_naive, affine_forward_naive, relu_backward,
-    relu_forward,
+    AffineCache, ReluCache, affine_backward, affine_backward_naive, affine_forward,
+    affine_forward_naive, relu_backward, relu_forward,
 };
 pub use conv::{
     ConvCache, conv_backward_fast, conv_backward_into, conv_backward_naive, conv_forward_fast,

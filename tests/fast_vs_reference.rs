@@ -358,3 +358,25 @@ proptest! {
     #[test]
     fn norms_fast_match_reference_f32(c in norm_case()) { check_norm::<f32>(&c, 1e-6); }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn affine_fast_matches_reference(n in 1usize..6, d1 in 1usize..5, d2 in 1usize..5, m in 1usize..7, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let x: Tensor<f64> = rng.randn(&[n, d1, d2], 1.0, 0.0);
+        let w: Tensor<f64> = rng.randn(&[d1 * d2, m], 1.0, 0.0);
+        let b: Tensor<f64> = rng.randn(&[m], 1.0, 0.0);
+        let (o_r, c_r) = affine_forward_naive(&x, &w, &b).unwrap();
+        let (o_f, c_f) = affine_forward(&x, &w, &b).unwrap();
+        let (s, c_abs) = affine_forward_naive(&abs(&x), &abs(&w), &abs(&b)).unwrap();
+        assert_bounded("affine out", &o_f, &o_r, &s, d1 * d2);
+        let dout: Tensor<f64> = rng.randn(&[n, m], 1.0, 0.0);
+        let (gr, gf) = (affine_backward_naive(&dout, &c_r).unwrap(), affine_backward(&dout, &c_f).unwrap());
+        let sa = affine_backward_naive(&abs(&dout), &c_abs).unwrap();
+        assert_bounded("affine dx", &gf.0, &gr.0, &sa.0, m);
+        assert_bounded("affine dw", &gf.1, &gr.1, &sa.1, n);
+        assert_bounded("affine db", &gf.2, &gr.2, &sa.2, n);
+    }
+}

@@ -1,0 +1,846 @@
+//! `fastlayers._fastlayers`: the notebook API of cs231n's layers.py / fast_layers.py on the Rust
+//! kernels. float32 and float64 arrays keep their dtype; non-contiguous arrays are copied; other
+//! dtypes, bad shapes and bad parameters raise ValueError with the library's message. The GIL is
+//! released while a kernel runs.
+
+use fastlayers as fl;
+use fastlayers::{Float, Tensor, TensorView};
+use numpy::{
+    Element, IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+fn err(e: fl::Error) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dt {
+    F32,
+    F64,
+}
+
+/// The dtype of `obj`, which must be a float32 or float64 numpy array.
+fn dtype_of(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Dt> {
+    if obj.cast::<PyArrayDyn<f64>>().is_ok() {
+        Ok(Dt::F64)
+    } else if obj.cast::<PyArrayDyn<f32>>().is_ok() {
+        Ok(Dt::F32)
+    } else {
+        let found = obj
+            .getattr("dtype")
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| obj.get_type().to_string());
+        Err(PyValueError::new_err(format!(
+            "{name}: expected a numpy array of dtype float32 or float64, found {found}"
+        )))
+    }
+}
+
+/// A numpy input borrowed without copying when C-contiguous, copied otherwise.
+struct In<'py, T: Element> {
+    ro: PyReadonlyArrayDyn<'py, T>,
+    copy: Option<Vec<T>>,
+    shape: Vec<usize>,
+}
+
+impl<'py, T: Element + Float> In<'py, T> {
+    fn new(obj: &Bound<'py, PyAny>, name: &str, want: Dt) -> PyResult<Self> {
+        let dt = dtype_of(obj, name)?;
+        if dt != want {
+            return Err(PyValueError::new_err(format!(
+                "{name}: expected dtype {} like the other inputs, found {}",
+                if want == Dt::F32 {
+                    "float32"
+                } else {
+                    "float64"
+                },
+                if dt == Dt::F32 { "float32" } else { "float64" }
+            )));
+        }
+        let arr = obj.cast::<PyArrayDyn<T>>()?;
+        let ro = arr.readonly();
+        let shape = ro.shape().to_vec();
+        // Only C order can be borrowed as NCHW; numpy's as_slice also accepts Fortran order,
+        // so check C-contiguity explicitly. Anything else is copied in logical (row-major) order.
+        let copy = if ro.is_c_contiguous() {
+            None
+        } else {
+            Some(ro.as_array().iter().copied().collect())
+        };
+        Ok(In { ro, copy, shape })
+    }
+    fn view(&self) -> TensorView<'_, T> {
+        let data = match &self.copy {
+            Some(c) => c.as_slice(),
+            None => self.ro.as_slice().expect("checked C-contiguous"),
+        };
+        TensorView::new(data, &self.shape).expect("numpy shape matches its data")
+    }
+}
+
+fn out<'py, T: Element + Float>(py: Python<'py>, t: Tensor<T>) -> Bound<'py, PyAny> {
+    t.into_ndarray().into_pyarray(py).into_any()
+}
+
+/// Runs the body with `T` bound to the element type of `$x`.
+macro_rules! by_dtype {
+    ($x:expr, $name:literal, |$dt:ident, $T:ident| $body:block) => {
+        match dtype_of($x, $name)? {
+            Dt::F32 => {
+                type $T = f32;
+                let $dt = Dt::F32;
+                $body
+            }
+            Dt::F64 => {
+                type $T = f64;
+                let $dt = Dt::F64;
+                $body
+            }
+        }
+    };
+}
+
+/// A cache object: the Rust cache of one layer in one dtype, opaque to Python.
+macro_rules! cache_class {
+    ($name:ident, $pyname:literal, $inner:ident) => {
+        #[pyclass(name = $pyname, module = "fastlayers", frozen)]
+        struct $name {
+            f32: Option<fl::$inner<f32>>,
+            f64: Option<fl::$inner<f64>>,
+        }
+        impl $name {
+            /// Wraps the cache of whichever dtype T is (f32 or f64).
+            fn wrap<T: 'static>(c: fl::$inner<T>) -> Self {
+                let b: Box<dyn std::any::Any> = Box::new(c);
+                match b.downcast::<fl::$inner<f32>>() {
+                    Ok(c) => $name {
+                        f32: Some(*c),
+                        f64: None,
+                    },
+                    Err(b) => $name {
+                        f32: None,
+                        f64: b.downcast::<fl::$inner<f64>>().ok().map(|c| *c),
+                    },
+                }
+            }
+            fn dt(&self) -> Dt {
+                if self.f32.is_some() { Dt::F32 } else { Dt::F64 }
+            }
+            /// The cache as `fl::X<T>`; errors if it holds the other dtype.
+            fn get<T: 'static>(&self) -> PyResult<&fl::$inner<T>> {
+                use std::any::Any;
+                let a = self
+                    .f32
+                    .as_ref()
+                    .and_then(|c| (c as &dyn Any).downcast_ref());
+                let b = self
+                    .f64
+                    .as_ref()
+                    .and_then(|c| (c as &dyn Any).downcast_ref());
+                a.or(b)
+                    .ok_or_else(|| PyValueError::new_err("cache: holds another dtype than dout"))
+            }
+        }
+    };
+}
+
+cache_class!(ConvCache, "ConvCache", ConvCache);
+cache_class!(PoolCache, "PoolCache", PoolCache);
+cache_class!(AffineCache, "AffineCache", AffineCache);
+cache_class!(ReluCache, "ReluCache", ReluCache);
+cache_class!(DropoutCache, "DropoutCache", DropoutCache);
+cache_class!(NormCache, "NormCache", NormCache);
+
+fn check_cache_dtype(dout: &Bound<'_, PyAny>, cache_dt: Dt) -> PyResult<Dt> {
+    let dt = dtype_of(dout, "dout")?;
+    if dt != cache_dt {
+        return Err(PyValueError::new_err(format!(
+            "dout: expected the dtype of the forward pass ({:?}), found {:?}",
+            cache_dt, dt
+        )));
+    }
+    Ok(dt)
+}
+
+fn get_usize(d: &Bound<'_, PyDict>, key: &str, default: Option<usize>) -> PyResult<usize> {
+    match d.get_item(key)? {
+        Some(v) => {
+            let i: i64 = v.extract().map_err(|_| {
+                PyValueError::new_err(format!("{key}: expected an integer, found {v}"))
+            })?;
+            usize::try_from(i).map_err(|_| {
+                PyValueError::new_err(format!("{key}: expected an integer >= 0, found {i}"))
+            })
+        }
+        None => {
+            default.ok_or_else(|| PyValueError::new_err(format!("{key}: required key missing")))
+        }
+    }
+}
+
+fn conv_param(d: &Bound<'_, PyDict>) -> PyResult<fl::ConvParam> {
+    Ok(
+        fl::ConvParam::new(get_usize(d, "stride", None)?, get_usize(d, "pad", None)?)
+            .with_dilation(
+                get_usize(d, "dilation", Some(1))?,
+                get_usize(d, "dilation", Some(1))?,
+            )
+            .with_groups(get_usize(d, "groups", Some(1))?),
+    )
+}
+
+fn pool_param(d: &Bound<'_, PyDict>) -> PyResult<fl::PoolParam> {
+    let pad = get_usize(d, "pad", Some(0))?;
+    let ceil = match d.get_item("ceil_mode")? {
+        Some(v) => v.is_truthy()?,
+        None => false,
+    };
+    Ok(fl::PoolParam::new(
+        get_usize(d, "pool_height", None)?,
+        get_usize(d, "pool_width", None)?,
+        get_usize(d, "stride", None)?,
+    )
+    .with_pad(pad, pad)
+    .with_ceil_mode(ceil))
+}
+
+// ---------------------------------------------------------------- convolution
+
+fn conv_fwd<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    w: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    p: &Bound<'py, PyDict>,
+    fast: bool,
+) -> PyResult<(Bound<'py, PyAny>, ConvCache)> {
+    let p = conv_param(p)?;
+    by_dtype!(x, "x", |dt, T| {
+        let (x, w, b) = (
+            In::<T>::new(x, "x", dt)?,
+            In::<T>::new(w, "w", dt)?,
+            In::<T>::new(b, "b", dt)?,
+        );
+        let (xv, wv, bv) = (x.view(), w.view(), b.view());
+        let r = py.detach(|| {
+            if fast {
+                fl::conv_forward_fast(xv, wv, bv, &p)
+            } else {
+                fl::conv_forward_naive(xv, wv, bv, &p)
+            }
+        });
+        let (o, c) = r.map_err(err)?;
+        let cache = ConvCache::wrap(c);
+        Ok((out(py, o), cache))
+    })
+}
+
+fn conv_bwd<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &ConvCache,
+    fast: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let dt = check_cache_dtype(dout, cache.dt())?;
+    by_dtype!(dout, "dout", |dt2, T| {
+        let _ = dt2;
+        let d = In::<T>::new(dout, "dout", dt)?;
+        let c: &fl::ConvCache<T> = cache.get::<T>()?;
+        let dv = d.view();
+        let (dx, dw, db) = py
+            .detach(|| {
+                if fast {
+                    fl::conv_backward_fast(dv, c)
+                } else {
+                    fl::conv_backward_naive(dv, c)
+                }
+            })
+            .map_err(err)?;
+        PyTuple::new(py, [out(py, dx), out(py, dw), out(py, db)])
+    })
+}
+
+#[pyfunction]
+fn conv_forward_naive<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    w: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    conv_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, ConvCache)> {
+    conv_fwd(py, x, w, b, conv_param, false)
+}
+#[pyfunction]
+fn conv_forward_fast<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    w: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    conv_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, ConvCache)> {
+    conv_fwd(py, x, w, b, conv_param, true)
+}
+#[pyfunction]
+fn conv_backward_naive<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &ConvCache,
+) -> PyResult<Bound<'py, PyTuple>> {
+    conv_bwd(py, dout, cache, false)
+}
+#[pyfunction]
+fn conv_backward_fast<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &ConvCache,
+) -> PyResult<Bound<'py, PyTuple>> {
+    conv_bwd(py, dout, cache, true)
+}
+
+// ---------------------------------------------------------------- pooling
+
+fn pool_fwd<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    p: &Bound<'py, PyDict>,
+    fast: bool,
+) -> PyResult<(Bound<'py, PyAny>, PoolCache)> {
+    let p = pool_param(p)?;
+    by_dtype!(x, "x", |dt, T| {
+        let x = In::<T>::new(x, "x", dt)?;
+        let xv = x.view();
+        let (o, c) = py
+            .detach(|| {
+                if fast {
+                    fl::max_pool_forward_fast(xv, &p)
+                } else {
+                    fl::max_pool_forward_naive(xv, &p)
+                }
+            })
+            .map_err(err)?;
+        let cache = PoolCache::wrap(c);
+        Ok((out(py, o), cache))
+    })
+}
+
+fn pool_bwd<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &PoolCache,
+    fast: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let dt = check_cache_dtype(dout, cache.dt())?;
+    by_dtype!(dout, "dout", |dt2, T| {
+        let _ = dt2;
+        let d = In::<T>::new(dout, "dout", dt)?;
+        let c: &fl::PoolCache<T> = cache.get::<T>()?;
+        let dv = d.view();
+        let dx = py
+            .detach(|| {
+                if fast {
+                    fl::max_pool_backward_fast(dv, c)
+                } else {
+                    fl::max_pool_backward_naive(dv, c)
+                }
+            })
+            .map_err(err)?;
+        Ok(out(py, dx))
+    })
+}
+
+#[pyfunction]
+fn max_pool_forward_naive<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    pool_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, PoolCache)> {
+    pool_fwd(py, x, pool_param, false)
+}
+#[pyfunction]
+fn max_pool_forward_fast<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    pool_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, PoolCache)> {
+    pool_fwd(py, x, pool_param, true)
+}
+#[pyfunction]
+fn max_pool_backward_naive<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &PoolCache,
+) -> PyResult<Bound<'py, PyAny>> {
+    pool_bwd(py, dout, cache, false)
+}
+#[pyfunction]
+fn max_pool_backward_fast<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &PoolCache,
+) -> PyResult<Bound<'py, PyAny>> {
+    pool_bwd(py, dout, cache, true)
+}
+
+// ---------------------------------------------------------------- affine, relu, dropout
+
+#[pyfunction]
+fn affine_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    w: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, AffineCache)> {
+    by_dtype!(x, "x", |dt, T| {
+        let (x, w, b) = (
+            In::<T>::new(x, "x", dt)?,
+            In::<T>::new(w, "w", dt)?,
+            In::<T>::new(b, "b", dt)?,
+        );
+        let (xv, wv, bv) = (x.view(), w.view(), b.view());
+        let (o, c) = py.detach(|| fl::affine_forward(xv, wv, bv)).map_err(err)?;
+        let cache = AffineCache::wrap(c);
+        Ok((out(py, o), cache))
+    })
+}
+
+#[pyfunction]
+fn affine_backward<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &AffineCache,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let dt = check_cache_dtype(dout, cache.dt())?;
+    by_dtype!(dout, "dout", |dt2, T| {
+        let _ = dt2;
+        let d = In::<T>::new(dout, "dout", dt)?;
+        let c: &fl::AffineCache<T> = cache.get::<T>()?;
+        let dv = d.view();
+        let (dx, dw, db) = py.detach(|| fl::affine_backward(dv, c)).map_err(err)?;
+        PyTuple::new(py, [out(py, dx), out(py, dw), out(py, db)])
+    })
+}
+
+#[pyfunction]
+fn relu_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, ReluCache)> {
+    by_dtype!(x, "x", |dt, T| {
+        let x = In::<T>::new(x, "x", dt)?;
+        let xv = x.view();
+        let (o, c) = py.detach(|| fl::relu_forward(xv)).map_err(err)?;
+        let cache = ReluCache::wrap(c);
+        Ok((out(py, o), cache))
+    })
+}
+
+#[pyfunction]
+fn relu_backward<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &ReluCache,
+) -> PyResult<Bound<'py, PyAny>> {
+    let dt = check_cache_dtype(dout, cache.dt())?;
+    by_dtype!(dout, "dout", |dt2, T| {
+        let _ = dt2;
+        let d = In::<T>::new(dout, "dout", dt)?;
+        let c: &fl::ReluCache<T> = cache.get::<T>()?;
+        let dv = d.view();
+        Ok(out(
+            py,
+            py.detach(|| fl::relu_backward(dv, c)).map_err(err)?,
+        ))
+    })
+}
+
+fn mode_of(d: &Bound<'_, PyDict>, key: &str) -> PyResult<fl::Mode> {
+    let m: String = d
+        .get_item(key)?
+        .ok_or_else(|| PyValueError::new_err(format!("{key}: required key missing")))?
+        .extract()?;
+    match m.as_str() {
+        "train" => Ok(fl::Mode::Train),
+        "test" => Ok(fl::Mode::Test),
+        other => Err(PyValueError::new_err(format!(
+            "{key}: expected 'train' or 'test', found '{other}'"
+        ))),
+    }
+}
+
+#[pyfunction]
+fn dropout_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    dropout_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, DropoutCache)> {
+    let p: f64 = dropout_param
+        .get_item("p")?
+        .ok_or_else(|| PyValueError::new_err("p: required key missing"))?
+        .extract()?;
+    let seed = match dropout_param.get_item("seed")? {
+        Some(s) if !s.is_none() => Some(s.extract::<u64>()?),
+        _ => None,
+    };
+    let prm = fl::DropoutParam {
+        p,
+        mode: mode_of(dropout_param, "mode")?,
+        seed,
+    };
+    by_dtype!(x, "x", |dt, T| {
+        let x = In::<T>::new(x, "x", dt)?;
+        let xv = x.view();
+        let (o, c) = py.detach(|| fl::dropout_forward(xv, &prm)).map_err(err)?;
+        let cache = DropoutCache::wrap(c);
+        Ok((out(py, o), cache))
+    })
+}
+
+#[pyfunction]
+fn dropout_backward<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &DropoutCache,
+) -> PyResult<Bound<'py, PyAny>> {
+    let dt = check_cache_dtype(dout, cache.dt())?;
+    by_dtype!(dout, "dout", |dt2, T| {
+        let _ = dt2;
+        let d = In::<T>::new(dout, "dout", dt)?;
+        let c: &fl::DropoutCache<T> = cache.get::<T>()?;
+        let dv = d.view();
+        Ok(out(
+            py,
+            py.detach(|| fl::dropout_backward(dv, c)).map_err(err)?,
+        ))
+    })
+}
+
+// ---------------------------------------------------------------- normalisation
+
+fn f64_key(d: &Bound<'_, PyDict>, key: &str, default: f64) -> PyResult<f64> {
+    match d.get_item(key)? {
+        Some(v) => v
+            .extract()
+            .map_err(|_| PyValueError::new_err(format!("{key}: expected a number, found {v}"))),
+        None => Ok(default),
+    }
+}
+
+fn vec_key<T: Element + Float>(
+    d: &Bound<'_, PyDict>,
+    key: &str,
+    dt: Dt,
+) -> PyResult<Option<Vec<T>>> {
+    match d.get_item(key)? {
+        Some(v) if !v.is_none() => {
+            let a = In::<T>::new(
+                &v,
+                if key == "running_mean" {
+                    "running_mean"
+                } else {
+                    "running_var"
+                },
+                dt,
+            )?;
+            Ok(Some(a.view().data().to_vec()))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn bn_fwd<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    gamma: &Bound<'py, PyAny>,
+    beta: &Bound<'py, PyAny>,
+    bn_param: &Bound<'py, PyDict>,
+    spatial: bool,
+) -> PyResult<(Bound<'py, PyAny>, NormCache)> {
+    let mode = mode_of(bn_param, "mode")?;
+    let pytorch = match bn_param.get_item("convention")? {
+        Some(v) => {
+            let s: String = v.extract()?;
+            match s.as_str() {
+                "notebook" => false,
+                "pytorch" => true,
+                o => {
+                    return Err(PyValueError::new_err(format!(
+                        "convention: expected 'notebook' or 'pytorch', found '{o}'"
+                    )));
+                }
+            }
+        }
+        None => false,
+    };
+    by_dtype!(x, "x", |dt, T| {
+        let mut p: fl::BnParam<T> = if pytorch {
+            fl::BnParam::pytorch(mode)
+        } else {
+            fl::BnParam::train()
+        };
+        p.mode = mode;
+        p.eps = f64_key(bn_param, "eps", p.eps)?;
+        p.momentum = f64_key(bn_param, "momentum", p.momentum)?;
+        p.running_mean = vec_key::<T>(bn_param, "running_mean", dt)?;
+        p.running_var = vec_key::<T>(bn_param, "running_var", dt)?;
+        let (x, g, b) = (
+            In::<T>::new(x, "x", dt)?,
+            In::<T>::new(gamma, "gamma", dt)?,
+            In::<T>::new(beta, "beta", dt)?,
+        );
+        let (xv, gv, bv) = (x.view(), g.view(), b.view());
+        let (o, c) = py
+            .detach(|| {
+                if spatial {
+                    fl::spatial_batchnorm_forward(xv, gv, bv, &mut p)
+                } else {
+                    fl::batchnorm_forward(xv, gv, bv, &mut p)
+                }
+            })
+            .map_err(err)?;
+        // Like the notebook: the updated running statistics go back into the caller's dict.
+        if let (Some(rm), Some(rv)) = (p.running_mean.take(), p.running_var.take()) {
+            bn_param.set_item("running_mean", rm.into_pyarray(py))?;
+            bn_param.set_item("running_var", rv.into_pyarray(py))?;
+        }
+        let cache = NormCache::wrap(c);
+        Ok((out(py, o), cache))
+    })
+}
+
+fn norm_bwd<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &NormCache,
+    which: u8,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let dt = check_cache_dtype(dout, cache.dt())?;
+    by_dtype!(dout, "dout", |dt2, T| {
+        let _ = dt2;
+        let d = In::<T>::new(dout, "dout", dt)?;
+        let c: &fl::NormCache<T> = cache.get::<T>()?;
+        let dv = d.view();
+        let (dx, dg, db) = py
+            .detach(|| match which {
+                0 => fl::batchnorm_backward(dv, c),
+                1 => fl::batchnorm_backward_naive(dv, c),
+                2 => fl::spatial_batchnorm_backward(dv, c),
+                3 => fl::layernorm_backward(dv, c),
+                _ => fl::spatial_groupnorm_backward(dv, c),
+            })
+            .map_err(err)?;
+        PyTuple::new(py, [out(py, dx), out(py, dg), out(py, db)])
+    })
+}
+
+#[pyfunction]
+fn batchnorm_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    gamma: &Bound<'py, PyAny>,
+    beta: &Bound<'py, PyAny>,
+    bn_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, NormCache)> {
+    bn_fwd(py, x, gamma, beta, bn_param, false)
+}
+/// Backward through the computation graph (the reference), as the notebook's batchnorm_backward.
+#[pyfunction]
+fn batchnorm_backward<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &NormCache,
+) -> PyResult<Bound<'py, PyTuple>> {
+    norm_bwd(py, dout, cache, 1)
+}
+/// The simplified closed form (the fast kernel).
+#[pyfunction]
+fn batchnorm_backward_alt<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &NormCache,
+) -> PyResult<Bound<'py, PyTuple>> {
+    norm_bwd(py, dout, cache, 0)
+}
+#[pyfunction]
+fn spatial_batchnorm_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    gamma: &Bound<'py, PyAny>,
+    beta: &Bound<'py, PyAny>,
+    bn_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, NormCache)> {
+    bn_fwd(py, x, gamma, beta, bn_param, true)
+}
+#[pyfunction]
+fn spatial_batchnorm_backward<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &NormCache,
+) -> PyResult<Bound<'py, PyTuple>> {
+    norm_bwd(py, dout, cache, 2)
+}
+
+#[pyfunction]
+fn layernorm_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    gamma: &Bound<'py, PyAny>,
+    beta: &Bound<'py, PyAny>,
+    ln_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, NormCache)> {
+    let p = fl::NormParam {
+        eps: f64_key(ln_param, "eps", 1e-5)?,
+    };
+    by_dtype!(x, "x", |dt, T| {
+        let (x, g, b) = (
+            In::<T>::new(x, "x", dt)?,
+            In::<T>::new(gamma, "gamma", dt)?,
+            In::<T>::new(beta, "beta", dt)?,
+        );
+        let (xv, gv, bv) = (x.view(), g.view(), b.view());
+        let (o, c) = py
+            .detach(|| fl::layernorm_forward(xv, gv, bv, &p))
+            .map_err(err)?;
+        let cache = NormCache::wrap(c);
+        Ok((out(py, o), cache))
+    })
+}
+#[pyfunction]
+fn layernorm_backward<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &NormCache,
+) -> PyResult<Bound<'py, PyTuple>> {
+    norm_bwd(py, dout, cache, 3)
+}
+
+#[pyfunction]
+#[allow(non_snake_case)]
+fn spatial_groupnorm_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    gamma: &Bound<'py, PyAny>,
+    beta: &Bound<'py, PyAny>,
+    G: usize,
+    gn_param: &Bound<'py, PyDict>,
+) -> PyResult<(Bound<'py, PyAny>, NormCache)> {
+    let p = fl::NormParam {
+        eps: f64_key(gn_param, "eps", 1e-5)?,
+    };
+    by_dtype!(x, "x", |dt, T| {
+        let (x, g, b) = (
+            In::<T>::new(x, "x", dt)?,
+            In::<T>::new(gamma, "gamma", dt)?,
+            In::<T>::new(beta, "beta", dt)?,
+        );
+        let (xv, gv, bv) = (x.view(), g.view(), b.view());
+        let (o, c) = py
+            .detach(|| fl::spatial_groupnorm_forward(xv, gv, bv, G, &p))
+            .map_err(err)?;
+        let cache = NormCache::wrap(c);
+        Ok((out(py, o), cache))
+    })
+}
+#[pyfunction]
+fn spatial_groupnorm_backward<'py>(
+    py: Python<'py>,
+    dout: &Bound<'py, PyAny>,
+    cache: &NormCache,
+) -> PyResult<Bound<'py, PyTuple>> {
+    norm_bwd(py, dout, cache, 4)
+}
+
+// ---------------------------------------------------------------- losses
+
+fn labels(y: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    let np = y.py().import("numpy")?;
+    let arr = np.call_method1("asarray", (y, "int64"))?;
+    let a = arr.cast::<PyArrayDyn<i64>>()?.readonly();
+    a.as_array()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            usize::try_from(v).map_err(|_| {
+                PyValueError::new_err(format!("y: expected labels >= 0, found {v} at index {i}"))
+            })
+        })
+        .collect()
+}
+
+fn loss<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    svm: bool,
+) -> PyResult<(f64, Bound<'py, PyAny>)> {
+    let y = labels(y)?;
+    by_dtype!(x, "x", |dt, T| {
+        let x = In::<T>::new(x, "x", dt)?;
+        let xv = x.view();
+        let (l, dx) = py
+            .detach(|| {
+                if svm {
+                    fl::svm_loss(xv, &y)
+                } else {
+                    fl::softmax_loss(xv, &y)
+                }
+            })
+            .map_err(err)?;
+        Ok((l, out(py, dx)))
+    })
+}
+
+#[pyfunction]
+fn softmax_loss<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+) -> PyResult<(f64, Bound<'py, PyAny>)> {
+    loss(py, x, y, false)
+}
+#[pyfunction]
+fn svm_loss<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+) -> PyResult<(f64, Bound<'py, PyAny>)> {
+    loss(py, x, y, true)
+}
+
+#[pymodule]
+fn _fastlayers(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(conv_forward_naive, m)?)?;
+    m.add_function(wrap_pyfunction!(conv_backward_naive, m)?)?;
+    m.add_function(wrap_pyfunction!(conv_forward_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(conv_backward_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool_forward_naive, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool_backward_naive, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool_forward_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool_backward_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(affine_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(affine_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(relu_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(relu_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(dropout_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(dropout_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(batchnorm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(batchnorm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(batchnorm_backward_alt, m)?)?;
+    m.add_function(wrap_pyfunction!(spatial_batchnorm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(spatial_batchnorm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(layernorm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(layernorm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(spatial_groupnorm_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(spatial_groupnorm_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax_loss, m)?)?;
+    m.add_function(wrap_pyfunction!(svm_loss, m)?)?;
+    m.add_class::<ConvCache>()?;
+    m.add_class::<PoolCache>()?;
+    m.add_class::<AffineCache>()?;
+    m.add_class::<ReluCache>()?;
+    m.add_class::<DropoutCache>()?;
+    m.add_class::<NormCache>()?;
+    Ok(())
+}
