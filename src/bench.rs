@@ -188,7 +188,7 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
         let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
         let b: Tensor<T> = rng.randn(&[ws[0]], 1.0, 0.0);
         let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
-        let mut ws_buf = vec![T::zero(); conv_workspace_len(&xs, &ws, &cp, par)?];
+        let mut ws_buf = vec![T::zero(); conv_workspace_len::<T>(&xs, &ws, &cp, par)?];
         let mut out = vec![T::zero(); g.out_shape().iter().product()];
         let (mut dx, mut dw, mut db) = (
             vec![T::zero(); x.len()],

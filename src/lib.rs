@@ -38,6 +38,7 @@ pub mod gemm;
 pub mod gradcheck;
 pub mod loss;
 pub mod norm;
+pub mod packed_gemm;
 pub mod parallel;
 pub mod params;
 pub mod peak;

@@ -23,7 +23,7 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
     let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
     let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
     let b: Tensor<T> = rng.randn(&[8], 1.0, 0.0);
-    let mut wsb = vec![T::zero(); conv_workspace_len(&xs, &ws, &p, par).unwrap()];
+    let mut wsb = vec![T::zero(); conv_workspace_len::<T>(&xs, &ws, &p, par).unwrap()];
     let g = ConvGeom::new(&xs, &ws, &[8], &p).unwrap();
     let mut out = vec![T::zero(); g.out_shape().iter().product()];
     conv_forward_into(&x, &w, &b, &p, &mut out, &mut wsb, par).unwrap();
@@ -39,7 +39,7 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
     let (xs, ws, p) = ([3, 16, 6, 6], [4, 16, 3, 3], ConvParam::new(1, 1));
     let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
     let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
-    let mut wsb = vec![T::zero(); conv_workspace_len(&xs, &ws, &p, par).unwrap()];
+    let mut wsb = vec![T::zero(); conv_workspace_len::<T>(&xs, &ws, &p, par).unwrap()];
     let dout: Tensor<T> = rng.randn(&[3, 4, 6, 6], 1.0, 0.0);
     let (mut dx, mut dw, mut db) = (
         vec![T::zero(); x.len()],

@@ -21,7 +21,7 @@ fn conv_into_validates_before_writing_and_matches_the_notebook_api() {
     let w: Tensor<f64> = rng.randn(&ws, 1.0, 0.0);
     let b: Tensor<f64> = rng.randn(&[4], 1.0, 0.0);
     let par = Parallelism::Threads(2);
-    let need = conv_workspace_len(&xs, &ws, &p, par).unwrap();
+    let need = conv_workspace_len::<f64>(&xs, &ws, &p, par).unwrap();
     // Output of the wrong size, workspace one element short: errors, nothing written.
     let (mut out, mut ws_buf) = (nan_buf(2 * 4 * 64 - 1), nan_buf(need));
     let e = conv_forward_into(&x, &w, &b, &p, &mut out, &mut ws_buf, par).unwrap_err();

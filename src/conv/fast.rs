@@ -26,7 +26,8 @@
 //! All of it is the caller's (`*_workspace_len` gives the exact size); the kernels allocate
 //! only O(threads) bookkeeping.
 
-use crate::gemm::{Mat, gemm, rm, tr};
+use crate::gemm::{Mat, gemm, rm};
+use crate::packed_gemm::{self as pg, Shape};
 use crate::parallel::{Parallelism, Slots};
 use crate::params::ConvGeom;
 use crate::scalar::Float;
@@ -54,14 +55,24 @@ fn chunk_images(g: &ConvGeom, c: usize) -> std::ops::Range<usize> {
     (c * g.n / k)..((c + 1) * g.n / k)
 }
 
-/// Elements of one forward slot: one column tile.
-fn fwd_slot_len(g: &ConvGeom) -> usize {
-    g.k_rows() * g.wo * tile_rows(g)
+/// Elements of one forward slot: one column tile and its packed B block.
+fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
+    let pt = g.wo * tile_rows(g);
+    g.k_rows() * pt + pg::packed_b_len(s, pt)
 }
 
-/// Elements of one backward slot: a column tile, its transpose, and a transposed dout tile.
-fn bwd_slot_len(g: &ConvGeom) -> usize {
-    (2 * g.k_rows() + g.fg()) * g.wo * tile_rows(g)
+/// Elements of one backward slot: a column tile, its transpose, a transposed dout tile, and a
+/// packed B block (for dx).
+fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
+    let pt = g.wo * tile_rows(g);
+    (2 * g.k_rows() + g.fg()) * pt + pg::packed_b_len(s, pt)
+}
+
+/// Packed weights: every group's (F/G x K) block for the forward, or its transpose (K x F/G)
+/// for dx; the larger of the two, so one size serves both directions.
+fn packed_w_len(g: &ConvGeom, s: Shape) -> usize {
+    g.groups()
+        * pg::packed_a_len(s, g.fg(), g.k_rows()).max(pg::packed_a_len(s, g.k_rows(), g.fg()))
 }
 
 /// dw partials: one F x K copy per image chunk.
@@ -69,22 +80,27 @@ fn staged_len(g: &ConvGeom) -> usize {
     dw_chunks(g) * g.f * g.k_rows()
 }
 
-/// Exact workspace (elements of T) `forward_into` needs with `threads` threads.
-pub fn forward_workspace_len(g: &ConvGeom, threads: usize) -> usize {
-    threads.max(1) * fwd_slot_len(g)
+/// Exact workspace (elements of T) `forward_into` needs with `threads` threads at the SIMD level
+/// in force.
+pub fn forward_workspace_len<T: Float>(g: &ConvGeom, threads: usize) -> usize {
+    let s = pg::shape::<T>();
+    packed_w_len(g, s) + threads.max(1) * fwd_slot_len(g, s)
 }
 
 /// `backward_workspace_len` with overflow checking (for absurd thread counts).
-pub fn backward_workspace_len_checked(g: &ConvGeom, threads: usize) -> Option<usize> {
+pub fn backward_workspace_len_checked<T: Float>(g: &ConvGeom, threads: usize) -> Option<usize> {
+    let s = pg::shape::<T>();
     threads
         .max(1)
-        .checked_mul(bwd_slot_len(g))?
-        .checked_add(staged_len(g))
+        .checked_mul(bwd_slot_len(g, s))?
+        .checked_add(staged_len(g))?
+        .checked_add(packed_w_len(g, s))
 }
 
 /// Exact workspace (elements of T) `backward_into` needs with `threads` threads.
-pub fn backward_workspace_len(g: &ConvGeom, threads: usize) -> usize {
-    threads.max(1) * bwd_slot_len(g) + staged_len(g)
+pub fn backward_workspace_len<T: Float>(g: &ConvGeom, threads: usize) -> usize {
+    let s = pg::shape::<T>();
+    threads.max(1) * bwd_slot_len(g, s) + staged_len(g) + packed_w_len(g, s)
 }
 
 /// Output columns `ow` whose tap j lands inside the input row: `lo..hi`.
@@ -202,10 +218,19 @@ pub fn forward_into<T: Float>(
     par: Parallelism<'_>,
 ) {
     let threads = par.threads();
-    debug_assert!(ws.len() >= forward_workspace_len(g, threads));
+    let sh = pg::shape::<T>();
+    debug_assert!(ws.len() >= forward_workspace_len::<T>(g, threads));
     debug_assert_eq!(out.len(), g.n * g.f * g.pixels());
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
-    let slots = Slots::new(ws, threads, fwd_slot_len(g));
+    // The weights are packed once per call and shared by every image and tile.
+    let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
+    let ga = pg::packed_a_len(sh, fg, k);
+    for grp in 0..g.groups() {
+        let wg = &w[grp * fg * k..(grp + 1) * fg * k];
+        pg::pack_a(sh, fg, k, wg, k, 1, &mut wp[grp * ga..(grp + 1) * ga]);
+    }
+    let wp = &*wp;
+    let slots = Slots::new(ws, threads, fwd_slot_len(g, sh));
     let th = tile_rows(g);
     let tiles = g.ho.div_ceil(th);
     par.for_each_chunk(out, g.f * p, &|n, on, slot| {
@@ -213,22 +238,25 @@ pub fn forward_into<T: Float>(
         for f in 0..g.f {
             on[f * p..(f + 1) * p].fill(b[f]);
         }
-        slots.with(slot, |col| {
+        slots.with(slot, |ws| {
+            let (col, bbuf) = ws.split_at_mut(k * th * g.wo);
             for t in 0..tiles {
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
                 for grp in 0..g.groups() {
                     im2col_rows(g, xn, grp, 0, k, oh0, oh1, col);
-                    gemm(
+                    // out[n][g] tile (fg x pt, row stride p) += W[g] * col tile
+                    pg::gemm_packed_a(
+                        sh,
                         fg,
-                        k,
                         pt,
-                        T::one(),
-                        rm(&w[grp * fg * k..(grp + 1) * fg * k], k),
-                        rm(&col[..k * pt], pt),
-                        T::one(),
+                        k,
+                        &wp[grp * ga..(grp + 1) * ga],
+                        &col[..k * pt],
+                        pt,
                         &mut on[grp * fg * p + oh0 * g.wo..],
                         p,
+                        bbuf,
                     );
                 }
             }
@@ -250,12 +278,21 @@ pub fn backward_into<T: Float>(
     par: Parallelism<'_>,
 ) {
     let threads = par.threads();
-    debug_assert!(ws.len() >= backward_workspace_len(g, threads));
+    let sh = pg::shape::<T>();
+    debug_assert!(ws.len() >= backward_workspace_len::<T>(g, threads));
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
     let fp = g.f * p;
-    let (ws, staged) = ws.split_at_mut(threads.max(1) * bwd_slot_len(g));
+    // W[g]^T (k x fg) packed once per call for dcol = W^T * dout.
+    let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
+    let ga = pg::packed_a_len(sh, k, fg);
+    for grp in 0..g.groups() {
+        let wg = &w[grp * fg * k..(grp + 1) * fg * k];
+        pg::pack_a(sh, k, fg, wg, 1, k, &mut wp[grp * ga..(grp + 1) * ga]);
+    }
+    let wp = &*wp;
+    let (ws, staged) = ws.split_at_mut(threads.max(1) * bwd_slot_len(g, sh));
     let staged = &mut staged[..staged_len(g)];
-    let slots = Slots::new(ws, threads, bwd_slot_len(g));
+    let slots = Slots::new(ws, threads, bwd_slot_len(g, sh));
 
     // dx: per image, dcol = W^T dout then col2im.
     let th = tile_rows(g);
@@ -263,21 +300,26 @@ pub fn backward_into<T: Float>(
     par.for_each_chunk(dx, chw, &|n, dxn, slot| {
         dxn.fill(T::zero());
         let dn = &dout[n * fp..(n + 1) * fp];
-        slots.with(slot, |col| {
+        slots.with(slot, |ws| {
+            let (col, rest) = ws.split_at_mut(k * th * g.wo);
+            let bbuf = &mut rest[(k + fg) * th * g.wo..];
             for t in 0..tiles {
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
                 for grp in 0..g.groups() {
-                    gemm(
+                    // dcol (k x pt) = W[g]^T * dout[n][g] tile (fg x pt, row stride p)
+                    col[..k * pt].fill(T::zero());
+                    pg::gemm_packed_a(
+                        sh,
                         k,
-                        fg,
                         pt,
-                        T::one(),
-                        tr(&w[grp * fg * k..(grp + 1) * fg * k], k),
-                        rm(&dn[grp * fg * p + oh0 * g.wo..], p),
-                        T::zero(),
+                        fg,
+                        &wp[grp * ga..(grp + 1) * ga],
+                        &dn[grp * fg * p + oh0 * g.wo..],
+                        p,
                         &mut col[..k * pt],
                         pt,
+                        bbuf,
                     );
                     col2im(g, &col[..k * pt], grp, oh0, oh1, dxn);
                 }
@@ -291,7 +333,8 @@ pub fn backward_into<T: Float>(
         slots.with(slot, |ws| {
             let tmax = th * g.wo;
             let (col, rest) = ws.split_at_mut(k * tmax);
-            let (col_t, dout_t) = rest.split_at_mut(k * tmax);
+            let (col_t, rest) = rest.split_at_mut(k * tmax);
+            let dout_t = &mut rest[..fg * tmax];
             let mut first = true;
             for n in chunk_images(g, c) {
                 let xn = &x[n * chw..(n + 1) * chw];

@@ -125,7 +125,7 @@ pub fn conv_forward_fast<'a, T: Float>(
         b.into(),
         conv_param,
         |g, x, w, b, out| {
-            let mut ws = vec![T::zero(); fast::forward_workspace_len(g, par.threads())];
+            let mut ws = vec![T::zero(); fast::forward_workspace_len::<T>(g, par.threads())];
             fast::forward_into(g, x, w, b, out, &mut ws, par)
         },
     )
@@ -141,15 +141,15 @@ pub fn conv_backward_fast<'a, T: Float>(
         dout.into(),
         cache,
         Box::new(move |g, x, w, dout, dx, dw, db| {
-            let mut ws = vec![T::zero(); fast::backward_workspace_len(g, par.threads())];
+            let mut ws = vec![T::zero(); fast::backward_workspace_len::<T>(g, par.threads())];
             fast::backward_into(g, x, w, dout, dx, dw, db, &mut ws, par)
         }),
     )
 }
 
 /// Workspace (elements of T) that [`conv_forward_into`] and [`conv_backward_into`] need for
-/// these shapes when run with `par`: enough for either direction.
-pub fn conv_workspace_len(
+/// these shapes when run with `par` at the SIMD level in force: enough for either direction.
+pub fn conv_workspace_len<T: Float>(
     x_shape: &[usize],
     w_shape: &[usize],
     conv_param: &ConvParam,
@@ -157,7 +157,7 @@ pub fn conv_workspace_len(
 ) -> Result<usize> {
     let f = w_shape.first().copied().unwrap_or(0);
     let g = ConvGeom::new(x_shape, w_shape, &[f], conv_param)?;
-    fast::backward_workspace_len_checked(&g, par.threads())
+    fast::backward_workspace_len_checked::<T>(&g, par.threads())
         .ok_or_else(|| crate::error::overflow("workspace", "workspace length"))
 }
 
@@ -192,7 +192,10 @@ pub fn conv_forward_into<'a, T: Float>(
     let (x, w, b) = (x.into(), w.into(), b.into());
     let g = check_forward(&x, &w, &b, conv_param)?;
     check_buf("out", out, g.out_shape().iter().product())?;
-    check_ws(workspace, fast::forward_workspace_len(&g, par.threads()))?;
+    check_ws(
+        workspace,
+        fast::forward_workspace_len::<T>(&g, par.threads()),
+    )?;
     fast::forward_into(&g, x.data(), w.data(), b.data(), out, workspace, par);
     Ok(g)
 }
@@ -217,7 +220,10 @@ pub fn conv_backward_into<'a, T: Float>(
     check_buf("dx", dx, x.len())?;
     check_buf("dw", dw, w.len())?;
     check_buf("db", db, f)?;
-    check_ws(workspace, fast::backward_workspace_len(&g, par.threads()))?;
+    check_ws(
+        workspace,
+        fast::backward_workspace_len::<T>(&g, par.threads()),
+    )?;
     fast::backward_into(
         &g,
         x.data(),

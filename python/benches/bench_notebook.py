@@ -1,6 +1,6 @@
 """Time the notebook's timing cells through the `fastlayers` module (call overhead included).
 
-    python python/bench_notebook.py [--cs231n DIR] [--dtype f64|f32] [--reps N]
+    python python/benches/bench_notebook.py [--cs231n DIR] [--dtype f64|f32] [--reps N]
 
 With --cs231n DIR (a directory holding cs231n/fast_layers.py and its built Cython extension),
 cs231n's own fast layers are timed on the same arrays in the same run and the ratio printed.
