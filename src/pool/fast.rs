@@ -53,16 +53,17 @@ multiversion! {
             let o = &mut out[oh * g.wo..(oh + 1) * g.wo];
             let ix = &mut idx[oh * g.wo..(oh + 1) * g.wo];
             let base = (2 * oh * w) as u32;
-            for ow in 0..g.wo {
-                let c = 2 * ow;
-                let (mut bv, mut bi) = (r0[c], 0u32);
-                for (v, off) in [(r0[c + 1], 1), (r1[c], w as u32), (r1[c + 1], w as u32 + 1)] {
-                    let take = beats(v, bv);
-                    bv = T::select(take, v, bv);
-                    bi = pick(take, off, bi);
-                }
-                o[ow] = bv;
-                ix[ow] = base + c as u32 + bi;
+            // Straight-line, branch-free, over pairs: LLVM vectorises the stride-2 loads.
+            let pairs = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+            for (ow, ((p0, p1), (ov, iv))) in pairs.zip(o.iter_mut().zip(ix.iter_mut())).enumerate() {
+                let (a, b, c, d) = (p0[0], p0[1], p1[0], p1[1]);
+                let t1 = beats(b, a);
+                let (v1, i1) = (T::select(t1, b, a), pick(t1, 1, 0));
+                let t2 = beats(c, v1);
+                let (v2, i2) = (T::select(t2, c, v1), pick(t2, w as u32, i1));
+                let t3 = beats(d, v2);
+                *ov = T::select(t3, d, v2);
+                *iv = base + 2 * ow as u32 + pick(t3, w as u32 + 1, i2);
             }
         }
     }
