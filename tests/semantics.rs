@@ -429,3 +429,34 @@ fn ndarray_round_trip_does_not_copy() {
     let tr = view.t();
     assert!(TensorView::from_ndarray(&tr).is_none());
 }
+
+#[test]
+fn fast_f32_norms_stay_accurate_for_large_offset_data() {
+    // 10^6 values of 1000 + N(0, 1) in f32. The fast kernels accumulate in blocks of T lanes
+    // flushed to f64 and shift by an element of the group: the statistics must match an exact
+    // f64 computation on the same values, and the outputs the reference to a few f32 ulps.
+    let mut rng = Rng::new(12);
+    let x: Tensor<f32> = rng.randn(&[1, 1, 1000, 1000], 1.0, 1000.0);
+    let (m, v) = mean_var(x.to_f64().data());
+    let one = Tensor::full(&[1], 1.0f32).unwrap();
+    let zero = Tensor::zeros(&[1]).unwrap();
+    let (out_f, c_f) = spatial_batchnorm_forward(&x, &one, &zero, &mut BnParam::train()).unwrap();
+    assert!(
+        (c_f.mean()[0] - m).abs() <= 1e-9 * m.abs(),
+        "mean {} vs {m}",
+        c_f.mean()[0]
+    );
+    let want_inv = 1.0 / (v + 1e-5).sqrt();
+    assert!(
+        (c_f.inv_std()[0] - want_inv).abs() <= 1e-6 * want_inv,
+        "inv_std"
+    );
+    let (out_r, _) =
+        spatial_batchnorm_forward_naive(&x, &one, &zero, &mut BnParam::train()).unwrap();
+    assert_close("bn out", &out_f, &out_r, 1e-6);
+    // Group norm over the same data (one group).
+    let (out_f, _) = spatial_groupnorm_forward(&x, &one, &zero, 1, &NormParam::default()).unwrap();
+    let (out_r, _) =
+        spatial_groupnorm_forward_naive(&x, &one, &zero, 1, &NormParam::default()).unwrap();
+    assert_close("gn out", &out_f, &out_r, 1e-6);
+}

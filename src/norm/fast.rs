@@ -10,80 +10,123 @@
 //!   sums of dout and dout*(x - mean), then dx). dgamma/dbeta combine the per-(n, c) sums over n
 //!   in order afterwards.
 //!
-//! Statistics take one pass of shifted sums, sum(x - k) and sum((x - k)^2) with k an element of
-//! the group, so the variance does not cancel when the mean is large. Sums run in f64 over 8 fixed lanes (element i goes to lane i % 8), then the lanes combine
-//! pairwise: accurate for f32 data of any size, and the same order whatever the thread count.
-//! Per-element arithmetic is f64 too, rounded once to T at the end.
+//! Accuracy: statistics are shifted sums, sum(x - k) and sum((x - k)^2) with k an element of the
+//! group, so the variance does not cancel when the mean is large. They accumulate in blocks: 16
+//! lanes of T over 8 rows, then into f64 lanes combined pairwise, so the error is a few ulps of T
+//! whatever N*H*W is (a blocked, pairwise scheme), and the order is fixed whatever the thread
+//! count. Element-wise passes run in T (16 f32 lanes per AVX-512 register, no conversions) with
+//! the mean split into hi + lo parts of T: (x - hi) - lo is x - mean to a few ulps even when the
+//! mean is large against the spread.
 
 use super::NormLayout;
 use crate::parallel::Parallelism;
 use crate::scalar::Float;
 use crate::simd::multiversion;
 
-const LANES: usize = 8;
+/// Lanes of T that accumulate side by side.
+const BL: usize = 16;
+/// Rows (of BL elements) accumulated in T before flushing to f64: the error of a flushed block is
+/// at most about BK ulps of T, whatever the total length.
+const BK: usize = 8;
 
 #[inline(always)]
-fn combine(acc: [f64; LANES]) -> f64 {
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+fn combine(t: [f64; BL]) -> f64 {
+    let mut w = t;
+    let mut n = BL;
+    while n > 1 {
+        n /= 2;
+        for l in 0..n {
+            w[l] += w[l + n];
+        }
+    }
+    w[0]
 }
 
-/// sum(x) in f64, 8 lanes.
+/// sum(f(x_i)) with blocked accumulation: BL lanes of T over BK rows, then into f64 lanes,
+/// combined pairwise. The same order for any thread count (element i -> lane i % BL).
+#[inline(always)]
+fn block_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut tot = [0.0f64; BL];
+    let mut blocks = x.chunks_exact(BL * BK);
+    for blk in &mut blocks {
+        let mut acc = [T::zero(); BL];
+        for row in blk.chunks_exact(BL) {
+            for l in 0..BL {
+                acc[l] += f(row[l]);
+            }
+        }
+        for l in 0..BL {
+            tot[l] += acc[l].to_f();
+        }
+    }
+    for (i, &v) in blocks.remainder().iter().enumerate() {
+        tot[i % BL] += f(v).to_f();
+    }
+    combine(tot)
+}
+
+/// sum(g(a_i, b_i)), blocked like `block_sum`.
+#[inline(always)]
+fn block_sum2<T: Float>(a: &[T], b: &[T], g: impl Fn(T, T) -> T) -> f64 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut tot = [0.0f64; BL];
+    let full = n / (BL * BK) * (BL * BK);
+    for (ba, bb) in a[..full]
+        .chunks_exact(BL * BK)
+        .zip(b[..full].chunks_exact(BL * BK))
+    {
+        let mut acc = [T::zero(); BL];
+        for (ra, rb) in ba.chunks_exact(BL).zip(bb.chunks_exact(BL)) {
+            for l in 0..BL {
+                acc[l] += g(ra[l], rb[l]);
+            }
+        }
+        for l in 0..BL {
+            tot[l] += acc[l].to_f();
+        }
+    }
+    for i in full..n {
+        tot[(i - full) % BL] += g(a[i], b[i]).to_f();
+    }
+    combine(tot)
+}
+
+/// sum(x) in f64 (blocked).
 #[inline(always)]
 pub(crate) fn sum_f64<T: Float>(x: &[T]) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for c in &mut it {
-        for l in 0..LANES {
-            acc[l] += c[l].to_f();
-        }
-    }
-    for (l, v) in it.remainder().iter().enumerate() {
-        acc[l] += v.to_f();
-    }
-    combine(acc)
+    block_sum(x, |v| v)
 }
 
-/// sum(x - k) in f64, 8 lanes.
+/// The mean as hi + lo in T: `(x - hi) - lo` is x - mean to a few ulps of T even when the mean
+/// is large against the spread (x - hi is exact near the mean, by Sterbenz's lemma).
 #[inline(always)]
-fn sum_shifted<T: Float>(x: &[T], k: f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for c in &mut it {
-        for l in 0..LANES {
-            acc[l] += c[l].to_f() - k;
-        }
-    }
-    for (l, v) in it.remainder().iter().enumerate() {
-        acc[l] += v.to_f() - k;
-    }
-    combine(acc)
+fn split<T: Float>(m: f64) -> (T, T) {
+    let hi = T::from_f(m);
+    (hi, T::from_f(m - hi.to_f()))
 }
 
-/// sum((x - k)^2) in f64, 8 lanes.
+/// (sum(x - k), sum((x - k)^2)), k an element of the group (so exact in T). The shift keeps the
+/// variance from cancelling when the mean is large.
 #[inline(always)]
-fn sum_sq_shifted<T: Float>(x: &[T], k: f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for c in &mut it {
-        for l in 0..LANES {
-            let d = c[l].to_f() - k;
-            acc[l] += d * d;
-        }
-    }
-    for (l, v) in it.remainder().iter().enumerate() {
-        let d = v.to_f() - k;
-        acc[l] += d * d;
-    }
-    combine(acc)
+fn shifted_sums<T: Float>(x: &[T], k: T) -> (f64, f64) {
+    (
+        block_sum(x, |v| v - k),
+        block_sum(x, |v| {
+            let d = v - k;
+            d * d
+        }),
+    )
 }
 
-/// (sum(x - k), sum((x - k)^2)) in f64. With the shift k close to the mean (we use an element
-/// of the group), `var = S2/n - (S1/n)^2` loses only about ((mean - k) / std)^2 ulps of f64,
-/// nothing for any real data. Two simple reductions (the block is in L1 for the second), which
-/// vectorise far better than one loop with two accumulator arrays.
+/// (sum(dy), sum(dy * (x - m))).
 #[inline(always)]
-fn shifted_sums<T: Float>(x: &[T], k: f64) -> (f64, f64) {
-    (sum_shifted(x, k), sum_sq_shifted(x, k))
+fn sum_dy_dev<T: Float>(dy: &[T], x: &[T], m: f64) -> (f64, f64) {
+    let (hi, lo) = split::<T>(m);
+    (
+        block_sum(dy, |d| d),
+        block_sum2(dy, x, |d, v| d * ((v - hi) - lo)),
+    )
 }
 
 /// Mean and (uncorrected) variance from shifted sums over `cnt` elements.
@@ -93,48 +136,23 @@ fn moments(s1: f64, s2: f64, k: f64, cnt: f64) -> (f64, f64) {
     (k + m, (s2 / cnt - m * m).max(0.0))
 }
 
-/// sum(dy * (x - m)) in f64, 8 lanes.
-#[inline(always)]
-fn sum_dy_times_dev<T: Float>(dy: &[T], x: &[T], m: f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let n = dy.len().min(x.len());
-    let (dy, x) = (&dy[..n], &x[..n]);
-    let full = n / LANES * LANES;
-    for (cd, cx) in dy[..full]
-        .chunks_exact(LANES)
-        .zip(x[..full].chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            acc[l] += cd[l].to_f() * (cx[l].to_f() - m);
-        }
-    }
-    for l in 0..n - full {
-        acc[l] += dy[full + l].to_f() * (x[full + l].to_f() - m);
-    }
-    combine(acc)
-}
-
-/// (sum(dy), sum(dy * (x - m))) in f64, 8 lanes each. Two simple reductions rather than one
-/// loop with two accumulator arrays, which the vectoriser handles badly (measured 2x slower);
-/// the data is in L1 for the second read.
-#[inline(always)]
-fn sum_dy_dev<T: Float>(dy: &[T], x: &[T], m: f64) -> (f64, f64) {
-    (sum_f64(dy), sum_dy_times_dev(dy, x, m))
-}
-
-/// out = (x - m) * a + b, per element in f64.
+/// out = (x - m) * a + b, in T with the split mean.
 #[inline(always)]
 fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64) {
-    for (o, v) in out.iter_mut().zip(x) {
-        *o = T::from_f((v.to_f() - m) * a + b);
+    let (hi, lo) = split::<T>(m);
+    let (a, b) = (T::from_f(a), T::from_f(b));
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = ((v - hi) - lo) * a + b;
     }
 }
 
-/// dx = k1 * dy + k2 * (x - m) + k3, per element in f64.
+/// dx = k1 * dy + k2 * (x - m) + k3, in T with the split mean.
 #[inline(always)]
 fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64)) {
-    for ((o, d), v) in dx.iter_mut().zip(dy).zip(x) {
-        *o = T::from_f(k.0 * d.to_f() + k.1 * (v.to_f() - m) + k.2);
+    let (hi, lo) = split::<T>(m);
+    let (k1, k2, k3) = (T::from_f(k.0), T::from_f(k.1), T::from_f(k.2));
+    for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
+        *o = k1 * d + k2 * ((v - hi) - lo) + k3;
     }
 }
 
@@ -161,14 +179,14 @@ multiversion! {
     fn channel_stats<T>(x: &[T], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64) {
         let cnt = (n * hw) as f64;
         let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-        let k = plane(0)[0].to_f();
+        let k = plane(0)[0];
         let (mut s1, mut s2) = (0.0, 0.0);
         for i in 0..n {
             let (a, b) = shifted_sums(plane(i), k);
             s1 += a;
             s2 += b;
         }
-        moments(s1, s2, k, cnt)
+        moments(s1, s2, k.to_f(), cnt)
     }
 }
 
@@ -185,9 +203,9 @@ multiversion! {
     /// One group layout block, forward: stats, then normalise channel by channel.
     /// Returns (mean, var).
     fn group_forward<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], eps: f64) -> (f64, f64) {
-        let k = x[0].to_f();
+        let k = x[0];
         let (s1, s2) = shifted_sums(x, k);
-        let (mean, var) = moments(s1, s2, k, x.len() as f64);
+        let (mean, var) = moments(s1, s2, k.to_f(), x.len() as f64);
         let inv = 1.0 / (var + eps).sqrt();
         for (ci, (gm, bt)) in gamma.iter().zip(beta).enumerate() {
             let r = ci * hw..(ci + 1) * hw;
