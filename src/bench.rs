@@ -39,6 +39,11 @@ fn once(f: impl FnOnce()) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// Median seconds of `f` (warm-up call, then at least 3 timed calls within about 0.5 s).
+fn median_s(f: impl FnMut()) -> f64 {
+    median_ms(0.5, f) / 1e3
+}
+
 /// (name, x shape, w shape, stride, pad).
 pub type ConvShape = (&'static str, [usize; 4], [usize; 4], usize, usize);
 
@@ -105,6 +110,8 @@ impl Row {
 }
 
 /// The notebook's two timing cells (conv, then pool), f64, printed as the notebook prints them.
+/// Unlike the notebook's single `time()` around one call, each figure is the median of repeated
+/// calls after a warm-up, so thread-pool start-up and first-touch page faults do not count.
 pub fn notebook_cells(seed: u64) -> Result<String> {
     let mut rng = Rng::new(seed);
     let mut s = String::new();
@@ -113,21 +120,19 @@ pub fn notebook_cells(seed: u64) -> Result<String> {
     let b: Tensor<f64> = rng.randn(&[25], 1.0, 0.0);
     let dout: Tensor<f64> = rng.randn(&[100, 25, 16, 16], 1.0, 0.0);
     let p = ConvParam::new(2, 1);
-    let mut r = None;
-    let tn = once(|| r = Some(conv_forward_naive(&x, &w, &b, &p)));
-    let (out_naive, cache_naive) = r.take().expect("ran")?;
-    let tf = once(|| r = Some(conv_forward_fast(&x, &w, &b, &p)));
-    let (out_fast, cache_fast) = r.take().expect("ran")?;
+    let tn = median_s(|| drop(conv_forward_naive(&x, &w, &b, &p)));
+    let tf = median_s(|| drop(conv_forward_fast(&x, &w, &b, &p)));
+    let (out_naive, cache_naive) = conv_forward_naive(&x, &w, &b, &p)?;
+    let (out_fast, cache_fast) = conv_forward_fast(&x, &w, &b, &p)?;
     s += &format!(
         "Testing conv_forward_fast:\nNaive: {tn:.6}s\nFast: {tf:.6}s\nSpeedup: {:.6}x\nDifference: {:e}\n\n",
         tn / tf,
         rel_error(&out_naive, &out_fast)?
     );
-    let mut r = None;
-    let tn = once(|| r = Some(conv_backward_naive(&dout, &cache_naive)));
-    let (dxn, dwn, dbn) = r.take().expect("ran")?;
-    let tf = once(|| r = Some(conv_backward_fast(&dout, &cache_fast)));
-    let (dxf, dwf, dbf) = r.take().expect("ran")?;
+    let tn = median_s(|| drop(conv_backward_naive(&dout, &cache_naive)));
+    let tf = median_s(|| drop(conv_backward_fast(&dout, &cache_fast)));
+    let (dxn, dwn, dbn) = conv_backward_naive(&dout, &cache_naive)?;
+    let (dxf, dwf, dbf) = conv_backward_fast(&dout, &cache_fast)?;
     s += &format!(
         "Testing conv_backward_fast:\nNaive: {tn:.6}s\nFast: {tf:.6}s\nSpeedup: {:.6}x\ndx difference: {:e}\ndw difference: {:e}\ndb difference: {:e}\n\n",
         tn / tf,
@@ -139,21 +144,19 @@ pub fn notebook_cells(seed: u64) -> Result<String> {
     let x: Tensor<f64> = rng.randn(&[100, 3, 32, 32], 1.0, 0.0);
     let dout: Tensor<f64> = rng.randn(&[100, 3, 16, 16], 1.0, 0.0);
     let p = PoolParam::new(2, 2, 2);
-    let mut r = None;
-    let tn = once(|| r = Some(max_pool_forward_naive(&x, &p)));
-    let (out_naive, cache_naive) = r.take().expect("ran")?;
-    let tf = once(|| r = Some(max_pool_forward_fast(&x, &p)));
-    let (out_fast, cache_fast) = r.take().expect("ran")?;
+    let tn = median_s(|| drop(max_pool_forward_naive(&x, &p)));
+    let tf = median_s(|| drop(max_pool_forward_fast(&x, &p)));
+    let (out_naive, cache_naive) = max_pool_forward_naive(&x, &p)?;
+    let (out_fast, cache_fast) = max_pool_forward_fast(&x, &p)?;
     s += &format!(
         "Testing pool_forward_fast:\nNaive: {tn:.6}s\nfast: {tf:.6}s\nspeedup: {:.6}x\ndifference: {:e}\n\n",
         tn / tf,
         rel_error(&out_naive, &out_fast)?
     );
-    let mut r = None;
-    let tn = once(|| r = Some(max_pool_backward_naive(&dout, &cache_naive)));
-    let dxn = r.take().expect("ran")?;
-    let tf = once(|| r = Some(max_pool_backward_fast(&dout, &cache_fast)));
-    let dxf = r.take().expect("ran")?;
+    let tn = median_s(|| drop(max_pool_backward_naive(&dout, &cache_naive)));
+    let tf = median_s(|| drop(max_pool_backward_fast(&dout, &cache_fast)));
+    let dxn = max_pool_backward_naive(&dout, &cache_naive)?;
+    let dxf = max_pool_backward_fast(&dout, &cache_fast)?;
     s += &format!(
         "Testing pool_backward_fast:\nNaive: {tn:.6}s\nfast: {tf:.6}s\nspeedup: {:.6}x\ndx difference: {:e}\n",
         tn / tf,
