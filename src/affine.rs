@@ -143,16 +143,19 @@ pub mod fast {
 
 type Grads<T> = (Tensor<T>, Tensor<T>, Tensor<T>);
 
-/// Reference affine forward: out (N, M) and the cache.
-pub fn affine_forward_naive<'a, T: Float>(
-    x: impl Into<TensorView<'a, T>>,
-    w: impl Into<TensorView<'a, T>>,
-    b: impl Into<TensorView<'a, T>>,
+type ForwardKernel<T> = fn(usize, usize, usize, &[T], &[T], &[T], &mut [T]);
+type BackwardKernel<T> = fn(usize, usize, usize, &[T], &[T], &[T], &mut [T], &mut [T], &mut [T]);
+
+/// Validation, allocation and caching shared by both forwards; `kernel` does the arithmetic.
+fn forward_with<'a, T: Float>(
+    x: TensorView<'a, T>,
+    w: TensorView<'a, T>,
+    b: TensorView<'a, T>,
+    kernel: ForwardKernel<T>,
 ) -> Result<(Tensor<T>, AffineCache<T>)> {
-    let (x, w, b) = (x.into(), w.into(), b.into());
     let (n, d, m) = affine_dims(x.shape(), w.shape(), b.shape())?;
     let mut out = Tensor::zeros(&[n, m])?;
-    reference::forward(n, d, m, x.data(), w.data(), b.data(), out.data_mut());
+    kernel(n, d, m, x.data(), w.data(), b.data(), out.data_mut());
     Ok((
         out,
         AffineCache {
@@ -160,6 +163,30 @@ pub fn affine_forward_naive<'a, T: Float>(
             w: w.to_owned(),
         },
     ))
+}
+
+/// Validation and allocation shared by both backwards.
+fn backward_with<T: Float>(
+    dout: TensorView<'_, T>,
+    cache: &AffineCache<T>,
+    kernel: BackwardKernel<T>,
+) -> Result<Grads<T>> {
+    let (n, d, m) = check_affine_backward(&dout, cache)?;
+    let mut dx = Tensor::zeros(cache.x.shape())?;
+    let mut dw = Tensor::zeros(&[d, m])?;
+    let mut db = Tensor::zeros(&[m])?;
+    kernel(
+        n,
+        d,
+        m,
+        cache.x.data(),
+        cache.w.data(),
+        dout.data(),
+        dx.data_mut(),
+        dw.data_mut(),
+        db.data_mut(),
+    );
+    Ok((dx, dw, db))
 }
 
 pub(crate) fn check_affine_backward<T: Copy>(
@@ -171,28 +198,21 @@ pub(crate) fn check_affine_backward<T: Copy>(
     Ok((n, d, m))
 }
 
+/// Reference affine forward: out (N, M) and the cache.
+pub fn affine_forward_naive<'a, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    w: impl Into<TensorView<'a, T>>,
+    b: impl Into<TensorView<'a, T>>,
+) -> Result<(Tensor<T>, AffineCache<T>)> {
+    forward_with(x.into(), w.into(), b.into(), reference::forward)
+}
+
 /// Reference affine backward: dx (shape of x), dw (D, M), db (M,).
 pub fn affine_backward_naive<'a, T: Float>(
     dout: impl Into<TensorView<'a, T>>,
     cache: &AffineCache<T>,
 ) -> Result<Grads<T>> {
-    let dout = dout.into();
-    let (n, d, m) = check_affine_backward(&dout, cache)?;
-    let mut dx = Tensor::zeros(cache.x.shape())?;
-    let mut dw = Tensor::zeros(&[d, m])?;
-    let mut db = Tensor::zeros(&[m])?;
-    reference::backward(
-        n,
-        d,
-        m,
-        cache.x.data(),
-        cache.w.data(),
-        dout.data(),
-        dx.data_mut(),
-        dw.data_mut(),
-        db.data_mut(),
-    );
-    Ok((dx, dw, db))
+    backward_with(dout.into(), cache, reference::backward)
 }
 
 /// Fast affine forward (GEMM): same arguments and results as [`affine_forward_naive`].
@@ -201,17 +221,7 @@ pub fn affine_forward<'a, T: Float>(
     w: impl Into<TensorView<'a, T>>,
     b: impl Into<TensorView<'a, T>>,
 ) -> Result<(Tensor<T>, AffineCache<T>)> {
-    let (x, w, b) = (x.into(), w.into(), b.into());
-    let (n, d, m) = affine_dims(x.shape(), w.shape(), b.shape())?;
-    let mut out = Tensor::zeros(&[n, m])?;
-    fast::forward(n, d, m, x.data(), w.data(), b.data(), out.data_mut());
-    Ok((
-        out,
-        AffineCache {
-            x: x.to_owned(),
-            w: w.to_owned(),
-        },
-    ))
+    forward_with(x.into(), w.into(), b.into(), fast::forward)
 }
 
 /// Fast affine backward (GEMM): dx (shape of x), dw (D, M), db (M,).
@@ -219,23 +229,7 @@ pub fn affine_backward<'a, T: Float>(
     dout: impl Into<TensorView<'a, T>>,
     cache: &AffineCache<T>,
 ) -> Result<Grads<T>> {
-    let dout = dout.into();
-    let (n, d, m) = check_affine_backward(&dout, cache)?;
-    let mut dx = Tensor::zeros(cache.x.shape())?;
-    let mut dw = Tensor::zeros(&[d, m])?;
-    let mut db = Tensor::zeros(&[m])?;
-    fast::backward(
-        n,
-        d,
-        m,
-        cache.x.data(),
-        cache.w.data(),
-        dout.data(),
-        dx.data_mut(),
-        dw.data_mut(),
-        db.data_mut(),
-    );
-    Ok((dx, dw, db))
+    backward_with(dout.into(), cache, fast::backward)
 }
 
 /// ReLU's cache: its input.

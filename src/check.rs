@@ -535,17 +535,17 @@ fn dropout_cells(rng: &mut Rng) -> Result<Vec<Check>> {
             zeroed
         ));
         c.measure(
-            &format!("  p = {p}: |train mean / input mean - 1|"),
+            &format!("  p = {p}: train mean / input mean - 1"),
             mean(&out_train) / mean(&x) - 1.0,
             0.01,
         );
         c.measure(
-            &format!("  p = {p}: |test output - input|"),
+            &format!("  p = {p}: rel_error(test output, input)"),
             rel_error(&out_test, &x)?,
             0.0,
         );
         c.measure(
-            &format!("  p = {p}: |fraction zeroed - (1 - p)|"),
+            &format!("  p = {p}: fraction zeroed - (1 - p)"),
             zeroed - (1.0 - p),
             0.01,
         );

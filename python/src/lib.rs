@@ -154,6 +154,22 @@ cache_class!(ReluCache, "ReluCache", ReluCache);
 cache_class!(DropoutCache, "DropoutCache", DropoutCache);
 cache_class!(NormCache, "NormCache", NormCache);
 
+/// The body of every backward binding: dout must have the forward's dtype; it is borrowed, the
+/// typed Rust cache taken out, `$call` run with the GIL released, and its result converted by
+/// `$conv`.
+macro_rules! backward_body {
+    ($py:expr, $dout:expr, $cache:expr, $Cache:ident, |$dv:ident, $c:ident| $call:expr, |$r:ident| $conv:expr) => {{
+        let dt = check_cache_dtype($dout, $cache.dt())?;
+        by_dtype!($dout, "dout", |_dt, T| {
+            let d = In::<T>::new($dout, "dout", dt)?;
+            let $c: &fl::$Cache<T> = $cache.get::<T>()?;
+            let $dv = d.view();
+            let $r = $py.detach(|| $call).map_err(err)?;
+            $conv
+        })
+    }};
+}
+
 fn check_cache_dtype(dout: &Bound<'_, PyAny>, cache_dt: Dt) -> PyResult<Dt> {
     let dt = dtype_of(dout, "dout")?;
     if dt != cache_dt {
@@ -244,23 +260,21 @@ fn conv_bwd<'py>(
     cache: &ConvCache,
     fast: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let dt = check_cache_dtype(dout, cache.dt())?;
-    by_dtype!(dout, "dout", |dt2, T| {
-        let _ = dt2;
-        let d = In::<T>::new(dout, "dout", dt)?;
-        let c: &fl::ConvCache<T> = cache.get::<T>()?;
-        let dv = d.view();
-        let (dx, dw, db) = py
-            .detach(|| {
-                if fast {
-                    fl::conv_backward_fast(dv, c)
-                } else {
-                    fl::conv_backward_naive(dv, c)
-                }
-            })
-            .map_err(err)?;
-        PyTuple::new(py, [out(py, dx), out(py, dw), out(py, db)])
-    })
+    backward_body!(
+        py,
+        dout,
+        cache,
+        ConvCache,
+        |dv, c| if fast {
+            fl::conv_backward_fast(dv, c)
+        } else {
+            fl::conv_backward_naive(dv, c)
+        },
+        |r| {
+            let (dx, dw, db) = r;
+            PyTuple::new(py, [out(py, dx), out(py, dw), out(py, db)])
+        }
+    )
 }
 
 #[pyfunction]
@@ -332,23 +346,18 @@ fn pool_bwd<'py>(
     cache: &PoolCache,
     fast: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let dt = check_cache_dtype(dout, cache.dt())?;
-    by_dtype!(dout, "dout", |dt2, T| {
-        let _ = dt2;
-        let d = In::<T>::new(dout, "dout", dt)?;
-        let c: &fl::PoolCache<T> = cache.get::<T>()?;
-        let dv = d.view();
-        let dx = py
-            .detach(|| {
-                if fast {
-                    fl::max_pool_backward_fast(dv, c)
-                } else {
-                    fl::max_pool_backward_naive(dv, c)
-                }
-            })
-            .map_err(err)?;
-        Ok(out(py, dx))
-    })
+    backward_body!(
+        py,
+        dout,
+        cache,
+        PoolCache,
+        |dv, c| if fast {
+            fl::max_pool_backward_fast(dv, c)
+        } else {
+            fl::max_pool_backward_naive(dv, c)
+        },
+        |dx| Ok(out(py, dx))
+    )
 }
 
 #[pyfunction]
@@ -412,15 +421,17 @@ fn affine_backward<'py>(
     dout: &Bound<'py, PyAny>,
     cache: &AffineCache,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let dt = check_cache_dtype(dout, cache.dt())?;
-    by_dtype!(dout, "dout", |dt2, T| {
-        let _ = dt2;
-        let d = In::<T>::new(dout, "dout", dt)?;
-        let c: &fl::AffineCache<T> = cache.get::<T>()?;
-        let dv = d.view();
-        let (dx, dw, db) = py.detach(|| fl::affine_backward(dv, c)).map_err(err)?;
-        PyTuple::new(py, [out(py, dx), out(py, dw), out(py, db)])
-    })
+    backward_body!(
+        py,
+        dout,
+        cache,
+        AffineCache,
+        |dv, c| fl::affine_backward(dv, c),
+        |r| {
+            let (dx, dw, db) = r;
+            PyTuple::new(py, [out(py, dx), out(py, dw), out(py, db)])
+        }
+    )
 }
 
 #[pyfunction]
@@ -443,17 +454,14 @@ fn relu_backward<'py>(
     dout: &Bound<'py, PyAny>,
     cache: &ReluCache,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let dt = check_cache_dtype(dout, cache.dt())?;
-    by_dtype!(dout, "dout", |dt2, T| {
-        let _ = dt2;
-        let d = In::<T>::new(dout, "dout", dt)?;
-        let c: &fl::ReluCache<T> = cache.get::<T>()?;
-        let dv = d.view();
-        Ok(out(
-            py,
-            py.detach(|| fl::relu_backward(dv, c)).map_err(err)?,
-        ))
-    })
+    backward_body!(
+        py,
+        dout,
+        cache,
+        ReluCache,
+        |dv, c| fl::relu_backward(dv, c),
+        |dx| Ok(out(py, dx))
+    )
 }
 
 fn mode_of(d: &Bound<'_, PyDict>, key: &str) -> PyResult<fl::Mode> {
@@ -504,17 +512,14 @@ fn dropout_backward<'py>(
     dout: &Bound<'py, PyAny>,
     cache: &DropoutCache,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let dt = check_cache_dtype(dout, cache.dt())?;
-    by_dtype!(dout, "dout", |dt2, T| {
-        let _ = dt2;
-        let d = In::<T>::new(dout, "dout", dt)?;
-        let c: &fl::DropoutCache<T> = cache.get::<T>()?;
-        let dv = d.view();
-        Ok(out(
-            py,
-            py.detach(|| fl::dropout_backward(dv, c)).map_err(err)?,
-        ))
-    })
+    backward_body!(
+        py,
+        dout,
+        cache,
+        DropoutCache,
+        |dv, c| fl::dropout_backward(dv, c),
+        |dx| Ok(out(py, dx))
+    )
 }
 
 // ---------------------------------------------------------------- normalisation
@@ -616,23 +621,23 @@ fn norm_bwd<'py>(
     cache: &NormCache,
     which: u8,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let dt = check_cache_dtype(dout, cache.dt())?;
-    by_dtype!(dout, "dout", |dt2, T| {
-        let _ = dt2;
-        let d = In::<T>::new(dout, "dout", dt)?;
-        let c: &fl::NormCache<T> = cache.get::<T>()?;
-        let dv = d.view();
-        let (dx, dg, db) = py
-            .detach(|| match which {
-                0 => fl::batchnorm_backward(dv, c),
-                1 => fl::batchnorm_backward_naive(dv, c),
-                2 => fl::spatial_batchnorm_backward(dv, c),
-                3 => fl::layernorm_backward(dv, c),
-                _ => fl::spatial_groupnorm_backward(dv, c),
-            })
-            .map_err(err)?;
-        PyTuple::new(py, [out(py, dx), out(py, dg), out(py, db)])
-    })
+    backward_body!(
+        py,
+        dout,
+        cache,
+        NormCache,
+        |dv, c| match which {
+            0 => fl::batchnorm_backward(dv, c),
+            1 => fl::batchnorm_backward_naive(dv, c),
+            2 => fl::spatial_batchnorm_backward(dv, c),
+            3 => fl::layernorm_backward(dv, c),
+            _ => fl::spatial_groupnorm_backward(dv, c),
+        },
+        |r| {
+            let (dx, dg, db) = r;
+            PyTuple::new(py, [out(py, dx), out(py, dg), out(py, db)])
+        }
+    )
 }
 
 #[pyfunction]
