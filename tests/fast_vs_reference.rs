@@ -61,7 +61,9 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
     (
         1usize..=3,
         1usize..=3,
-        1usize..=3,
+        // Channels per group up to 8 so K = C/G*KH*KW spans both forward paths (direct for
+        // K <= 64, packed GEMM above).
+        1usize..=8,
         1usize..=4,
         (1usize..=9, 1usize..=9),
         (1usize..=4, 1usize..=4),
@@ -345,8 +347,32 @@ fn check_norm<T: Float>(c: &NormCase, tol: f64) {
         err <= tol * (terms + amax(bwd_r.0.data())),
         "dx: error {err:e} vs terms {terms:e}"
     );
-    assert_close("dgamma", &bwd_f.1, &bwd_r.1, tol);
-    assert_close("dbeta", &bwd_f.2, &bwd_r.2, tol);
+    // dgamma[c] = sum dout * xhat and dbeta[c] = sum dout can cancel too; a summation's error is
+    // bounded relative to the sum of the absolute terms. And xhat itself carries an absolute error
+    // of a few ulps of T (the mean is accurate to a few ulps of the data's spread), which matters
+    // for elements next to the mean (tiny xhat): hence |xhat| + 1 per term.
+    let l = *cache_r.layout();
+    let (mut s_g, mut s_b) = (vec![0.0f64; ch], vec![0.0f64; ch]);
+    for (i, (&d, &v)) in dout.data().iter().zip(x.data()).enumerate() {
+        let (gi, c) = (l.group_of(i), l.channel_of(i));
+        let xhat = (v.to_f() - cache_r.mean()[gi]) * cache_r.inv_std()[gi];
+        s_g[c] += d.to_f().abs() * (xhat.abs() + 1.0);
+        s_b[c] += d.to_f().abs();
+    }
+    for c in 0..ch {
+        let (gf, gr) = (bwd_f.1.data()[c].to_f(), bwd_r.1.data()[c].to_f());
+        let (bf, br) = (bwd_f.2.data()[c].to_f(), bwd_r.2.data()[c].to_f());
+        assert!(
+            (gf - gr).abs() <= tol * (s_g[c] + gr.abs()),
+            "dgamma[{c}]: {gf} vs {gr}, terms {}",
+            s_g[c]
+        );
+        assert!(
+            (bf - br).abs() <= tol * (s_b[c] + br.abs()),
+            "dbeta[{c}]: {bf} vs {br}, terms {}",
+            s_b[c]
+        );
+    }
 }
 
 proptest! {

@@ -10,24 +10,29 @@ use fastlayers::*;
 
 fn check_all_kernels() {
     let mut rng = Rng::new(9);
-    let (xs, ws, p) = (
-        [3, 4, 9, 10],
-        [6, 2, 3, 3],
-        ConvParam::new(1, 1).with_groups(2),
-    );
-    let x: Tensor<f32> = rng.randn(&xs, 1.0, 0.0);
-    let w: Tensor<f32> = rng.randn(&ws, 1.0, 0.0);
-    let b: Tensor<f32> = rng.randn(&[6], 1.0, 0.0);
-    let (o_r, c_r) = conv_forward_naive(&x, &w, &b, &p).unwrap();
-    let (o_f, c_f) = conv_forward_fast(&x, &w, &b, &p).unwrap();
-    assert_close("conv out", &o_f, &o_r, 1e-5);
-    let d: Tensor<f32> = rng.randn(o_r.shape(), 1.0, 0.0);
-    let (a, bb) = (
-        conv_backward_naive(&d, &c_r).unwrap(),
-        conv_backward_fast(&d, &c_f).unwrap(),
-    );
-    assert_close("conv dx", &bb.0, &a.0, 1e-5);
-    assert_close("conv dw", &bb.1, &a.1, 1e-5);
+    // K = 18 takes the direct forward, K = 144 the packed GEMM.
+    for (xs, ws, p) in [
+        (
+            [3, 4, 9, 10],
+            [6, 2, 3, 3],
+            ConvParam::new(1, 1).with_groups(2),
+        ),
+        ([2, 16, 7, 9], [5, 16, 3, 3], ConvParam::new(2, 1)),
+    ] {
+        let x: Tensor<f32> = rng.randn(&xs, 1.0, 0.0);
+        let w: Tensor<f32> = rng.randn(&ws, 1.0, 0.0);
+        let b: Tensor<f32> = rng.randn(&[ws[0]], 1.0, 0.0);
+        let (o_r, c_r) = conv_forward_naive(&x, &w, &b, &p).unwrap();
+        let (o_f, c_f) = conv_forward_fast(&x, &w, &b, &p).unwrap();
+        assert_close("conv out", &o_f, &o_r, 1e-5);
+        let d: Tensor<f32> = rng.randn(o_r.shape(), 1.0, 0.0);
+        let (a, bb) = (
+            conv_backward_naive(&d, &c_r).unwrap(),
+            conv_backward_fast(&d, &c_f).unwrap(),
+        );
+        assert_close("conv dx", &bb.0, &a.0, 1e-5);
+        assert_close("conv dw", &bb.1, &a.1, 1e-5);
+    }
     for pp in [
         PoolParam::new(2, 2, 2),
         PoolParam::new(3, 3, 2).with_pad(1, 1),

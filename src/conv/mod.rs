@@ -158,6 +158,7 @@ pub fn conv_workspace_len<T: Float>(
     let f = w_shape.first().copied().unwrap_or(0);
     let g = ConvGeom::new(x_shape, w_shape, &[f], conv_param)?;
     fast::backward_workspace_len_checked::<T>(&g, par.threads())
+        .map(|b| b.max(fast::forward_workspace_len::<T>(&g, par.threads())))
         .ok_or_else(|| crate::error::overflow("workspace", "workspace length"))
 }
 
