@@ -18,7 +18,7 @@
 //! the mean split into hi + lo parts of T: (x - hi) - lo is x - mean to a few ulps even when the
 //! mean is large against the spread.
 
-use super::NormLayout;
+use super::{BwdIn, BwdOut, NormLayout};
 use crate::parallel::Parallelism;
 use crate::scalar::Float;
 use crate::simd::multiversion;
@@ -358,20 +358,17 @@ pub fn normalize<T: Float>(
 }
 
 /// Backward: dx, dgamma, dbeta. `batch` says whether the statistics came from the batch.
-#[allow(clippy::too_many_arguments)]
-pub fn backward<T: Float>(
-    l: &NormLayout,
-    batch: bool,
-    x: &[T],
-    gamma: &[T],
-    mean: &[f64],
-    inv_std: &[f64],
-    dout: &[T],
-    dx: &mut [T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
-    par: Parallelism<'_>,
-) {
+pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Parallelism<'_>) {
+    let BwdIn {
+        l,
+        batch_stats: batch,
+        x,
+        gamma,
+        mean,
+        inv_std,
+        dout,
+    } = a;
+    let BwdOut { dx, dgamma, dbeta } = o;
     if let Some((n, c, hw)) = channel_dims(l) {
         let mut sums = vec![0.0f64; 2 * c];
         par.for_each_chunk(&mut sums, 2, &|ch, s, _| {

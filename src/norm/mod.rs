@@ -298,6 +298,26 @@ pub(crate) struct Prepared<'a, T> {
     pub gamma_shape: Vec<usize>,
 }
 
+/// What a norm backward reads: the layout, whether the statistics came from the batch, the
+/// forward's input and gamma, per-group mean and 1/std, and dout.
+#[derive(Clone, Copy)]
+pub(crate) struct BwdIn<'a, T> {
+    pub l: &'a NormLayout,
+    pub batch_stats: bool,
+    pub x: &'a [T],
+    pub gamma: &'a [T],
+    pub mean: &'a [f64],
+    pub inv_std: &'a [f64],
+    pub dout: &'a [T],
+}
+
+/// What a norm backward writes.
+pub(crate) struct BwdOut<'a, T> {
+    pub dx: &'a mut [T],
+    pub dgamma: &'a mut [T],
+    pub dbeta: &'a mut [T],
+}
+
 /// The kernels a norm layer runs: the reference or the fast ones.
 pub(crate) trait NormKernels {
     /// Normalises x into out with batch statistics; returns per-group (mean, var).
@@ -324,20 +344,7 @@ pub(crate) trait NormKernels {
         par: Parallelism<'_>,
     );
     /// dx, dgamma, dbeta (closed form).
-    #[allow(clippy::too_many_arguments)]
-    fn backward<T: Float>(
-        l: &NormLayout,
-        batch_stats: bool,
-        x: &[T],
-        gamma: &[T],
-        mean: &[f64],
-        inv_std: &[f64],
-        dout: &[T],
-        dx: &mut [T],
-        dgamma: &mut [T],
-        dbeta: &mut [T],
-        par: Parallelism<'_>,
-    );
+    fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Parallelism<'_>);
 }
 
 pub(crate) struct Reference;
@@ -367,31 +374,8 @@ impl NormKernels for Reference {
     ) {
         reference::normalize(l, x, gamma, beta, mean, inv_std, out)
     }
-    fn backward<T: Float>(
-        l: &NormLayout,
-        batch_stats: bool,
-        x: &[T],
-        gamma: &[T],
-        mean: &[f64],
-        inv_std: &[f64],
-        dout: &[T],
-        dx: &mut [T],
-        dgamma: &mut [T],
-        dbeta: &mut [T],
-        _: Parallelism<'_>,
-    ) {
-        reference::backward(
-            l,
-            batch_stats,
-            x,
-            gamma,
-            mean,
-            inv_std,
-            dout,
-            dx,
-            dgamma,
-            dbeta,
-        )
+    fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, _: Parallelism<'_>) {
+        reference::backward(a, o)
     }
 }
 
@@ -420,32 +404,8 @@ impl NormKernels for Fast {
     ) {
         fast::normalize(l, x, gamma, beta, mean, inv_std, out, par)
     }
-    fn backward<T: Float>(
-        l: &NormLayout,
-        batch_stats: bool,
-        x: &[T],
-        gamma: &[T],
-        mean: &[f64],
-        inv_std: &[f64],
-        dout: &[T],
-        dx: &mut [T],
-        dgamma: &mut [T],
-        dbeta: &mut [T],
-        par: Parallelism<'_>,
-    ) {
-        fast::backward(
-            l,
-            batch_stats,
-            x,
-            gamma,
-            mean,
-            inv_std,
-            dout,
-            dx,
-            dgamma,
-            dbeta,
-            par,
-        )
+    fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Parallelism<'_>) {
+        fast::backward(a, o, par)
     }
 }
 
@@ -655,19 +615,21 @@ fn kernel_backward<T: Float, K: NormKernels>(
 ) -> Result<NormGrads<T>> {
     check_backward(kind, &dout, cache)?;
     let (mut dx, mut dg, mut db) = alloc_grads(cache)?;
-    K::backward(
-        &cache.layout,
-        cache.batch_stats,
-        cache.x.data(),
-        &cache.gamma,
-        &cache.mean,
-        &cache.inv_std,
-        dout.data(),
-        dx.data_mut(),
-        dg.data_mut(),
-        db.data_mut(),
-        par,
-    );
+    let a = BwdIn {
+        l: &cache.layout,
+        batch_stats: cache.batch_stats,
+        x: cache.x.data(),
+        gamma: &cache.gamma,
+        mean: &cache.mean,
+        inv_std: &cache.inv_std,
+        dout: dout.data(),
+    };
+    let o = BwdOut {
+        dx: dx.data_mut(),
+        dgamma: dg.data_mut(),
+        dbeta: db.data_mut(),
+    };
+    K::backward(a, o, par);
     Ok((dx, dg, db))
 }
 
@@ -978,18 +940,15 @@ pub fn norm_backward_into<'a, T: Float>(
     expect_shape("dx", &[dx.len()], &[l.numel()])?;
     expect_shape("dgamma", &[dgamma.len()], &[l.channels()])?;
     expect_shape("dbeta", &[dbeta.len()], &[l.channels()])?;
-    Fast::backward(
-        &l,
-        stats.batch_stats,
-        x.data(),
-        gamma.data(),
-        &stats.mean,
-        &stats.inv_std,
-        dout.data(),
-        dx,
-        dgamma,
-        dbeta,
-        par,
-    );
+    let a = BwdIn {
+        l: &l,
+        batch_stats: stats.batch_stats,
+        x: x.data(),
+        gamma: gamma.data(),
+        mean: &stats.mean,
+        inv_std: &stats.inv_std,
+        dout: dout.data(),
+    };
+    Fast::backward(a, BwdOut { dx, dgamma, dbeta }, par);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! scale and shift per channel"; a [`NormLayout`] says which group and channel an element has.
 //! Everything accumulates in f64 with two passes (mean first, then squared deviations).
 
-use super::NormLayout;
+use super::{BwdIn, BwdOut, NormLayout};
 use crate::scalar::Float;
 
 /// Per-group mean and (uncorrected) variance, two-pass, in f64.
@@ -44,19 +44,17 @@ pub fn normalize<T: Float>(
 /// train: dx = inv_std * (dxhat - mean_g(dxhat) - xhat * mean_g(dxhat * xhat));
 /// fixed statistics (test mode): dx = inv_std * dxhat.
 /// dgamma[c] = sum dout * xhat, dbeta[c] = sum dout over the elements of channel c.
-#[allow(clippy::too_many_arguments)]
-pub fn backward<T: Float>(
-    l: &NormLayout,
-    batch_stats: bool,
-    x: &[T],
-    gamma: &[T],
-    mean: &[f64],
-    inv_std: &[f64],
-    dout: &[T],
-    dx: &mut [T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
-) {
+pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>) {
+    let BwdIn {
+        l,
+        batch_stats,
+        x,
+        gamma,
+        mean,
+        inv_std,
+        dout,
+    } = a;
+    let BwdOut { dx, dgamma, dbeta } = o;
     let xhat = |i: usize| (x[i].to_f() - mean[l.group_of(i)]) * inv_std[l.group_of(i)];
     let mut dg = vec![0.0f64; l.channels()];
     let mut dbt = vec![0.0f64; l.channels()];
