@@ -170,6 +170,21 @@ macro_rules! backward_body {
     }};
 }
 
+/// The body of a forward binding: every input must have x's dtype and is borrowed (copied if not
+/// C-contiguous) as `$v`; `$call` runs with the GIL released and its (out, cache) is converted.
+macro_rules! forward_body {
+    ($py:expr, $Cache:ident, |$($arg:ident => $v:ident),+| $call:expr) => {{
+        let first = forward_body!(@first $($arg),+);
+        by_dtype!(first, "x", |dt, T| {
+            $( let $arg = In::<T>::new($arg, stringify!($arg), dt)?; )+
+            $( let $v = $arg.view(); )+
+            let (o, c) = $py.detach(|| $call).map_err(err)?;
+            Ok((out($py, o), $Cache::wrap(c)))
+        })
+    }};
+    (@first $a:ident $(, $rest:ident)*) => { $a };
+}
+
 fn check_cache_dtype(dout: &Bound<'_, PyAny>, cache_dt: Dt) -> PyResult<Dt> {
     let dt = dtype_of(dout, "dout")?;
     if dt != cache_dt {
@@ -234,23 +249,10 @@ fn conv_fwd<'py>(
     fast: bool,
 ) -> PyResult<(Bound<'py, PyAny>, ConvCache)> {
     let p = conv_param(p)?;
-    by_dtype!(x, "x", |dt, T| {
-        let (x, w, b) = (
-            In::<T>::new(x, "x", dt)?,
-            In::<T>::new(w, "w", dt)?,
-            In::<T>::new(b, "b", dt)?,
-        );
-        let (xv, wv, bv) = (x.view(), w.view(), b.view());
-        let r = py.detach(|| {
-            if fast {
-                fl::conv_forward_fast(xv, wv, bv, &p)
-            } else {
-                fl::conv_forward_naive(xv, wv, bv, &p)
-            }
-        });
-        let (o, c) = r.map_err(err)?;
-        let cache = ConvCache::wrap(c);
-        Ok((out(py, o), cache))
+    forward_body!(py, ConvCache, |x => xv, w => wv, b => bv| if fast {
+        fl::conv_forward_fast(xv, wv, bv, &p)
+    } else {
+        fl::conv_forward_naive(xv, wv, bv, &p)
     })
 }
 
@@ -323,20 +325,10 @@ fn pool_fwd<'py>(
     fast: bool,
 ) -> PyResult<(Bound<'py, PyAny>, PoolCache)> {
     let p = pool_param(p)?;
-    by_dtype!(x, "x", |dt, T| {
-        let x = In::<T>::new(x, "x", dt)?;
-        let xv = x.view();
-        let (o, c) = py
-            .detach(|| {
-                if fast {
-                    fl::max_pool_forward_fast(xv, &p)
-                } else {
-                    fl::max_pool_forward_naive(xv, &p)
-                }
-            })
-            .map_err(err)?;
-        let cache = PoolCache::wrap(c);
-        Ok((out(py, o), cache))
+    forward_body!(py, PoolCache, |x => xv| if fast {
+        fl::max_pool_forward_fast(xv, &p)
+    } else {
+        fl::max_pool_forward_naive(xv, &p)
     })
 }
 
@@ -402,17 +394,7 @@ fn affine_forward<'py>(
     w: &Bound<'py, PyAny>,
     b: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, AffineCache)> {
-    by_dtype!(x, "x", |dt, T| {
-        let (x, w, b) = (
-            In::<T>::new(x, "x", dt)?,
-            In::<T>::new(w, "w", dt)?,
-            In::<T>::new(b, "b", dt)?,
-        );
-        let (xv, wv, bv) = (x.view(), w.view(), b.view());
-        let (o, c) = py.detach(|| fl::affine_forward(xv, wv, bv)).map_err(err)?;
-        let cache = AffineCache::wrap(c);
-        Ok((out(py, o), cache))
-    })
+    forward_body!(py, AffineCache, |x => xv, w => wv, b => bv| fl::affine_forward(xv, wv, bv))
 }
 
 #[pyfunction]
@@ -439,13 +421,7 @@ fn relu_forward<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, ReluCache)> {
-    by_dtype!(x, "x", |dt, T| {
-        let x = In::<T>::new(x, "x", dt)?;
-        let xv = x.view();
-        let (o, c) = py.detach(|| fl::relu_forward(xv)).map_err(err)?;
-        let cache = ReluCache::wrap(c);
-        Ok((out(py, o), cache))
-    })
+    forward_body!(py, ReluCache, |x => xv| fl::relu_forward(xv))
 }
 
 #[pyfunction]
@@ -497,13 +473,7 @@ fn dropout_forward<'py>(
         mode: mode_of(dropout_param, "mode")?,
         seed,
     };
-    by_dtype!(x, "x", |dt, T| {
-        let x = In::<T>::new(x, "x", dt)?;
-        let xv = x.view();
-        let (o, c) = py.detach(|| fl::dropout_forward(xv, &prm)).map_err(err)?;
-        let cache = DropoutCache::wrap(c);
-        Ok((out(py, o), cache))
-    })
+    forward_body!(py, DropoutCache, |x => xv| fl::dropout_forward(xv, &prm))
 }
 
 #[pyfunction]
@@ -698,19 +668,7 @@ fn layernorm_forward<'py>(
     let p = fl::NormParam {
         eps: f64_key(ln_param, "eps", 1e-5)?,
     };
-    by_dtype!(x, "x", |dt, T| {
-        let (x, g, b) = (
-            In::<T>::new(x, "x", dt)?,
-            In::<T>::new(gamma, "gamma", dt)?,
-            In::<T>::new(beta, "beta", dt)?,
-        );
-        let (xv, gv, bv) = (x.view(), g.view(), b.view());
-        let (o, c) = py
-            .detach(|| fl::layernorm_forward(xv, gv, bv, &p))
-            .map_err(err)?;
-        let cache = NormCache::wrap(c);
-        Ok((out(py, o), cache))
-    })
+    forward_body!(py, NormCache, |x => xv, gamma => gv, beta => bv| fl::layernorm_forward(xv, gv, bv, &p))
 }
 #[pyfunction]
 fn layernorm_backward<'py>(
@@ -734,19 +692,7 @@ fn spatial_groupnorm_forward<'py>(
     let p = fl::NormParam {
         eps: f64_key(gn_param, "eps", 1e-5)?,
     };
-    by_dtype!(x, "x", |dt, T| {
-        let (x, g, b) = (
-            In::<T>::new(x, "x", dt)?,
-            In::<T>::new(gamma, "gamma", dt)?,
-            In::<T>::new(beta, "beta", dt)?,
-        );
-        let (xv, gv, bv) = (x.view(), g.view(), b.view());
-        let (o, c) = py
-            .detach(|| fl::spatial_groupnorm_forward(xv, gv, bv, G, &p))
-            .map_err(err)?;
-        let cache = NormCache::wrap(c);
-        Ok((out(py, o), cache))
-    })
+    forward_body!(py, NormCache, |x => xv, gamma => gv, beta => bv| fl::spatial_groupnorm_forward(xv, gv, bv, G, &p))
 }
 #[pyfunction]
 fn spatial_groupnorm_backward<'py>(
