@@ -21,7 +21,17 @@ fn run<T: fastlayers::Float>(m: usize, n: usize, k: usize) {
     let mut bb = vec![T::zero(); packed_b_len(s, n)];
     let t = Instant::now();
     for _ in 0..reps {
-        gemm_packed_a(s, m, n, k, &ap, &b, n, &mut c, n, &mut bb);
+        gemm_packed_a(
+            s,
+            m,
+            n,
+            k,
+            &ap,
+            BSrc::Rows { data: &b, ld: n },
+            &mut c,
+            n,
+            &mut bb,
+        );
     }
     let pk = t.elapsed().as_secs_f64() / reps as f64;
     let gf = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;

@@ -12,22 +12,19 @@
 //! - backward dx, per image: `dcol (K x P) = W[g]^T * dout[n][g]` into the slot, then col2im
 //!   scatters dcol back into dx[n] (no im2col needed).
 //! - backward dw, per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
-//!   chunks): for each image and column tile, `part[c][g] (F/G x K) += dout_tile * col_tile^T`,
-//!   then `dw = part[0] + part[1] + ...` in chunk order. Fixed partition, fixed combine order:
-//!   dw is bitwise identical for any thread count. Both GEMM operands are handed over transposed
-//!   (blocked transposes of the dout tile and the column tile) because matrixmultiply packs an
-//!   operand fast only when it is contiguous in the packing direction; the natural layouts are
-//!   both the wrong way round for dw and cost an element-by-element gather.
+//!   chunks): for each image and column tile, `part[c][g] (K x F/G) += col_tile * dout_tile^T`
+//!   by our packed GEMM (the column tile packed as A; dout packed as B straight from its natural
+//!   layout, where it is B transposed), then `dw = (part[0] + part[1] + ...)^T` in chunk order.
+//!   Fixed partition, fixed combine order: dw is bitwise identical for any thread count.
 //! - db, per filter (parallel over filters): f64 sum over n then pixels, in order.
 //!
 //! Workspace: per thread one column tile (forward: at most one image's column matrix; backward:
-//! the tile, its transpose and a transposed dout tile), whatever N is, plus in the backward
+//! the tile and its packed copy) and a packed B block, whatever N is, plus in the backward
 //! `min(N, DW_CHUNKS)` partial copies of dw.
 //! All of it is the caller's (`*_workspace_len` gives the exact size); the kernels allocate
 //! only O(threads) bookkeeping.
 
-use crate::gemm::{Mat, gemm, rm};
-use crate::packed_gemm::{self as pg, Shape};
+use crate::packed_gemm::{self as pg, BSrc, Shape};
 use crate::parallel::{Parallelism, Slots};
 use crate::params::ConvGeom;
 use crate::scalar::Float;
@@ -61,11 +58,23 @@ fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     g.k_rows() * pt + pg::packed_b_len(s, pt)
 }
 
-/// Elements of one backward slot: a column tile, its transpose, a transposed dout tile, and a
-/// packed B block (for dx).
+/// Elements of one backward slot: a column tile, its copy packed as GEMM operand A (for dw), and
+/// a packed B block (dout for dw, or for dx).
 fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     let pt = g.wo * tile_rows(g);
-    (2 * g.k_rows() + g.fg()) * pt + pg::packed_b_len(s, pt)
+    g.k_rows() * pt + pg::packed_a_len(s, g.k_rows(), pt) + pg::packed_b_len(s, pt.max(g.fg()))
+}
+
+/// A backward slot split into (column tile, packed column tile, packed B block).
+fn bwd_split<'a, T>(
+    g: &ConvGeom,
+    s: Shape,
+    ws: &'a mut [T],
+) -> (&'a mut [T], &'a mut [T], &'a mut [T]) {
+    let pt = g.wo * tile_rows(g);
+    let (col, rest) = ws.split_at_mut(g.k_rows() * pt);
+    let (apk, bbuf) = rest.split_at_mut(pg::packed_a_len(s, g.k_rows(), pt));
+    (col, apk, bbuf)
 }
 
 /// Packed weights: every group's (F/G x K) block for the forward, or its transpose (K x F/G)
@@ -189,22 +198,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `dst (cols x rows) = src^T`, src being rows x cols with row stride `ld`; 8 x 8 blocks.
-    fn transpose<T>(src: &[T], rows: usize, cols: usize, ld: usize, dst: &mut [T]) {
-        const B: usize = 8;
-        for rb in (0..rows).step_by(B) {
-            for cb in (0..cols).step_by(B) {
-                for r in rb..(rb + B).min(rows) {
-                    for c in cb..(cb + B).min(cols) {
-                        dst[c * rows + r] = src[r * ld + c];
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Forward into caller buffers: `out` (N*F*HO*WO), `ws` at least `workspace_len(g, par.threads())`.
 /// Slices must have the lengths `g` implies (checked by the public wrappers).
 #[allow(clippy::too_many_arguments)]
@@ -252,8 +245,10 @@ pub fn forward_into<T: Float>(
                         pt,
                         k,
                         &wp[grp * ga..(grp + 1) * ga],
-                        &col[..k * pt],
-                        pt,
+                        BSrc::Rows {
+                            data: &col[..k * pt],
+                            ld: pt,
+                        },
                         &mut on[grp * fg * p + oh0 * g.wo..],
                         p,
                         bbuf,
@@ -301,8 +296,7 @@ pub fn backward_into<T: Float>(
         dxn.fill(T::zero());
         let dn = &dout[n * fp..(n + 1) * fp];
         slots.with(slot, |ws| {
-            let (col, rest) = ws.split_at_mut(k * th * g.wo);
-            let bbuf = &mut rest[(k + fg) * th * g.wo..];
+            let (col, _, bbuf) = bwd_split(g, sh, ws);
             for t in 0..tiles {
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
@@ -315,8 +309,10 @@ pub fn backward_into<T: Float>(
                         pt,
                         fg,
                         &wp[grp * ga..(grp + 1) * ga],
-                        &dn[grp * fg * p + oh0 * g.wo..],
-                        p,
+                        BSrc::Rows {
+                            data: &dn[grp * fg * p + oh0 * g.wo..],
+                            ld: p,
+                        },
                         &mut col[..k * pt],
                         pt,
                         bbuf,
@@ -327,15 +323,15 @@ pub fn backward_into<T: Float>(
         });
     });
 
-    // dw: per image chunk, partial F x K sums, then combined in chunk order.
+    // dw: per image chunk, partial sums of dw[g]^T (K x F/G) = col (K x P) * dout[n][g]^T
+    // (P x F/G), contracting over pixels: the column tile is packed as A, and dout is packed as
+    // B straight from its natural layout (it is B transposed in memory); no explicit transposes.
+    // Then dw is combined from the partials in chunk order.
     let fk = g.f * k;
     par.for_each_chunk(staged, fk, &|c, part, slot| {
+        part.fill(T::zero());
         slots.with(slot, |ws| {
-            let tmax = th * g.wo;
-            let (col, rest) = ws.split_at_mut(k * tmax);
-            let (col_t, rest) = rest.split_at_mut(k * tmax);
-            let dout_t = &mut rest[..fg * tmax];
-            let mut first = true;
+            let (col, apk, bbuf) = bwd_split(g, sh, ws);
             for n in chunk_images(g, c) {
                 let xn = &x[n * chw..(n + 1) * chw];
                 for t in 0..tiles {
@@ -343,38 +339,36 @@ pub fn backward_into<T: Float>(
                     let pt = (oh1 - oh0) * g.wo;
                     for grp in 0..g.groups() {
                         im2col_rows(g, xn, grp, 0, k, oh0, oh1, col);
-                        transpose(&col[..k * pt], k, pt, pt, &mut col_t[..k * pt]);
+                        pg::pack_a(sh, k, pt, &col[..k * pt], pt, 1, apk);
                         let dn = &dout[n * fp + grp * fg * p + oh0 * g.wo..];
-                        transpose(dn, fg, pt, p, &mut dout_t[..fg * pt]);
-                        // part[grp] (fg x k) += dout_tile (fg x pt) * col_tile^T (pt x k), with
-                        // dout_tile read column-major from dout_t and col_tile^T row-major.
-                        let a = Mat {
-                            data: &dout_t[..fg * pt],
-                            rs: 1,
-                            cs: fg,
-                        };
-                        let beta = if first { T::zero() } else { T::one() };
-                        gemm(
+                        pg::gemm_packed_a(
+                            sh,
+                            k,
                             fg,
                             pt,
-                            k,
-                            T::one(),
-                            a,
-                            rm(&col_t[..k * pt], k),
-                            beta,
-                            &mut part[grp * fg * k..(grp + 1) * fg * k],
-                            k,
+                            apk,
+                            BSrc::Cols { data: dn, ld: p },
+                            &mut part[grp * k * fg..(grp + 1) * k * fg],
+                            fg,
+                            bbuf,
                         );
                     }
-                    first = false;
                 }
             }
         });
     });
-    dw.copy_from_slice(&staged[..fk]);
-    for c in 1..dw_chunks(g) {
-        for (d, v) in dw.iter_mut().zip(&staged[c * fk..(c + 1) * fk]) {
-            *d += *v;
+    // dw[g][f][r] = sum over chunks of part[g][r][f], in chunk order.
+    for grp in 0..g.groups() {
+        let base = grp * k * fg;
+        for f in 0..fg {
+            let row = &mut dw[(grp * fg + f) * k..(grp * fg + f + 1) * k];
+            for (r, d) in row.iter_mut().enumerate() {
+                let mut v = staged[base + r * fg + f];
+                for c in 1..dw_chunks(g) {
+                    v += staged[c * fk + base + r * fg + f];
+                }
+                *d = v;
+            }
         }
     }
 
