@@ -55,6 +55,13 @@ fn shape_at<T: Float>(level: Level) -> Shape {
     Shape { mr, nr, kc, level }
 }
 
+/// The KC block length used for a contraction of length k: k split into equal blocks of at most
+/// `s.kc` (576 -> 3 x 192 rather than 256 + 256 + 64), so no block runs a short k loop with a full
+/// C update. `pack_a` and `gemm_packed_a` both use it, so the packed A layout matches.
+fn kc_for(kcmax: usize, k: usize) -> usize {
+    k.div_ceil(k.div_ceil(kcmax).max(1)).max(1)
+}
+
 /// Elements of A (m x k) packed.
 pub fn packed_a_len(s: Shape, m: usize, k: usize) -> usize {
     m.next_multiple_of(s.mr) * k
@@ -97,8 +104,9 @@ fn pack_a_mr<T: Float, const MR: usize>(
 ) {
     let panels = m.div_ceil(MR);
     let mut o = 0;
-    for k0 in (0..k).step_by(kcmax) {
-        let kc = kcmax.min(k - k0);
+    let kcb = kc_for(kcmax, k);
+    for k0 in (0..k).step_by(kcb) {
+        let kc = kcb.min(k - k0);
         for p in 0..panels {
             let dst = &mut out[o..o + kc * MR];
             o += kc * MR;
@@ -478,8 +486,9 @@ pub fn gemm_packed_a<T: Float>(
     debug_assert!(c.len() >= (m.max(1) - 1) * ldc + n);
     let mpad = m.next_multiple_of(s.mr);
     // LOOP 3: KC blocks of k.
-    for k0 in (0..k).step_by(s.kc) {
-        let kc = s.kc.min(k - k0);
+    let kcb = kc_for(s.kc, k);
+    for k0 in (0..k).step_by(kcb) {
+        let kc = kcb.min(k - k0);
         pack_b(s, k0, kc, n, b, bbuf);
         let ablk = &ap[k0 * mpad..k0 * mpad + kc * mpad];
         let bblk = &bbuf[..kc * n.next_multiple_of(s.nr)];
