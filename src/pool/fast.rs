@@ -73,7 +73,7 @@ multiversion! {
 pub fn is_unclipped(g: &PoolGeom) -> bool {
     let p = &g.p;
     p.pad == (0, 0)
-        && p.stride.1 * phase_len(g) <= SCRATCH
+        && p.pool_height * p.stride.1 * phase_len(g) <= SCRATCH
         && g.wo.next_multiple_of(VB) <= SCRATCH
         && (g.ho - 1) * p.stride.0 + p.pool_height <= g.h
         && (g.wo - 1) * p.stride.1 + p.pool_width <= g.w
@@ -91,55 +91,73 @@ fn phase_len(g: &PoolGeom) -> usize {
 }
 
 multiversion! {
-    /// Windows fully inside the plane. Each input row is first split into `stride` phases
-    /// (`phase[q][t] = row[t * stride + q]`), so window tap j of output column ow is
-    /// `phase[j % stride][ow + j / stride]`: a contiguous lane for all columns at once. Taps
-    /// (i, j) are visited in row-major order, so every window still sees its candidates in
-    /// row-major order (first maximum wins), while the columns are processed in whole blocks of
-    /// VB lanes (padding lanes are computed and discarded) with branch-free compare and blend.
-    fn plane_unclipped<T>(g: &PoolGeom, x: &[T], out: &mut [T], idx: &mut [u32]) {
+    /// Windows fully inside the plane. The window's input rows are first split into `stride`
+    /// phases (`phase[i][q][t] = row_i[t * stride + q]`), so window tap (i, j) of output column
+    /// ow is `phase[i][j % stride][ow + j / stride]`: a contiguous lane for all columns at once.
+    /// Columns are processed in whole blocks of VB lanes (padding lanes are computed and
+    /// discarded); per block the taps (i, j) are visited in row-major order, so every window
+    /// still sees its candidates in row-major order (first maximum wins), with the running best
+    /// value and index held in local arrays (registers) and branch-free compare and blend. (Taps
+    /// outside and blocks inside stored the blend to memory, which LLVM made masked stores:
+    /// slow on Zen.)
+    /// `x`, `out`, `idx` hold a batch of whole planes: the scratch is set up once per batch.
+    fn planes_unclipped<T>(g: &PoolGeom, xs: &[T], outs: &mut [T], idxs: &mut [u32]) {
         let (kh, kw, sh, sw) = (g.p.pool_height, g.p.pool_width, g.p.stride.0, g.p.stride.1);
         let (wo, plen) = (g.wo, phase_len(g));
         let wpad = wo.next_multiple_of(VB);
+        let rlen = sw * plen;
         let mut phases = [T::zero(); SCRATCH];
-        let mut best = [T::zero(); SCRATCH];
-        let mut bidx = [0u32; SCRATCH];
         let mut cols = [0u32; SCRATCH];
         for (ow, c) in cols[..wpad].iter_mut().enumerate() {
             *c = (ow * sw) as u32;
         }
+        let (plane, oplane) = (g.h * g.w, g.ho * wo);
+        let planes = xs.chunks_exact(plane).zip(outs.chunks_exact_mut(oplane).zip(idxs.chunks_exact_mut(oplane)));
+        for (x, (out, idx)) in planes {
         for oh in 0..g.ho {
             let r0 = oh * sh;
             for i in 0..kh {
                 let row = &x[(r0 + i) * g.w..(r0 + i + 1) * g.w];
-                for (t, &v) in row.iter().enumerate() {
-                    phases[(t % sw) * plen + t / sw] = v;
-                }
-                for j in 0..kw {
-                    let start = (j % sw) * plen + j / sw;
-                    let base = ((r0 + i) * g.w + j) as u32;
-                    for blk in (0..wpad).step_by(VB) {
-                        let lane: &[T; VB] = phases[start + blk..start + blk + VB].try_into().expect("VB lanes");
-                        let c: &[u32; VB] = cols[blk..blk + VB].try_into().expect("VB lanes");
-                        let bv: &mut [T; VB] = (&mut best[blk..blk + VB]).try_into().expect("VB lanes");
-                        let bi: &mut [u32; VB] = (&mut bidx[blk..blk + VB]).try_into().expect("VB lanes");
-                        if i == 0 && j == 0 {
-                            *bv = *lane;
-                            for l in 0..VB {
-                                bi[l] = base + c[l];
-                            }
-                        } else {
-                            for l in 0..VB {
-                                let take = beats(lane[l], bv[l]);
-                                bv[l] = T::select(take, lane[l], bv[l]);
-                                bi[l] = pick(take, base + c[l], bi[l]);
-                            }
-                        }
+                // One strided pass per phase: no division per element (`t % sw` with a run-time
+                // stride compiled to a div per element).
+                for q in 0..sw.min(g.w) {
+                    let dst = &mut phases[i * rlen + q * plen..i * rlen + (q + 1) * plen];
+                    for (d, &v) in dst.iter_mut().zip(row[q..].iter().step_by(sw)) {
+                        *d = v;
                     }
                 }
             }
-            out[oh * wo..(oh + 1) * wo].copy_from_slice(&best[..wo]);
-            idx[oh * wo..(oh + 1) * wo].copy_from_slice(&bidx[..wo]);
+            for blk in (0..wpad).step_by(VB) {
+                let c: &[u32; VB] = cols[blk..blk + VB].try_into().expect("VB lanes");
+                let lane = |i: usize, j: usize| -> &[T; VB] {
+                    let st = i * rlen + (j % sw) * plen + j / sw + blk;
+                    phases[st..st + VB].try_into().expect("VB lanes")
+                };
+                let mut bv = *lane(0, 0);
+                let base0 = (r0 * g.w) as u32;
+                let mut bi = [0u32; VB];
+                for l in 0..VB {
+                    bi[l] = base0 + c[l];
+                }
+                for i in 0..kh {
+                    for j in 0..kw {
+                        if i == 0 && j == 0 {
+                            continue;
+                        }
+                        let ln = lane(i, j);
+                        let base = ((r0 + i) * g.w + j) as u32;
+                        for l in 0..VB {
+                            let take = beats(ln[l], bv[l]);
+                            bv[l] = T::select(take, ln[l], bv[l]);
+                            bi[l] = pick(take, base + c[l], bi[l]);
+                        }
+                    }
+                }
+                let nl = VB.min(wo - blk);
+                out[oh * wo + blk..oh * wo + blk + nl].copy_from_slice(&bv[..nl]);
+                idx[oh * wo + blk..oh * wo + blk + nl].copy_from_slice(&bi[..nl]);
+            }
+        }
         }
     }
 }
@@ -183,13 +201,16 @@ pub fn forward_into<T: Float>(
         argmax,
         oplane * per_job,
         &|j, o, a, _| {
+            if unclipped && !two {
+                let nc0 = j * per_job;
+                let np = o.len() / oplane;
+                return planes_unclipped(g, &x[nc0 * plane..(nc0 + np) * plane], o, a);
+            }
             for (k, (o, a)) in o.chunks_mut(oplane).zip(a.chunks_mut(oplane)).enumerate() {
                 let nc = j * per_job + k;
                 let xp = &x[nc * plane..(nc + 1) * plane];
                 if two {
                     plane_2x2(g, xp, o, a)
-                } else if unclipped {
-                    plane_unclipped(g, xp, o, a)
                 } else {
                     plane_generic(g, xp, o, a)
                 }
