@@ -155,8 +155,9 @@ multiversion! {
                     if sw == 1 {
                         dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
                     } else {
-                        for (k, d) in dst[lo..hi].iter_mut().enumerate() {
-                            *d = src[s0 + k * sw];
+                        let src = src[s0..].iter().step_by(sw);
+                        for (d, v) in dst[lo..hi].iter_mut().zip(src) {
+                            *d = *v;
                         }
                     }
                 }
@@ -189,8 +190,9 @@ multiversion! {
                         *d += *s;
                     }
                 } else {
-                    for (k, s) in src[lo..hi].iter().enumerate() {
-                        dst[s0 + k * sw] += *s;
+                    let dst = dst[s0..].iter_mut().step_by(sw);
+                    for (d, s) in dst.zip(&src[lo..hi]) {
+                        *d += *s;
                     }
                 }
             }
