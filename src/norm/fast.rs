@@ -42,22 +42,35 @@ fn combine(t: [f64; BL]) -> f64 {
     w[0]
 }
 
+/// Adds a block's T lanes into the f64 lanes. `black_box` makes the block's accumulator a plain
+/// 16-element store: without it LLVM's SLP vectoriser sized the whole accumulation loop to the
+/// f32 -> f64 conversion (2 lanes per xmm), so `block_sum2` ran 2 f32 lanes at a time instead
+/// of 8 (seen in the disassembly; bn backward pass 1 was the slower of the two passes).
+#[inline(always)]
+fn flush<T: Float>(tot: &mut [f64; BL], acc: [T; BL]) {
+    let acc = std::hint::black_box(acc);
+    for l in 0..BL {
+        tot[l] += acc[l].to_f();
+    }
+}
+
 /// sum(f(x_i)) with blocked accumulation: BL lanes of T over BK rows, then into f64 lanes,
 /// combined pairwise. The same order for any thread count (element i -> lane i % BL).
+/// Blocks are fixed-size arrays so the vectoriser sees whole registers (with slices and
+/// `chunks_exact` rows it vectorised `block_sum2` two f32 lanes at a time).
 #[inline(always)]
 fn block_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> f64 {
     let mut tot = [0.0f64; BL];
     let mut blocks = x.chunks_exact(BL * BK);
     for blk in &mut blocks {
+        let blk: &[T; BL * BK] = blk.try_into().expect("whole block");
         let mut acc = [T::zero(); BL];
-        for row in blk.chunks_exact(BL) {
+        for r in 0..BK {
             for l in 0..BL {
-                acc[l] += f(row[l]);
+                acc[l] += f(blk[r * BL + l]);
             }
         }
-        for l in 0..BL {
-            tot[l] += acc[l].to_f();
-        }
+        flush(&mut tot, acc);
     }
     for (i, &v) in blocks.remainder().iter().enumerate() {
         tot[i % BL] += f(v).to_f();
@@ -76,15 +89,15 @@ fn block_sum2<T: Float>(a: &[T], b: &[T], g: impl Fn(T, T) -> T) -> f64 {
         .chunks_exact(BL * BK)
         .zip(b[..full].chunks_exact(BL * BK))
     {
+        let ba: &[T; BL * BK] = ba.try_into().expect("whole block");
+        let bb: &[T; BL * BK] = bb.try_into().expect("whole block");
         let mut acc = [T::zero(); BL];
-        for (ra, rb) in ba.chunks_exact(BL).zip(bb.chunks_exact(BL)) {
+        for r in 0..BK {
             for l in 0..BL {
-                acc[l] += g(ra[l], rb[l]);
+                acc[l] += g(ba[r * BL + l], bb[r * BL + l]);
             }
         }
-        for l in 0..BL {
-            tot[l] += acc[l].to_f();
-        }
+        flush(&mut tot, acc);
     }
     for i in full..n {
         tot[(i - full) % BL] += g(a[i], b[i]).to_f();
