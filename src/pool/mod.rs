@@ -169,10 +169,15 @@ pub fn max_pool_backward_into<'a, T: Float>(
     expect_shape("argmax", &[argmax.len()], &[dout.len()])?;
     expect_shape("dx", &[dx.len()], &[x_shape.iter().product()])?;
     let plane = g.h * g.w;
-    if let Some((i, &v)) = argmax
-        .iter()
-        .enumerate()
-        .find(|&(_, &v)| v as usize >= plane)
+    // Every offset is checked before anything is written. A max-reduction vectorises (the
+    // early-exit search did not, and cost 0.1 ms of a 0.5 ms backward); the position is
+    // searched for only to name it in the error.
+    let max = argmax.iter().fold(0u32, |m, &v| m.max(v));
+    if max as usize >= plane
+        && let Some((i, &v)) = argmax
+            .iter()
+            .enumerate()
+            .find(|&(_, &v)| v as usize >= plane)
     {
         return Err(Error::param(
             "argmax",
