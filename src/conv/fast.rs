@@ -129,6 +129,37 @@ fn ow_range(g: &ConvGeom, j: usize) -> (usize, usize) {
     (lo.min(g.wo), hi.min(g.wo).max(lo.min(g.wo)))
 }
 
+/// `dst = src` for the short runs of im2col (a row segment of tens of elements, or less):
+/// fixed 8-element copies. `copy_from_slice` with a run-time length is a memmove call, and im2col
+/// makes one per output row and kernel row (18K per res_conv image): the calls, not the bytes,
+/// were the cost.
+#[inline(always)]
+fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        let d: &mut [T; 8] = d.try_into().expect("8 lanes");
+        *d = s.try_into().expect("8 lanes");
+    }
+    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d = *s;
+    }
+}
+
+/// `dst = 0` for short runs (the padding edges, often one element): like `copy_short`, no
+/// memset call.
+#[inline(always)]
+fn fill_zero<T: Float>(dst: &mut [T]) {
+    let mut d8 = dst.chunks_exact_mut(8);
+    for d in &mut d8 {
+        let d: &mut [T; 8] = d.try_into().expect("8 lanes");
+        *d = [T::zero(); 8];
+    }
+    for d in d8.into_remainder() {
+        *d = T::zero();
+    }
+}
+
 multiversion! {
     /// Rows `r0..r1` of image `xn`'s group-`grp` column matrix, restricted to output rows
     /// `oh0..oh1`, into `col` (row r at (r - r0) * PT, PT = (oh1 - oh0) * WO).
@@ -143,17 +174,17 @@ multiversion! {
             for oh in oh0..oh1 {
                 let dst = &mut row[(oh - oh0) * g.wo..(oh - oh0 + 1) * g.wo];
                 let Some(ih) = g.in_row(oh, i) else {
-                    dst.fill(T::zero());
+                    fill_zero(dst);
                     continue;
                 };
                 let src = &plane[ih * g.w..(ih + 1) * g.w];
-                dst[..lo].fill(T::zero());
-                dst[hi..].fill(T::zero());
+                fill_zero(&mut dst[..lo]);
+                fill_zero(&mut dst[hi..]);
                 if lo < hi {
                     // First input column: lo*sw + j*dw - pw >= 0 by construction of lo.
                     let s0 = lo * sw + j * g.p.dilation.1 - pw;
                     if sw == 1 {
-                        dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                        copy_short(&mut dst[lo..hi], &src[s0..s0 + (hi - lo)]);
                     } else {
                         let src = src[s0..].iter().step_by(sw);
                         for (d, v) in dst[lo..hi].iter_mut().zip(src) {
