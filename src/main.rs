@@ -100,7 +100,25 @@ fn run_check(seed: u64) -> ExitCode {
     }
 }
 
+/// `fastlayers bench | head` closes stdout early, and `println!` then panics: stop quietly
+/// instead, as Unix tools do when their reader goes away. Any other panic reports as usual.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     match cli.cmd.unwrap_or(Cmd::Bench(BenchArgs::default())) {
         Cmd::Check { seed } => run_check(seed),

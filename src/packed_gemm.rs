@@ -510,16 +510,46 @@ mod tests {
     use super::*;
     use crate::simd::{detected, force_level};
 
-    fn check(c: &[f64], want: &[f64], tol: f64, lv: Level, what: &str) {
-        for (x, y) in c.iter().zip(want) {
-            assert!((x - y).abs() <= tol, "{lv:?} {what}: {x} vs {y}");
-        }
-    }
-
     fn naive(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
         for i in 0..m {
             for j in 0..n {
                 c[i * n + j] += (0..k).map(|kk| a[i * k + kk] * b[kk * n + j]).sum::<f64>();
+            }
+        }
+    }
+
+    /// C0 + A B through `gemm_packed_a` in T, with B given row-major and column-major, against
+    /// the f64 result `want` to within `tol`.
+    #[allow(clippy::too_many_arguments)]
+    fn run<T: Float>(
+        lv: Level,
+        (m, n, k): (usize, usize, usize),
+        a: &[f64],
+        b: &[f64],
+        c0: &[f64],
+        want: &[f64],
+        tol: f64,
+    ) {
+        let t = |v: &[f64]| -> Vec<T> { v.iter().map(|&x| T::from_f(x)).collect() };
+        let (a, b) = (t(a), t(b));
+        let bt: Vec<T> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let s = shape::<T>();
+        assert_eq!(s.level, lv);
+        let mut ap = vec![T::nan(); packed_a_len(s, m, k)];
+        pack_a(s, m, k, &a, k, 1, &mut ap);
+        let mut bb = vec![T::nan(); packed_b_len(s, n)];
+        for (what, src) in [
+            ("rows", BSrc::Rows { data: &b, ld: n }),
+            ("cols", BSrc::Cols { data: &bt, ld: k }),
+        ] {
+            let mut c = t(c0);
+            gemm_packed_a(s, m, n, k, &ap, src, &mut c, n, &mut bb);
+            for (x, y) in c.iter().zip(want) {
+                assert!(
+                    (x.to_f() - y).abs() <= tol,
+                    "{} {lv:?} {what} {m}x{n}x{k}: {x} vs {y}",
+                    T::NAME
+                );
             }
         }
     }
@@ -546,67 +576,14 @@ mod tests {
                 let c0: Vec<f64> = (0..m * n).map(|_| rng.normal()).collect();
                 let mut want = c0.clone();
                 naive(m, n, k, &a, &b, &mut want);
-                let s = shape::<f64>();
-                assert_eq!(s.level, lv);
-                let mut ap = vec![f64::NAN; packed_a_len(s, m, k)];
-                pack_a(s, m, k, &a, k, 1, &mut ap);
-                let mut bb = vec![f64::NAN; packed_b_len(s, n)];
+                // Error bound scale: k * max|a| * max|b| (a dot product of length k).
                 let scale: f64 = a.iter().map(|v| v.abs()).fold(0.0, f64::max)
                     * b.iter().map(|v| v.abs()).fold(0.0, f64::max)
                     * k as f64;
-                let mut c = c0.clone();
-                gemm_packed_a(
-                    s,
-                    m,
-                    n,
-                    k,
-                    &ap,
-                    BSrc::Rows { data: &b, ld: n },
-                    &mut c,
-                    n,
-                    &mut bb,
-                );
-                check(&c, &want, 1e-13 * (scale + 1.0), lv, "rows");
-                // The same B handed over transposed in memory.
-                let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-                let mut c = c0.clone();
-                gemm_packed_a(
-                    s,
-                    m,
-                    n,
-                    k,
-                    &ap,
-                    BSrc::Cols { data: &bt, ld: k },
-                    &mut c,
-                    n,
-                    &mut bb,
-                );
-                check(&c, &want, 1e-13 * (scale + 1.0), lv, "cols");
-                // f32 too.
-                let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
-                let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
-                let s = shape::<f32>();
-                let mut ap = vec![f32::NAN; packed_a_len(s, m, k)];
-                pack_a(s, m, k, &a32, k, 1, &mut ap);
-                let mut bb = vec![f32::NAN; packed_b_len(s, n)];
-                let mut c: Vec<f32> = c0.iter().map(|&v| v as f32).collect();
-                gemm_packed_a(
-                    s,
-                    m,
-                    n,
-                    k,
-                    &ap,
-                    BSrc::Rows { data: &b32, ld: n },
-                    &mut c,
-                    n,
-                    &mut bb,
-                );
-                for (x, y) in c.iter().zip(&want) {
-                    assert!(
-                        (*x as f64 - y).abs() <= 1e-5 * (scale + 1.0),
-                        "f32 {lv:?} {m}x{n}x{k}"
-                    );
-                }
+                let mnk = (m, n, k);
+                run::<f64>(lv, mnk, &a, &b, &c0, &want, 1e-13 * (scale + 1.0));
+                // f32: the inputs themselves are rounded to f32, hence the wider bound.
+                run::<f32>(lv, mnk, &a, &b, &c0, &want, 1e-5 * (scale + 1.0));
             }
         }
         force_level(detected());
