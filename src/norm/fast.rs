@@ -44,8 +44,8 @@ fn combine(t: [f64; BL]) -> f64 {
 
 /// Adds a block's T lanes into the f64 lanes. `black_box` makes the block's accumulator a plain
 /// 16-element store: without it LLVM's SLP vectoriser sized the whole accumulation loop to the
-/// f32 -> f64 conversion (2 lanes per xmm), so `block_sum2` ran 2 f32 lanes at a time instead
-/// of 8 (seen in the disassembly; bn backward pass 1 was the slower of the two passes).
+/// f32 -> f64 conversion (2 lanes per xmm), so the dy * (x - mean) sum ran 2 f32 lanes at a time
+/// instead of 8 (seen in the disassembly; bn backward pass 1 was the slower of the two passes).
 #[inline(always)]
 fn flush<T: Float>(tot: &mut [f64; BL], acc: [T; BL]) {
     let acc = std::hint::black_box(acc);
@@ -56,8 +56,7 @@ fn flush<T: Float>(tot: &mut [f64; BL], acc: [T; BL]) {
 
 /// sum(f(x_i)) with blocked accumulation: BL lanes of T over BK rows, then into f64 lanes,
 /// combined pairwise. The same order for any thread count (element i -> lane i % BL).
-/// Blocks are fixed-size arrays so the vectoriser sees whole registers (with slices and
-/// `chunks_exact` rows it vectorised `block_sum2` two f32 lanes at a time).
+/// Blocks are fixed-size arrays so the vectoriser sees whole registers.
 #[inline(always)]
 fn block_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> f64 {
     let mut tot = [0.0f64; BL];
@@ -78,12 +77,18 @@ fn block_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> f64 {
     combine(tot)
 }
 
-/// sum(g(a_i, b_i)), blocked like `block_sum`.
+/// (sum(f(a_i, b_i)), sum(g(a_i, b_i))) in one pass, each blocked like `block_sum` (the same
+/// lanes and order as two separate calls, so the results are bitwise those of two passes).
 #[inline(always)]
-fn block_sum2<T: Float>(a: &[T], b: &[T], g: impl Fn(T, T) -> T) -> f64 {
+fn block_sum_pair<T: Float>(
+    a: &[T],
+    b: &[T],
+    f: impl Fn(T, T) -> T,
+    g: impl Fn(T, T) -> T,
+) -> (f64, f64) {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut tot = [0.0f64; BL];
+    let (mut tf, mut tg) = ([0.0f64; BL], [0.0f64; BL]);
     let full = n / (BL * BK) * (BL * BK);
     for (ba, bb) in a[..full]
         .chunks_exact(BL * BK)
@@ -91,18 +96,22 @@ fn block_sum2<T: Float>(a: &[T], b: &[T], g: impl Fn(T, T) -> T) -> f64 {
     {
         let ba: &[T; BL * BK] = ba.try_into().expect("whole block");
         let bb: &[T; BL * BK] = bb.try_into().expect("whole block");
-        let mut acc = [T::zero(); BL];
+        let (mut af, mut ag) = ([T::zero(); BL], [T::zero(); BL]);
         for r in 0..BK {
             for l in 0..BL {
-                acc[l] += g(ba[r * BL + l], bb[r * BL + l]);
+                let (u, v) = (ba[r * BL + l], bb[r * BL + l]);
+                af[l] += f(u, v);
+                ag[l] += g(u, v);
             }
         }
-        flush(&mut tot, acc);
+        flush(&mut tf, af);
+        flush(&mut tg, ag);
     }
     for i in full..n {
-        tot[(i - full) % BL] += g(a[i], b[i]).to_f();
+        tf[(i - full) % BL] += f(a[i], b[i]).to_f();
+        tg[(i - full) % BL] += g(a[i], b[i]).to_f();
     }
-    combine(tot)
+    (combine(tf), combine(tg))
 }
 
 /// sum(x) in f64 (blocked).
@@ -123,12 +132,14 @@ fn split<T: Float>(m: f64) -> (T, T) {
 /// variance from cancelling when the mean is large.
 #[inline(always)]
 fn shifted_sums<T: Float>(x: &[T], k: T) -> (f64, f64) {
-    (
-        block_sum(x, |v| v - k),
-        block_sum(x, |v| {
+    block_sum_pair(
+        x,
+        x,
+        |v, _| v - k,
+        |v, _| {
             let d = v - k;
             d * d
-        }),
+        },
     )
 }
 
@@ -136,10 +147,7 @@ fn shifted_sums<T: Float>(x: &[T], k: T) -> (f64, f64) {
 #[inline(always)]
 fn sum_dy_dev<T: Float>(dy: &[T], x: &[T], m: f64) -> (f64, f64) {
     let (hi, lo) = split::<T>(m);
-    (
-        block_sum(dy, |d| d),
-        block_sum2(dy, x, |d, v| d * ((v - hi) - lo)),
-    )
+    block_sum_pair(dy, x, |d, _| d, |d, v| d * ((v - hi) - lo))
 }
 
 /// Mean and (uncorrected) variance from shifted sums over `cnt` elements.
