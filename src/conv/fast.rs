@@ -151,13 +151,17 @@ fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
 #[inline(always)]
 fn gather_strided<T: Copy>(dst: &mut [T], src: &[T], sw: usize) {
     if sw == 2 {
-        let n = dst.len();
-        if src.len() >= 2 * n {
-            for (d, s) in dst.iter_mut().zip(src[..2 * n].chunks_exact(2)) {
-                *d = s[0];
-            }
-            return;
+        // Whole pairs through the vectorised loop; a row whose last element has no partner
+        // (odd length, e.g. W = 31) finishes with one scalar copy instead of going scalar whole.
+        let pairs = (src.len() / 2).min(dst.len());
+        let (head, tail) = dst.split_at_mut(pairs);
+        for (d, s) in head.iter_mut().zip(src[..2 * pairs].chunks_exact(2)) {
+            *d = s[0];
         }
+        for (k, d) in tail.iter_mut().enumerate() {
+            *d = src[2 * (pairs + k)];
+        }
+        return;
     }
     for (d, v) in dst.iter_mut().zip(src.iter().step_by(sw)) {
         *d = *v;
