@@ -59,6 +59,18 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
     let mut dxp = vec![T::zero(); x.len()];
     max_pool_backward_into(&dout, &idx, x.shape(), &pp, &mut dxp, par).unwrap();
     outs.extend([bits(&o), bits(&dxp)]);
+    // Pooling large enough to run on several threads (above the sequential cut-off of 512K
+    // elements, and many jobs of planes), 2x2 stride 2.
+    let pp = PoolParam::new(2, 2, 2);
+    let x: Tensor<T> = rng.randn(&[2, 80, 64, 64], 1.0, 0.0);
+    let gp = PoolGeom::new(x.shape(), &pp).unwrap();
+    let n: usize = gp.out_shape().iter().product();
+    let (mut o, mut idx) = (vec![T::zero(); n], vec![0u32; n]);
+    max_pool_forward_into(&x, &pp, &mut o, &mut idx, par).unwrap();
+    let dout: Tensor<T> = rng.randn(&gp.out_shape(), 1.0, 0.0);
+    let mut dxp = vec![T::zero(); x.len()];
+    max_pool_backward_into(&dout, &idx, x.shape(), &pp, &mut dxp, par).unwrap();
+    outs.extend([bits(&o), bits(&dxp)]);
     // Norms: spatial batch norm, group norm, layer norm, batch norm (N, D).
     let x: Tensor<T> = rng.randn(&[7, 6, 5, 33], 3.0, 5.0);
     let gm: Tensor<T> = rng.randn(&[6], 1.0, 0.0);

@@ -193,6 +193,7 @@ pub fn forward_into<T: Float>(
     par: Parallelism<'_>,
 ) {
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
+    let par = par.for_work(x.len());
     let (two, unclipped) = (is_2x2(g), is_unclipped(g));
     let per_job = planes_per_job(plane);
     par.for_each_chunk2(
@@ -237,6 +238,7 @@ pub fn backward_into<T: Float>(
     par: Parallelism<'_>,
 ) {
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
+    let par = par.for_work(dx.len());
     let per_job = planes_per_job(plane);
     par.for_each_chunk(dx, plane * per_job, &|j, dxs, _| {
         for (k, dxp) in dxs.chunks_mut(plane).enumerate() {
