@@ -31,6 +31,7 @@ fn run<T: fastlayers::Float>(m: usize, n: usize, k: usize) {
             &mut c,
             n,
             &mut bb,
+            false,
         );
     }
     let pk = t.elapsed().as_secs_f64() / reps as f64;

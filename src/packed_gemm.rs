@@ -191,8 +191,10 @@ fn pack_b_cols<T: Float>(nr: usize, kc: usize, n: usize, b: &[T], ld: usize, out
     }
 }
 
-/// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR).
+/// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR), or = when
+/// `set` (C is then write-only: the caller need not zero it).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
     kc: usize,
     a: &[T],
@@ -201,6 +203,7 @@ fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
     ldc: usize,
     rows: usize,
     cols: usize,
+    set: bool,
 ) {
     let mut acc = [[T::zero(); NR]; MR];
     for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
@@ -219,7 +222,7 @@ fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
     for i in 0..rows {
         let crow = &mut c[i * ldc..i * ldc + cols];
         for (cv, av) in crow.iter_mut().zip(&acc[i][..cols]) {
-            *cv += *av;
+            *cv = if set { *av } else { *cv + *av };
         }
     }
 }
@@ -235,6 +238,7 @@ fn block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
     bp: &[T],
     c: &mut [T],
     ldc: usize,
+    set: bool,
 ) {
     for jp in 0..n.div_ceil(NR) {
         let (j0, cols) = (jp * NR, NR.min(n - jp * NR));
@@ -242,7 +246,16 @@ fn block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
         for ip in 0..m.div_ceil(MR) {
             let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
             let apanel = &ap[ip * kc * MR..(ip + 1) * kc * MR];
-            micro::<T, MR, NR, FMA>(kc, apanel, bpanel, &mut c[i0 * ldc + j0..], ldc, rows, cols);
+            micro::<T, MR, NR, FMA>(
+                kc,
+                apanel,
+                bpanel,
+                &mut c[i0 * ldc + j0..],
+                ldc,
+                rows,
+                cols,
+                set,
+            );
         }
     }
 }
@@ -258,11 +271,12 @@ fn block_avx512<T: Float>(
     bp: &[T],
     c: &mut [T],
     ldc: usize,
+    set: bool,
 ) {
     if std::mem::size_of::<T>() == 4 {
-        block::<T, 4, 64, true>(m, n, kc, ap, bp, c, ldc)
+        block::<T, 4, 64, true>(m, n, kc, ap, bp, c, ldc, set)
     } else {
-        block::<T, 4, 32, true>(m, n, kc, ap, bp, c, ldc)
+        block::<T, 4, 32, true>(m, n, kc, ap, bp, c, ldc, set)
     }
 }
 
@@ -280,6 +294,7 @@ fn block_avx2<T: Float>(
     bp: &[T],
     c: &mut [T],
     ldc: usize,
+    set: bool,
 ) {
     use std::any::TypeId;
     if TypeId::of::<T>() == TypeId::of::<f32>() {
@@ -291,7 +306,7 @@ fn block_avx2<T: Float>(
                 cast_mut::<T, f32>(c),
             )
         };
-        avx2::block_f32(m, n, kc, ap, bp, c, ldc)
+        avx2::block_f32(m, n, kc, ap, bp, c, ldc, set)
     } else {
         debug_assert!(TypeId::of::<T>() == TypeId::of::<f64>());
         // SAFETY: Float is sealed and implemented for f32 and f64 only, so T is f64 here.
@@ -302,7 +317,7 @@ fn block_avx2<T: Float>(
                 cast_mut::<T, f64>(c),
             )
         };
-        avx2::block_f64(m, n, kc, ap, bp, c, ldc)
+        avx2::block_f64(m, n, kc, ap, bp, c, ldc, set)
     }
 }
 
@@ -337,7 +352,8 @@ mod avx2 {
     macro_rules! kernel {
         ($block:ident, $micro:ident, $t:ty, $v:ty, $lanes:expr, $zero:ident, $bcast:ident,
          $load:ident, $store:ident, $fma:ident, $add:ident) => {
-            /// C[rows x cols] (leading dimension ldc) += A panel (kc x 6) * B panel (kc x NR).
+            /// C[rows x cols] (leading dimension ldc) += A panel (kc x 6) * B panel (kc x NR), or = when
+            /// `set`.
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             fn $micro(
@@ -348,6 +364,7 @@ mod avx2 {
                 ldc: usize,
                 rows: usize,
                 cols: usize,
+                set: bool,
             ) {
                 const MR: usize = 6;
                 const NR: usize = 2 * $lanes;
@@ -376,8 +393,13 @@ mod avx2 {
                         // SAFETY: cr has exactly NR = 2 * lanes elements.
                         unsafe {
                             let p = cr.as_mut_ptr();
-                            $store(p, $add($load(p), row[0]));
-                            $store(p.add($lanes), $add($load(p.add($lanes)), row[1]));
+                            if set {
+                                $store(p, row[0]);
+                                $store(p.add($lanes), row[1]);
+                            } else {
+                                $store(p, $add($load(p), row[0]));
+                                $store(p.add($lanes), $add($load(p.add($lanes)), row[1]));
+                            }
                         }
                     }
                 } else {
@@ -389,7 +411,7 @@ mod avx2 {
                             $store(tmp.as_mut_ptr().add($lanes), row[1]);
                         }
                         for (cv, tv) in c[i * ldc..i * ldc + cols].iter_mut().zip(&tmp) {
-                            *cv += *tv;
+                            *cv = if set { *tv } else { *cv + *tv };
                         }
                     }
                 }
@@ -406,6 +428,7 @@ mod avx2 {
                 bp: &[$t],
                 c: &mut [$t],
                 ldc: usize,
+                set: bool,
             ) {
                 const MR: usize = 6;
                 const NR: usize = 2 * $lanes;
@@ -415,7 +438,16 @@ mod avx2 {
                     for ip in 0..m.div_ceil(MR) {
                         let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
                         let apanel = &ap[ip * kc * MR..(ip + 1) * kc * MR];
-                        $micro(kc, apanel, bpanel, &mut c[i0 * ldc + j0..], ldc, rows, cols);
+                        $micro(
+                            kc,
+                            apanel,
+                            bpanel,
+                            &mut c[i0 * ldc + j0..],
+                            ldc,
+                            rows,
+                            cols,
+                            set,
+                        );
                     }
                 }
             }
@@ -449,6 +481,7 @@ mod avx2 {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn block_portable<T: Float>(
     m: usize,
     n: usize,
@@ -457,16 +490,18 @@ fn block_portable<T: Float>(
     bp: &[T],
     c: &mut [T],
     ldc: usize,
+    set: bool,
 ) {
     if std::mem::size_of::<T>() == 4 {
-        block::<T, 4, 8, false>(m, n, kc, ap, bp, c, ldc)
+        block::<T, 4, 8, false>(m, n, kc, ap, bp, c, ldc, set)
     } else {
-        block::<T, 4, 4, false>(m, n, kc, ap, bp, c, ldc)
+        block::<T, 4, 4, false>(m, n, kc, ap, bp, c, ldc, set)
     }
 }
 
 /// C (m x n, leading dimension ldc) += A (packed by `pack_a` with shape `s`) * B (k x n, from
-/// `b`). `bbuf` holds at least `packed_b_len(s, n)` elements.
+/// `b`), or C = A * B when `overwrite` (C's old contents are then never read, so the caller
+/// need not zero it). `bbuf` holds at least `packed_b_len(s, n)` elements.
 /// `s` must be `shape::<T>()` of the level in force (it is read once by the caller so a whole
 /// call uses one shape).
 #[allow(clippy::too_many_arguments)]
@@ -480,6 +515,7 @@ pub fn gemm_packed_a<T: Float>(
     c: &mut [T],
     ldc: usize,
     bbuf: &mut [T],
+    overwrite: bool,
 ) {
     debug_assert!(ap.len() >= packed_a_len(s, m, k));
     debug_assert!(bbuf.len() >= packed_b_len(s, n));
@@ -491,16 +527,18 @@ pub fn gemm_packed_a<T: Float>(
         let kc = kcb.min(k - k0);
         pack_b(s, k0, kc, n, b, bbuf);
         let ablk = &ap[k0 * mpad..k0 * mpad + kc * mpad];
+        // The first KC block stores when overwriting; later blocks add to it.
+        let set = overwrite && k0 == 0;
         let bblk = &bbuf[..kc * n.next_multiple_of(s.nr)];
         match s.level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a Shape's level comes from level(), which reports Avx512 only when the
             // CPU has AVX-512F/VL, AVX2 and FMA.
-            Level::Avx512 => unsafe { block_avx512(m, n, kc, ablk, bblk, c, ldc) },
+            Level::Avx512 => unsafe { block_avx512(m, n, kc, ablk, bblk, c, ldc, set) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, Avx2 only when the CPU has AVX2 and FMA.
-            Level::Avx2 => unsafe { block_avx2(m, n, kc, ablk, bblk, c, ldc) },
-            _ => block_portable(m, n, kc, ablk, bblk, c, ldc),
+            Level::Avx2 => unsafe { block_avx2(m, n, kc, ablk, bblk, c, ldc, set) },
+            _ => block_portable(m, n, kc, ablk, bblk, c, ldc, set),
         }
     }
 }
@@ -538,13 +576,21 @@ mod tests {
         let mut ap = vec![T::nan(); packed_a_len(s, m, k)];
         pack_a(s, m, k, &a, k, 1, &mut ap);
         let mut bb = vec![T::nan(); packed_b_len(s, n)];
-        for (what, src) in [
-            ("rows", BSrc::Rows { data: &b, ld: n }),
-            ("cols", BSrc::Cols { data: &bt, ld: k }),
+        // C0 + AB with B in either layout, then AB alone written over a NaN-filled C (overwrite
+        // must never read C).
+        let ab: Vec<f64> = want.iter().zip(c0).map(|(w, c)| w - c).collect();
+        for (what, src, overwrite) in [
+            ("rows", BSrc::Rows { data: &b, ld: n }, false),
+            ("cols", BSrc::Cols { data: &bt, ld: k }, false),
+            ("overwrite", BSrc::Rows { data: &b, ld: n }, true),
         ] {
-            let mut c = t(c0);
-            gemm_packed_a(s, m, n, k, &ap, src, &mut c, n, &mut bb);
-            for (x, y) in c.iter().zip(want) {
+            let (mut c, expect) = if overwrite {
+                (vec![T::nan(); m * n], &ab)
+            } else {
+                (t(c0), &want.to_vec())
+            };
+            gemm_packed_a(s, m, n, k, &ap, src, &mut c, n, &mut bb, overwrite);
+            for (x, y) in c.iter().zip(expect) {
                 assert!(
                     (x.to_f() - y).abs() <= tol,
                     "{} {lv:?} {what} {m}x{n}x{k}: {x} vs {y}",

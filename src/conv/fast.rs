@@ -304,6 +304,7 @@ pub fn forward_into<T: Float>(
                         &mut on[grp * fg * p + oh0 * g.wo..],
                         p,
                         bbuf,
+                        false,
                     );
                 }
             }
@@ -353,8 +354,8 @@ pub fn backward_into<T: Float>(
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
                 for grp in 0..g.groups() {
-                    // dcol (k x pt) = W[g]^T * dout[n][g] tile (fg x pt, row stride p)
-                    col[..k * pt].fill(T::zero());
+                    // dcol (k x pt) = W[g]^T * dout[n][g] tile (fg x pt, row stride p), stored
+                    // (not accumulated), so the tile needs no zeroing first.
                     pg::gemm_packed_a(
                         sh,
                         k,
@@ -368,6 +369,7 @@ pub fn backward_into<T: Float>(
                         &mut col[..k * pt],
                         pt,
                         bbuf,
+                        true,
                     );
                     col2im(g, &col[..k * pt], grp, oh0, oh1, dxn);
                 }
@@ -403,6 +405,7 @@ pub fn backward_into<T: Float>(
                             &mut part[grp * k * fg..(grp + 1) * k * fg],
                             fg,
                             bbuf,
+                            false,
                         );
                     }
                 }
