@@ -36,7 +36,10 @@ const TILE_ELEMS: usize = 192 * 1024;
 
 /// Output rows per column tile: a function of the shape only.
 fn tile_rows(g: &ConvGeom) -> usize {
-    (TILE_ELEMS / (g.k_rows() * g.wo).max(1)).clamp(1, g.ho)
+    let most = (TILE_ELEMS / (g.k_rows() * g.wo).max(1)).clamp(1, g.ho);
+    // Equal tiles: 32 rows at most 10 a tile are 4 x 8, not 10 + 10 + 10 + 2 (a last tile of
+    // few pixels still streams all the packed weights).
+    g.ho.div_ceil(g.ho.div_ceil(most))
 }
 
 /// Image chunks of the dw reduction: a constant, so the partition depends on N only.
