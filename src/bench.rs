@@ -71,7 +71,7 @@ pub struct Options {
     pub naive: bool,
     /// Seconds of timed calls per measurement.
     pub budget: f64,
-    /// Only ops or shapes whose name contains this.
+    /// Only ops or shapes whose name contains this (comma-separated terms must all match).
     pub filter: Option<String>,
     /// Skip the notebook timing cells.
     pub skip_cells: bool,
@@ -165,10 +165,13 @@ pub fn notebook_cells(seed: u64) -> Result<String> {
     Ok(s)
 }
 
+/// Whether (op, shape) passes the filter: every comma-separated term must occur in the op or the
+/// shape name (`conv_fwd,res2` selects one op on one shape).
 fn wanted(o: &Options, op: &str, shape: &str) -> bool {
-    o.filter
-        .as_deref()
-        .is_none_or(|f| op.contains(f) || shape.contains(f))
+    o.filter.as_deref().is_none_or(|f| {
+        f.split(',')
+            .all(|t| op.contains(t.trim()) || shape.contains(t.trim()))
+    })
 }
 
 /// Times every named shape for dtype T; `emit` receives each row as soon as it is measured.

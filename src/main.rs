@@ -46,7 +46,8 @@ struct BenchArgs {
     /// Seconds of timed calls per measurement.
     #[arg(long, default_value_t = 1.0)]
     budget: f64,
-    /// Only ops or shapes whose name contains this (e.g. conv_fwd, res_conv).
+    /// Only ops or shapes whose name contains this (e.g. conv_fwd, res_conv); comma-separated
+    /// terms must all match (conv_fwd,res2).
     #[arg(long)]
     filter: Option<String>,
     /// Skip the notebook timing cells.

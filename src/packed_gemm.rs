@@ -140,6 +140,19 @@ pub enum BSrc<'a, T> {
     Cols { data: &'a [T], ld: usize },
 }
 
+/// Packs a row-major kc x n block (leading dimension ld) into NR panels: for callers of
+/// `gemm_packed_with` that build each block of B in a buffer first.
+pub fn pack_b_rows_into<T: Float>(
+    s: Shape,
+    kc: usize,
+    n: usize,
+    b: &[T],
+    ld: usize,
+    out: &mut [T],
+) {
+    pack_b(s, 0, kc, n, BSrc::Rows { data: b, ld }, out)
+}
+
 /// Packs rows k0..k0+kc of B into NR panels.
 fn pack_b<T: Float>(s: Shape, k0: usize, kc: usize, n: usize, b: BSrc<'_, T>, out: &mut [T]) {
     match (s.nr, b) {
@@ -517,19 +530,45 @@ pub fn gemm_packed_a<T: Float>(
     bbuf: &mut [T],
     overwrite: bool,
 ) {
+    gemm_packed_with(s, m, n, k, ap, c, ldc, bbuf, overwrite, |k0, kc, out| {
+        pack_b(s, k0, kc, n, b, out)
+    })
+}
+
+/// The KC blocks `gemm_packed_a` splits a contraction of length k into: (k0, kc) pairs.
+pub fn kc_blocks(s: Shape, k: usize) -> impl Iterator<Item = (usize, usize)> {
+    let kcb = kc_for(s.kc, k);
+    (0..k).step_by(kcb).map(move |k0| (k0, kcb.min(k - k0)))
+}
+
+/// `gemm_packed_a` with B produced by the caller one KC block at a time: `pack(k0, kc, out)`
+/// writes rows k0..k0+kc of B into `out` in the packed layout (use `pack_b_rows_into`). The
+/// convolution generates each block's im2col rows right there, so they stay in L2.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed_with<T: Float>(
+    s: Shape,
+    m: usize,
+    n: usize,
+    k: usize,
+    ap: &[T],
+    c: &mut [T],
+    ldc: usize,
+    bbuf: &mut [T],
+    overwrite: bool,
+    mut pack: impl FnMut(usize, usize, &mut [T]),
+) {
     debug_assert!(ap.len() >= packed_a_len(s, m, k));
     debug_assert!(bbuf.len() >= packed_b_len(s, n));
     debug_assert!(c.len() >= (m.max(1) - 1) * ldc + n);
     let mpad = m.next_multiple_of(s.mr);
     // LOOP 3: KC blocks of k.
-    let kcb = kc_for(s.kc, k);
-    for k0 in (0..k).step_by(kcb) {
-        let kc = kcb.min(k - k0);
-        pack_b(s, k0, kc, n, b, bbuf);
+    for (k0, kc) in kc_blocks(s, k) {
+        let bblk = &mut bbuf[..kc * n.next_multiple_of(s.nr)];
+        pack(k0, kc, bblk);
+        let bblk = &*bblk;
         let ablk = &ap[k0 * mpad..k0 * mpad + kc * mpad];
         // The first KC block stores when overwriting; later blocks add to it.
         let set = overwrite && k0 == 0;
-        let bblk = &bbuf[..kc * n.next_multiple_of(s.nr)];
         match s.level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a Shape's level comes from level(), which reports Avx512 only when the

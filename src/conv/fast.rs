@@ -7,7 +7,9 @@
 //! (0 in the padding)
 //! ```
 //!
-//! - forward, per image (parallel over images): im2col into this thread's slot; then
+//! - forward, per image (parallel over images), per column tile: for each KC block of K, im2col
+//!   of those rows into this thread's slot and straight into the GEMM's packed B (the block stays
+//!   in L2); then
 //!   `out[n][g] (F/G x P) = W[g] (F/G x K) * col (K x P)` with out pre-filled with the bias (beta = 1).
 //! - backward dx, per image: `dcol (K x P) = W[g]^T * dout[n][g]` into the slot, then col2im
 //!   scatters dcol back into dx[n] (no im2col needed).
@@ -18,8 +20,8 @@
 //!   Fixed partition, fixed combine order: dw is bitwise identical for any thread count.
 //! - db, per filter (parallel over filters): f64 sum over n then pixels, in order.
 //!
-//! Workspace: per thread one column tile (forward: at most one image's column matrix; backward:
-//! the tile and its packed copy) and a packed B block, whatever N is, plus in the backward
+//! Workspace: per thread a KC block of a column tile (forward) or a column tile and its packed copy
+//! (backward), and a packed B block, whatever N is, plus in the backward
 //! `min(N, DW_CHUNKS)` partial copies of dw.
 //! All of it is the caller's (`*_workspace_len` gives the exact size); the kernels allocate
 //! only O(threads) bookkeeping.
@@ -55,10 +57,11 @@ fn chunk_images(g: &ConvGeom, c: usize) -> std::ops::Range<usize> {
     (c * g.n / k)..((c + 1) * g.n / k)
 }
 
-/// Elements of one forward slot: one column tile and its packed B block.
+/// Elements of one forward slot: one KC block of a column tile and its packed copy (im2col
+/// runs a KC block of rows at a time, so the block is packed while it is still in L2).
 fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     let pt = g.wo * tile_rows(g);
-    g.k_rows() * pt + pg::packed_b_len(s, pt)
+    s.kc.min(g.k_rows()) * pt + pg::packed_b_len(s, pt)
 }
 
 /// Elements of one backward slot: a column tile, its copy packed as GEMM operand A (for dw), and
@@ -287,27 +290,27 @@ pub fn forward_into<T: Float>(
             on[f * p..(f + 1) * p].fill(b[f]);
         }
         slots.with(slot, |ws| {
-            let (col, bbuf) = ws.split_at_mut(k * th * g.wo);
+            let (col, bbuf) = ws.split_at_mut(sh.kc.min(k) * th * g.wo);
             for t in 0..tiles {
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
                 for grp in 0..g.groups() {
-                    im2col_rows(g, xn, grp, 0, k, oh0, oh1, col);
-                    // out[n][g] tile (fg x pt, row stride p) += W[g] * col tile
-                    pg::gemm_packed_a(
+                    // out[n][g] tile (fg x pt, row stride p) += W[g] * col tile, the column
+                    // tile built one KC block of rows at a time and packed at once.
+                    pg::gemm_packed_with(
                         sh,
                         fg,
                         pt,
                         k,
                         &wp[grp * ga..(grp + 1) * ga],
-                        BSrc::Rows {
-                            data: &col[..k * pt],
-                            ld: pt,
-                        },
                         &mut on[grp * fg * p + oh0 * g.wo..],
                         p,
                         bbuf,
                         false,
+                        |k0, kc, out| {
+                            im2col_rows(g, xn, grp, k0, k0 + kc, oh0, oh1, col);
+                            pg::pack_b_rows_into(sh, kc, pt, &col[..kc * pt], pt, out);
+                        },
                     );
                 }
             }
