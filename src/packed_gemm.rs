@@ -90,6 +90,29 @@ pub fn pack_a<T: Float>(
     }
 }
 
+/// Packs A (m x k) given element by element: `get(i, kk)`. For small matrices built from parts
+/// (the convolution's weights with the bias as an extra column), packed once per call.
+pub fn pack_a_with<T: Float>(
+    s: Shape,
+    m: usize,
+    k: usize,
+    get: impl Fn(usize, usize) -> T,
+    out: &mut [T],
+) {
+    let mut o = 0;
+    for (k0, kc) in kc_blocks(s, k) {
+        for p in 0..m.div_ceil(s.mr) {
+            for kk in 0..kc {
+                for i in 0..s.mr {
+                    let r = p * s.mr + i;
+                    out[o] = if r < m { get(r, k0 + kk) } else { T::zero() };
+                    o += 1;
+                }
+            }
+        }
+    }
+}
+
 /// `pack_a` with MR a constant, so the inner loop over a panel's rows is unrolled and full
 /// panels need no bounds test per element.
 #[allow(clippy::too_many_arguments)]

@@ -10,7 +10,8 @@
 //! - forward, per image (parallel over images), per column tile: for each KC block of K, im2col
 //!   of those rows into this thread's slot and straight into the GEMM's packed B (the block stays
 //!   in L2); then
-//!   `out[n][g] (F/G x P) = W[g] (F/G x K) * col (K x P)` with out pre-filled with the bias (beta = 1).
+//!   `out[n][g] (F/G x P) = [W[g] | b[g]] (F/G x K+1) * [col; 1] (K+1 x P)`: the bias rides as an
+//!   extra column, so the GEMM writes out once (no pre-fill, C never read).
 //! - backward dx, per image: `dcol (K x P) = W[g]^T * dout[n][g]` into the slot, then col2im
 //!   scatters dcol back into dx[n] (no im2col needed).
 //! - backward dw, per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
@@ -61,7 +62,7 @@ fn chunk_images(g: &ConvGeom, c: usize) -> std::ops::Range<usize> {
 /// runs a KC block of rows at a time, so the block is packed while it is still in L2).
 fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     let pt = g.wo * tile_rows(g);
-    s.kc.min(g.k_rows()) * pt + pg::packed_b_len(s, pt)
+    s.kc.min(g.k_rows() + 1) * pt + pg::packed_b_len(s, pt)
 }
 
 /// Elements of one backward slot: a column tile, its copy packed as GEMM operand A (for dw), and
@@ -83,11 +84,12 @@ fn bwd_split<'a, T>(
     (col, apk, bbuf)
 }
 
-/// Packed weights: every group's (F/G x K) block for the forward, or its transpose (K x F/G)
-/// for dx; the larger of the two, so one size serves both directions.
+/// Packed weights: every group's (F/G x (K + 1)) block for the forward (the bias as an extra
+/// column), or its transpose (K x F/G) for dx; the larger of the two, so one size serves both
+/// directions.
 fn packed_w_len(g: &ConvGeom, s: Shape) -> usize {
     g.groups()
-        * pg::packed_a_len(s, g.fg(), g.k_rows()).max(pg::packed_a_len(s, g.k_rows(), g.fg()))
+        * pg::packed_a_len(s, g.fg(), g.k_rows() + 1).max(pg::packed_a_len(s, g.k_rows(), g.fg()))
 }
 
 /// dw partials: one F x K copy per image chunk.
@@ -273,12 +275,17 @@ pub fn forward_into<T: Float>(
     debug_assert!(ws.len() >= forward_workspace_len::<T>(g, threads));
     debug_assert_eq!(out.len(), g.n * g.f * g.pixels());
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
-    // The weights are packed once per call and shared by every image and tile.
+    // The weights are packed once per call and shared by every image and tile, with the bias as
+    // an extra column (K + 1): B gets a row of ones, so the GEMM writes out = W col + b directly
+    // (its first KC block stores) and out is neither pre-filled nor read.
+    let k1 = k + 1;
     let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
-    let ga = pg::packed_a_len(sh, fg, k);
+    let ga = pg::packed_a_len(sh, fg, k1);
     for grp in 0..g.groups() {
         let wg = &w[grp * fg * k..(grp + 1) * fg * k];
-        pg::pack_a(sh, fg, k, wg, k, 1, &mut wp[grp * ga..(grp + 1) * ga]);
+        let bg = &b[grp * fg..(grp + 1) * fg];
+        let get = |i: usize, kk: usize| if kk < k { wg[i * k + kk] } else { bg[i] };
+        pg::pack_a_with(sh, fg, k1, get, &mut wp[grp * ga..(grp + 1) * ga]);
     }
     let wp = &*wp;
     let slots = Slots::new(ws, threads, fwd_slot_len(g, sh));
@@ -286,29 +293,32 @@ pub fn forward_into<T: Float>(
     let tiles = g.ho.div_ceil(th);
     par.for_each_chunk(out, g.f * p, &|n, on, slot| {
         let xn = &x[n * chw..(n + 1) * chw];
-        for f in 0..g.f {
-            on[f * p..(f + 1) * p].fill(b[f]);
-        }
         slots.with(slot, |ws| {
-            let (col, bbuf) = ws.split_at_mut(sh.kc.min(k) * th * g.wo);
+            let (col, bbuf) = ws.split_at_mut(sh.kc.min(k1) * th * g.wo);
             for t in 0..tiles {
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
                 for grp in 0..g.groups() {
-                    // out[n][g] tile (fg x pt, row stride p) += W[g] * col tile, the column
-                    // tile built one KC block of rows at a time and packed at once.
+                    // out[n][g] tile (fg x pt, row stride p) = [W[g] | b] * [col tile; 1], the
+                    // column tile built one KC block of rows at a time and packed at once.
                     pg::gemm_packed_with(
                         sh,
                         fg,
                         pt,
-                        k,
+                        k1,
                         &wp[grp * ga..(grp + 1) * ga],
                         &mut on[grp * fg * p + oh0 * g.wo..],
                         p,
                         bbuf,
-                        false,
+                        true,
                         |k0, kc, out| {
-                            im2col_rows(g, xn, grp, k0, k0 + kc, oh0, oh1, col);
+                            let real = (k0 + kc).min(k);
+                            if k0 < real {
+                                im2col_rows(g, xn, grp, k0, real, oh0, oh1, col);
+                            }
+                            if k0 + kc > k {
+                                col[(k - k0) * pt..(k - k0 + 1) * pt].fill(T::one());
+                            }
                             pg::pack_b_rows_into(sh, kc, pt, &col[..kc * pt], pt, out);
                         },
                     );
