@@ -263,7 +263,34 @@ fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
     }
 }
 
-/// LOOP 2 and LOOP 1 for one KC block: all panels of packed B against all panels of packed A.
+/// LOOP 2 and LOOP 1 for one KC block: every NR panel of packed B against every MR panel of
+/// packed A, `micro(a_panel, b_panel, c_tile, rows, cols)` on each (inlined into each level's
+/// block, so the loops are compiled with that level's features).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn panels<T>(
+    (mr, nr): (usize, usize),
+    m: usize,
+    n: usize,
+    kc: usize,
+    ap: &[T],
+    bp: &[T],
+    c: &mut [T],
+    ldc: usize,
+    mut micro: impl FnMut(&[T], &[T], &mut [T], usize, usize),
+) {
+    for jp in 0..n.div_ceil(nr) {
+        let (j0, cols) = (jp * nr, nr.min(n - jp * nr));
+        let bpanel = &bp[jp * kc * nr..(jp + 1) * kc * nr];
+        for ip in 0..m.div_ceil(mr) {
+            let (i0, rows) = (ip * mr, mr.min(m - ip * mr));
+            let apanel = &ap[ip * kc * mr..(ip + 1) * kc * mr];
+            micro(apanel, bpanel, &mut c[i0 * ldc + j0..], rows, cols);
+        }
+    }
+}
+
+/// One KC block with the generic micro-kernel.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
@@ -276,24 +303,17 @@ fn block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
     ldc: usize,
     set: bool,
 ) {
-    for jp in 0..n.div_ceil(NR) {
-        let (j0, cols) = (jp * NR, NR.min(n - jp * NR));
-        let bpanel = &bp[jp * kc * NR..(jp + 1) * kc * NR];
-        for ip in 0..m.div_ceil(MR) {
-            let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
-            let apanel = &ap[ip * kc * MR..(ip + 1) * kc * MR];
-            micro::<T, MR, NR, FMA>(
-                kc,
-                apanel,
-                bpanel,
-                &mut c[i0 * ldc + j0..],
-                ldc,
-                rows,
-                cols,
-                set,
-            );
-        }
-    }
+    panels(
+        (MR, NR),
+        m,
+        n,
+        kc,
+        ap,
+        bp,
+        c,
+        ldc,
+        |a, b, ct, rows, cols| micro::<T, MR, NR, FMA>(kc, a, b, ct, ldc, rows, cols, set),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -466,26 +486,17 @@ mod avx2 {
                 ldc: usize,
                 set: bool,
             ) {
-                const MR: usize = 6;
-                const NR: usize = 2 * $lanes;
-                for jp in 0..n.div_ceil(NR) {
-                    let (j0, cols) = (jp * NR, NR.min(n - jp * NR));
-                    let bpanel = &bp[jp * kc * NR..(jp + 1) * kc * NR];
-                    for ip in 0..m.div_ceil(MR) {
-                        let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
-                        let apanel = &ap[ip * kc * MR..(ip + 1) * kc * MR];
-                        $micro(
-                            kc,
-                            apanel,
-                            bpanel,
-                            &mut c[i0 * ldc + j0..],
-                            ldc,
-                            rows,
-                            cols,
-                            set,
-                        );
-                    }
-                }
+                super::panels(
+                    (6, 2 * $lanes),
+                    m,
+                    n,
+                    kc,
+                    ap,
+                    bp,
+                    c,
+                    ldc,
+                    |a, b, ct, rows, cols| $micro(kc, a, b, ct, ldc, rows, cols, set),
+                )
             }
         };
     }
