@@ -263,22 +263,38 @@ fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
     }
 }
 
+/// One KC block of a GEMM: C (m x n, leading dimension ldc) += or = (`set`) packed A block
+/// (m x kc) * packed B block (kc x n).
+pub(crate) struct Blk<'a, T> {
+    m: usize,
+    n: usize,
+    kc: usize,
+    ap: &'a [T],
+    bp: &'a [T],
+    c: &'a mut [T],
+    ldc: usize,
+    set: bool,
+}
+
 /// LOOP 2 and LOOP 1 for one KC block: every NR panel of packed B against every MR panel of
 /// packed A, `micro(a_panel, b_panel, c_tile, rows, cols)` on each (inlined into each level's
 /// block, so the loops are compiled with that level's features).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn panels<T>(
     (mr, nr): (usize, usize),
-    m: usize,
-    n: usize,
-    kc: usize,
-    ap: &[T],
-    bp: &[T],
-    c: &mut [T],
-    ldc: usize,
+    blk: Blk<'_, T>,
     mut micro: impl FnMut(&[T], &[T], &mut [T], usize, usize),
 ) {
+    let Blk {
+        m,
+        n,
+        kc,
+        ap,
+        bp,
+        c,
+        ldc,
+        ..
+    } = blk;
     for jp in 0..n.div_ceil(nr) {
         let (j0, cols) = (jp * nr, nr.min(n - jp * nr));
         let bpanel = &bp[jp * kc * nr..(jp + 1) * kc * nr];
@@ -292,47 +308,20 @@ fn panels<T>(
 
 /// One KC block with the generic micro-kernel.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
-    m: usize,
-    n: usize,
-    kc: usize,
-    ap: &[T],
-    bp: &[T],
-    c: &mut [T],
-    ldc: usize,
-    set: bool,
-) {
-    panels(
-        (MR, NR),
-        m,
-        n,
-        kc,
-        ap,
-        bp,
-        c,
-        ldc,
-        |a, b, ct, rows, cols| micro::<T, MR, NR, FMA>(kc, a, b, ct, ldc, rows, cols, set),
-    )
+fn block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(b: Blk<'_, T>) {
+    let (kc, ldc, set) = (b.kc, b.ldc, b.set);
+    panels((MR, NR), b, |a, bp, ct, rows, cols| {
+        micro::<T, MR, NR, FMA>(kc, a, bp, ct, ldc, rows, cols, set)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn block_avx512<T: Float>(
-    m: usize,
-    n: usize,
-    kc: usize,
-    ap: &[T],
-    bp: &[T],
-    c: &mut [T],
-    ldc: usize,
-    set: bool,
-) {
+fn block_avx512<T: Float>(b: Blk<'_, T>) {
     if std::mem::size_of::<T>() == 4 {
-        block::<T, 4, 64, true>(m, n, kc, ap, bp, c, ldc, set)
+        block::<T, 4, 64, true>(b)
     } else {
-        block::<T, 4, 32, true>(m, n, kc, ap, bp, c, ldc, set)
+        block::<T, 4, 32, true>(b)
     }
 }
 
@@ -341,39 +330,37 @@ fn block_avx512<T: Float>(
 /// core on Zen 3 (the f32 one to 75-84 of 95).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn block_avx2<T: Float>(
-    m: usize,
-    n: usize,
-    kc: usize,
-    ap: &[T],
-    bp: &[T],
-    c: &mut [T],
-    ldc: usize,
-    set: bool,
-) {
+fn block_avx2<T: Float>(b: Blk<'_, T>) {
     use std::any::TypeId;
     if TypeId::of::<T>() == TypeId::of::<f32>() {
-        // SAFETY: T is f32 (same TypeId), so the slices are f32 slices of the same length.
-        let (ap, bp, c) = unsafe {
-            (
-                cast::<T, f32>(ap),
-                cast::<T, f32>(bp),
-                cast_mut::<T, f32>(c),
-            )
-        };
-        avx2::block_f32(m, n, kc, ap, bp, c, ldc, set)
+        // SAFETY: T is f32 (same TypeId).
+        avx2::block_f32(unsafe { b.cast::<f32>() })
     } else {
         debug_assert!(TypeId::of::<T>() == TypeId::of::<f64>());
         // SAFETY: Float is sealed and implemented for f32 and f64 only, so T is f64 here.
-        let (ap, bp, c) = unsafe {
-            (
-                cast::<T, f64>(ap),
-                cast::<T, f64>(bp),
-                cast_mut::<T, f64>(c),
-            )
-        };
-        avx2::block_f64(m, n, kc, ap, bp, c, ldc, set)
+        avx2::block_f64(unsafe { b.cast::<f64>() })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a, T: 'static> Blk<'a, T> {
+    /// The same block with its slices viewed as U.
+    ///
+    /// # Safety
+    /// T and U must be the same type.
+    unsafe fn cast<U: 'static>(self) -> Blk<'a, U> {
+        // SAFETY: T == U (caller), which is all `cast` and `cast_mut` require.
+        let (ap, bp, c) = unsafe { (cast(self.ap), cast(self.bp), cast_mut(self.c)) };
+        Blk {
+            ap,
+            bp,
+            c,
+            m: self.m,
+            n: self.n,
+            kc: self.kc,
+            ldc: self.ldc,
+            set: self.set,
+        }
     }
 }
 
@@ -475,28 +462,11 @@ mod avx2 {
 
             /// LOOP 2 and LOOP 1 over one KC block.
             #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            pub(super) fn $block(
-                m: usize,
-                n: usize,
-                kc: usize,
-                ap: &[$t],
-                bp: &[$t],
-                c: &mut [$t],
-                ldc: usize,
-                set: bool,
-            ) {
-                super::panels(
-                    (6, 2 * $lanes),
-                    m,
-                    n,
-                    kc,
-                    ap,
-                    bp,
-                    c,
-                    ldc,
-                    |a, b, ct, rows, cols| $micro(kc, a, b, ct, ldc, rows, cols, set),
-                )
+            pub(super) fn $block(b: super::Blk<'_, $t>) {
+                let (kc, ldc, set) = (b.kc, b.ldc, b.set);
+                super::panels((6, 2 * $lanes), b, |a, bp, ct, rows, cols| {
+                    $micro(kc, a, bp, ct, ldc, rows, cols, set)
+                })
             }
         };
     }
@@ -528,21 +498,11 @@ mod avx2 {
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn block_portable<T: Float>(
-    m: usize,
-    n: usize,
-    kc: usize,
-    ap: &[T],
-    bp: &[T],
-    c: &mut [T],
-    ldc: usize,
-    set: bool,
-) {
+fn block_portable<T: Float>(b: Blk<'_, T>) {
     if std::mem::size_of::<T>() == 4 {
-        block::<T, 4, 8, false>(m, n, kc, ap, bp, c, ldc, set)
+        block::<T, 4, 8, false>(b)
     } else {
-        block::<T, 4, 4, false>(m, n, kc, ap, bp, c, ldc, set)
+        block::<T, 4, 4, false>(b)
     }
 }
 
@@ -603,15 +563,25 @@ pub fn gemm_packed_with<T: Float>(
         let ablk = &ap[k0 * mpad..k0 * mpad + kc * mpad];
         // The first KC block stores when overwriting; later blocks add to it.
         let set = overwrite && k0 == 0;
+        let blk = Blk {
+            m,
+            n,
+            kc,
+            ap: ablk,
+            bp: bblk,
+            c: &mut *c,
+            ldc,
+            set,
+        };
         match s.level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a Shape's level comes from level(), which reports Avx512 only when the
             // CPU has AVX-512F/VL, AVX2 and FMA.
-            Level::Avx512 => unsafe { block_avx512(m, n, kc, ablk, bblk, c, ldc, set) },
+            Level::Avx512 => unsafe { block_avx512(blk) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, Avx2 only when the CPU has AVX2 and FMA.
-            Level::Avx2 => unsafe { block_avx2(m, n, kc, ablk, bblk, c, ldc, set) },
-            _ => block_portable(m, n, kc, ablk, bblk, c, ldc, set),
+            Level::Avx2 => unsafe { block_avx2(blk) },
+            _ => block_portable(blk),
         }
     }
 }
