@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// A job over a pair of chunks: (index, chunk of a, chunk of b, slot).
 pub(crate) type ChunkPairFn<'f, A, B> = dyn Fn(usize, &mut [A], &mut [B], usize) + Sync + 'f;
 
-/// How many threads a kernel may use.
+/// How many threads a kernel may use. A kernel may use fewer: pooling calls that touch fewer
+/// than 512K elements run on the calling thread whatever is asked (waking a pool costs more than
+/// it saves there). Results never depend on the choice.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum Parallelism<'a> {
     /// The rayon pool the call is made from: the global pool (sized by RAYON_NUM_THREADS or the
