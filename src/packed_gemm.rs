@@ -37,6 +37,18 @@ pub struct Shape {
     pub level: Level,
 }
 
+/// The shape for an A of `m` rows: at the AVX2 level, 5-row panels when m is a multiple of 5 and
+/// not of 6 (the notebook's 25 filters fill 6-row panels to 25/30; 5-row ones exactly). A
+/// 5-row shape never packs A larger than the default one, so workspace sized with `shape` holds.
+pub fn shape_for_rows<T: Float>(m: usize) -> Shape {
+    let s = shape::<T>();
+    if s.level == Level::Avx2 && m.is_multiple_of(5) && !m.is_multiple_of(6) {
+        Shape { mr: 5, ..s }
+    } else {
+        s
+    }
+}
+
 /// The block shape the current SIMD level uses for T.
 pub fn shape<T: Float>() -> Shape {
     shape_at::<T>(level())
@@ -85,6 +97,7 @@ pub fn pack_a<T: Float>(
 ) {
     match s.mr {
         4 => pack_a_mr::<T, 4>(s.kc, m, k, a, rsa, csa, out),
+        5 => pack_a_mr::<T, 5>(s.kc, m, k, a, rsa, csa, out),
         6 => pack_a_mr::<T, 6>(s.kc, m, k, a, rsa, csa, out),
         mr => unreachable!("no packing for MR = {mr}"),
     }
@@ -330,15 +343,25 @@ fn block_avx512<T: Float>(b: Blk<'_, T>) {
 /// core on Zen 3 (the f32 one to 75-84 of 95).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn block_avx2<T: Float>(b: Blk<'_, T>) {
+fn block_avx2<T: Float>(b: Blk<'_, T>, mr: usize) {
     use std::any::TypeId;
     if TypeId::of::<T>() == TypeId::of::<f32>() {
         // SAFETY: T is f32 (same TypeId).
-        avx2::block_f32(unsafe { b.cast::<f32>() })
+        let b = unsafe { b.cast::<f32>() };
+        if mr == 5 {
+            avx2::block_f32_5(b)
+        } else {
+            avx2::block_f32(b)
+        }
     } else {
         debug_assert!(TypeId::of::<T>() == TypeId::of::<f64>());
         // SAFETY: Float is sealed and implemented for f32 and f64 only, so T is f64 here.
-        avx2::block_f64(unsafe { b.cast::<f64>() })
+        let b = unsafe { b.cast::<f64>() };
+        if mr == 5 {
+            avx2::block_f64_5(b)
+        } else {
+            avx2::block_f64(b)
+        }
     }
 }
 
@@ -393,9 +416,9 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     macro_rules! kernel {
-        ($block:ident, $micro:ident, $t:ty, $v:ty, $lanes:expr, $zero:ident, $bcast:ident,
+        ($block:ident, $micro:ident, $mr:expr, $t:ty, $v:ty, $lanes:expr, $zero:ident, $bcast:ident,
          $load:ident, $store:ident, $fma:ident, $add:ident) => {
-            /// C[rows x cols] (leading dimension ldc) += A panel (kc x 6) * B panel (kc x NR), or = when
+            /// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR), or = when
             /// `set`.
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
@@ -409,7 +432,7 @@ mod avx2 {
                 cols: usize,
                 set: bool,
             ) {
-                const MR: usize = 6;
+                const MR: usize = $mr;
                 const NR: usize = 2 * $lanes;
                 assert!(a.len() >= kc * MR && b.len() >= kc * NR);
                 assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
@@ -464,7 +487,7 @@ mod avx2 {
             #[target_feature(enable = "avx2,fma")]
             pub(super) fn $block(b: super::Blk<'_, $t>) {
                 let (kc, ldc, set) = (b.kc, b.ldc, b.set);
-                super::panels((6, 2 * $lanes), b, |a, bp, ct, rows, cols| {
+                super::panels(($mr, 2 * $lanes), b, |a, bp, ct, rows, cols| {
                     $micro(kc, a, bp, ct, ldc, rows, cols, set)
                 })
             }
@@ -473,6 +496,7 @@ mod avx2 {
     kernel!(
         block_f32,
         micro_f32,
+        6,
         f32,
         __m256,
         8,
@@ -486,6 +510,35 @@ mod avx2 {
     kernel!(
         block_f64,
         micro_f64,
+        6,
+        f64,
+        __m256d,
+        4,
+        _mm256_setzero_pd,
+        _mm256_broadcast_sd,
+        _mm256_loadu_pd,
+        _mm256_storeu_pd,
+        _mm256_fmadd_pd,
+        _mm256_add_pd
+    );
+    kernel!(
+        block_f32_5,
+        micro_f32_5,
+        5,
+        f32,
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_broadcast_ss,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps
+    );
+    kernel!(
+        block_f64_5,
+        micro_f64_5,
+        5,
         f64,
         __m256d,
         4,
@@ -580,7 +633,7 @@ pub fn gemm_packed_with<T: Float>(
             Level::Avx512 => unsafe { block_avx512(blk) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, Avx2 only when the CPU has AVX2 and FMA.
-            Level::Avx2 => unsafe { block_avx2(blk) },
+            Level::Avx2 => unsafe { block_avx2(blk, s.mr) },
             _ => block_portable(blk),
         }
     }
@@ -604,6 +657,7 @@ mod tests {
     #[allow(clippy::too_many_arguments)]
     fn run<T: Float>(
         lv: Level,
+        mr: Option<usize>,
         (m, n, k): (usize, usize, usize),
         a: &[f64],
         b: &[f64],
@@ -616,6 +670,10 @@ mod tests {
         let bt: Vec<T> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
         let s = shape::<T>();
         assert_eq!(s.level, lv);
+        let s = Shape {
+            mr: mr.unwrap_or(s.mr),
+            ..s
+        };
         let mut ap = vec![T::nan(); packed_a_len(s, m, k)];
         pack_a(s, m, k, &a, k, 1, &mut ap);
         let mut bb = vec![T::nan(); packed_b_len(s, n)];
@@ -659,6 +717,8 @@ mod tests {
                 (14, 32, 192),
                 (3, 5, 400),
                 (13, 17, 513),
+                (25, 256, 28),
+                (5, 9, 3),
             ] {
                 let a: Vec<f64> = (0..m * k).map(|_| rng.normal()).collect();
                 let b: Vec<f64> = (0..k * n).map(|_| rng.normal()).collect();
@@ -670,9 +730,14 @@ mod tests {
                     * b.iter().map(|v| v.abs()).fold(0.0, f64::max)
                     * k as f64;
                 let mnk = (m, n, k);
-                run::<f64>(lv, mnk, &a, &b, &c0, &want, 1e-13 * (scale + 1.0));
+                run::<f64>(lv, None, mnk, &a, &b, &c0, &want, 1e-13 * (scale + 1.0));
                 // f32: the inputs themselves are rounded to f32, hence the wider bound.
-                run::<f32>(lv, mnk, &a, &b, &c0, &want, 1e-5 * (scale + 1.0));
+                run::<f32>(lv, None, mnk, &a, &b, &c0, &want, 1e-5 * (scale + 1.0));
+                if lv == Level::Avx2 {
+                    // The 5-row panels `shape_for_rows` picks at this level.
+                    run::<f64>(lv, Some(5), mnk, &a, &b, &c0, &want, 1e-13 * (scale + 1.0));
+                    run::<f32>(lv, Some(5), mnk, &a, &b, &c0, &want, 1e-5 * (scale + 1.0));
+                }
             }
         }
         force_level(detected());

@@ -61,10 +61,10 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
     (
         1usize..=3,
         1usize..=3,
-        // Channels per group up to 8 so K = C/G*KH*KW spans both forward paths (direct for
-        // K <= 64, packed GEMM above).
+        // Channels per group up to 8 (K = C/G*KH*KW up to 128); filters per group up to 6, so
+        // 5 takes the 5-row panels of the packed weights and 6 the default ones.
         1usize..=8,
-        1usize..=4,
+        1usize..=6,
         (1usize..=9, 1usize..=9),
         (1usize..=4, 1usize..=4),
         (1usize..=3, 1usize..=3),
@@ -113,6 +113,32 @@ fn check_conv<T: Float>(c: &ConvCase) {
     assert_bounded("dx", &dx_f, &dx_r, &sx, f * c.ws[2] * c.ws[3]);
     assert_bounded("dw", &dw_f, &dw_r, &sw, n * ho * wo);
     assert_bounded("db", &db_f, &db_r, &sb, n * ho * wo);
+}
+
+/// Contractions longer than one KC block (256 at AVX2): the forward's bias row then lands in a
+/// later block than the first, whose store the others add to; with 10 and 7 filters (5-row and
+/// 6-row panels) and with groups.
+#[test]
+fn conv_fast_matches_reference_across_kc_blocks() {
+    let cases = [
+        ([2, 32, 7, 6], [10, 32, 3, 3], ConvParam::new(1, 1)),
+        ([2, 60, 5, 5], [7, 60, 3, 3], ConvParam::new(2, 1)),
+        (
+            [1, 64, 5, 5],
+            [10, 32, 3, 3],
+            ConvParam::new(1, 1).with_groups(2),
+        ),
+    ];
+    for (i, (xs, ws, p)) in cases.into_iter().enumerate() {
+        let c = ConvCase {
+            xs,
+            ws,
+            p,
+            seed: 40 + i as u64,
+        };
+        check_conv::<f64>(&c);
+        check_conv::<f32>(&c);
+    }
 }
 
 proptest! {

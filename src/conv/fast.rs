@@ -279,13 +279,17 @@ pub fn forward_into<T: Float>(
     // an extra column (K + 1): B gets a row of ones, so the GEMM writes out = W col + b directly
     // (its first KC block stores) and out is neither pre-filled nor read.
     let k1 = k + 1;
+    // Row panels fitted to F/G (5-row panels for 25 filters); never larger than `sh`'s packing,
+    // so the workspace sized with `sh` holds it.
+    let sa = pg::shape_for_rows::<T>(fg);
     let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
-    let ga = pg::packed_a_len(sh, fg, k1);
+    let ga = pg::packed_a_len(sa, fg, k1);
+    debug_assert!(g.groups() * ga <= wp.len());
     for grp in 0..g.groups() {
         let wg = &w[grp * fg * k..(grp + 1) * fg * k];
         let bg = &b[grp * fg..(grp + 1) * fg];
         let get = |i: usize, kk: usize| if kk < k { wg[i * k + kk] } else { bg[i] };
-        pg::pack_a_with(sh, fg, k1, get, &mut wp[grp * ga..(grp + 1) * ga]);
+        pg::pack_a_with(sa, fg, k1, get, &mut wp[grp * ga..(grp + 1) * ga]);
     }
     let wp = &*wp;
     let slots = Slots::new(ws, threads, fwd_slot_len(g, sh));
@@ -302,7 +306,7 @@ pub fn forward_into<T: Float>(
                     // out[n][g] tile (fg x pt, row stride p) = [W[g] | b] * [col tile; 1], the
                     // column tile built one KC block of rows at a time and packed at once.
                     pg::gemm_packed_with(
-                        sh,
+                        sa,
                         fg,
                         pt,
                         k1,
