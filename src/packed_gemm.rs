@@ -67,13 +67,6 @@ fn shape_at<T: Float>(level: Level) -> Shape {
     Shape { mr, nr, kc, level }
 }
 
-/// The KC block length used for a contraction of length k: k split into equal blocks of at most
-/// `s.kc` (576 -> 3 x 192 rather than 256 + 256 + 64), so no block runs a short k loop with a full
-/// C update. `pack_a` and `gemm_packed_a` both use it, so the packed A layout matches.
-fn kc_for(kcmax: usize, k: usize) -> usize {
-    k.div_ceil(k.div_ceil(kcmax).max(1)).max(1)
-}
-
 /// Elements of A (m x k) packed.
 pub fn packed_a_len(s: Shape, m: usize, k: usize) -> usize {
     m.next_multiple_of(s.mr) * k
@@ -96,9 +89,9 @@ pub fn pack_a<T: Float>(
     out: &mut [T],
 ) {
     match s.mr {
-        4 => pack_a_mr::<T, 4>(s.kc, m, k, a, rsa, csa, out),
-        5 => pack_a_mr::<T, 5>(s.kc, m, k, a, rsa, csa, out),
-        6 => pack_a_mr::<T, 6>(s.kc, m, k, a, rsa, csa, out),
+        4 => pack_a_mr::<T, 4>(s, m, k, a, rsa, csa, out),
+        5 => pack_a_mr::<T, 5>(s, m, k, a, rsa, csa, out),
+        6 => pack_a_mr::<T, 6>(s, m, k, a, rsa, csa, out),
         mr => unreachable!("no packing for MR = {mr}"),
     }
 }
@@ -130,7 +123,7 @@ pub fn pack_a_with<T: Float>(
 /// panels need no bounds test per element.
 #[allow(clippy::too_many_arguments)]
 fn pack_a_mr<T: Float, const MR: usize>(
-    kcmax: usize,
+    s: Shape,
     m: usize,
     k: usize,
     a: &[T],
@@ -140,9 +133,7 @@ fn pack_a_mr<T: Float, const MR: usize>(
 ) {
     let panels = m.div_ceil(MR);
     let mut o = 0;
-    let kcb = kc_for(kcmax, k);
-    for k0 in (0..k).step_by(kcb) {
-        let kc = kcb.min(k - k0);
+    for (k0, kc) in kc_blocks(s, k) {
         for p in 0..panels {
             let dst = &mut out[o..o + kc * MR];
             o += kc * MR;
@@ -493,13 +484,21 @@ mod avx2 {
             }
         };
     }
-    kernel!(
-        block_f32,
-        micro_f32,
-        6,
+    /// One `kernel!` per (block, micro-kernel, MR) in the list, all with one element type's
+    /// intrinsics.
+    macro_rules! kernels {
+        ($t:ty, $v:ty, $lanes:expr, [], $($intr:ident),*) => {};
+        ($t:ty, $v:ty, $lanes:expr, [($block:ident, $micro:ident, $mr:expr) $(, $more:tt)*],
+         $($intr:ident),*) => {
+            kernel!($block, $micro, $mr, $t, $v, $lanes, $($intr),*);
+            kernels!($t, $v, $lanes, [$($more),*], $($intr),*);
+        };
+    }
+    kernels!(
         f32,
         __m256,
         8,
+        [(block_f32, micro_f32, 6), (block_f32_5, micro_f32_5, 5)],
         _mm256_setzero_ps,
         _mm256_broadcast_ss,
         _mm256_loadu_ps,
@@ -507,41 +506,11 @@ mod avx2 {
         _mm256_fmadd_ps,
         _mm256_add_ps
     );
-    kernel!(
-        block_f64,
-        micro_f64,
-        6,
+    kernels!(
         f64,
         __m256d,
         4,
-        _mm256_setzero_pd,
-        _mm256_broadcast_sd,
-        _mm256_loadu_pd,
-        _mm256_storeu_pd,
-        _mm256_fmadd_pd,
-        _mm256_add_pd
-    );
-    kernel!(
-        block_f32_5,
-        micro_f32_5,
-        5,
-        f32,
-        __m256,
-        8,
-        _mm256_setzero_ps,
-        _mm256_broadcast_ss,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_fmadd_ps,
-        _mm256_add_ps
-    );
-    kernel!(
-        block_f64_5,
-        micro_f64_5,
-        5,
-        f64,
-        __m256d,
-        4,
+        [(block_f64, micro_f64, 6), (block_f64_5, micro_f64_5, 5)],
         _mm256_setzero_pd,
         _mm256_broadcast_sd,
         _mm256_loadu_pd,
@@ -582,9 +551,12 @@ pub fn gemm_packed_a<T: Float>(
     })
 }
 
-/// The KC blocks `gemm_packed_a` splits a contraction of length k into: (k0, kc) pairs.
+/// The KC blocks `gemm_packed_a` splits a contraction of length k into, as (k0, kc) pairs: k
+/// split into equal blocks of at most `s.kc` (576 -> 3 x 192 rather than 256 + 256 + 64), so no
+/// block runs a short k loop with a full C update. Packing A and the GEMM both walk these, so the
+/// packed A layout matches.
 pub fn kc_blocks(s: Shape, k: usize) -> impl Iterator<Item = (usize, usize)> {
-    let kcb = kc_for(s.kc, k);
+    let kcb = k.div_ceil(k.div_ceil(s.kc).max(1)).max(1);
     (0..k).step_by(kcb).map(move |k0| (k0, kcb.min(k - k0)))
 }
 
