@@ -280,6 +280,100 @@ pub(crate) struct Blk<'a, T> {
     set: bool,
 }
 
+/// One KC block of an implicit GEMM (the direct convolution): C (m x pixels) (+)= packed A
+/// block (m x kc) * B, where B is never built: its row kk for the NR pixels starting at output
+/// (r, ow0) is read in place from `src[r * pitch + ow0 + off[kk]..][..NR]` (a padded image, so a
+/// row of B is a run of one input row). C element (i, r, ow) is at `c[i * ldc + r * wo + ow]`.
+/// With `set` the block stores `bias[i] + A B` (an empty bias is zero) and never reads C.
+/// Pixel tiles that run past `wo` read up to NR - 1 elements beyond the row (the slack the
+/// caller leaves at the end of `src`) and store only the valid columns.
+pub(crate) struct DBlk<'a, T> {
+    pub m: usize,
+    pub kc: usize,
+    pub ap: &'a [T],
+    pub src: &'a [T],
+    pub off: &'a [usize],
+    pub pitch: usize,
+    pub oh: std::ops::Range<usize>,
+    pub wo: usize,
+    pub c: &'a mut [T],
+    pub ldc: usize,
+    pub set: bool,
+    pub bias: &'a [T],
+}
+
+/// Whether `direct_block` has a kernel for shape `s` (AVX2 only: its explicit micro-kernels).
+pub(crate) fn direct_available(s: Shape) -> bool {
+    cfg!(target_arch = "x86_64") && s.level == Level::Avx2 && (s.mr == 5 || s.mr == 6)
+}
+
+/// Runs one implicit-GEMM KC block (see `DBlk`) with shape `s`, which must pass
+/// `direct_available`.
+pub(crate) fn direct_block<T: Float>(s: Shape, d: DBlk<'_, T>) {
+    assert!(direct_available(s), "no direct kernel for {s:?}");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::any::TypeId;
+        // SAFETY (both calls): direct_available checked that the level is Avx2, which level()
+        // reports only when the CPU has AVX2 and FMA.
+        if TypeId::of::<T>() == TypeId::of::<f32>() {
+            // SAFETY: T is f32 (same TypeId).
+            let d = unsafe { d.cast::<f32>() };
+            unsafe {
+                if s.mr == 5 {
+                    avx2::dblock_f32_5(d)
+                } else {
+                    avx2::dblock_f32(d)
+                }
+            }
+        } else {
+            debug_assert!(TypeId::of::<T>() == TypeId::of::<f64>());
+            // SAFETY: Float is sealed and implemented for f32 and f64 only, so T is f64 here.
+            let d = unsafe { d.cast::<f64>() };
+            unsafe {
+                if s.mr == 5 {
+                    avx2::dblock_f64_5(d)
+                } else {
+                    avx2::dblock_f64(d)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a, T: 'static> DBlk<'a, T> {
+    /// The same block with its slices viewed as U.
+    ///
+    /// # Safety
+    /// T and U must be the same type.
+    unsafe fn cast<U: 'static>(self) -> DBlk<'a, U> {
+        // SAFETY: T == U (caller).
+        let (ap, src, c, bias) = unsafe {
+            (
+                cast(self.ap),
+                cast(self.src),
+                cast_mut(self.c),
+                cast(self.bias),
+            )
+        };
+        DBlk {
+            ap,
+            src,
+            c,
+            bias,
+            m: self.m,
+            kc: self.kc,
+            off: self.off,
+            pitch: self.pitch,
+            oh: self.oh,
+            wo: self.wo,
+            ldc: self.ldc,
+            set: self.set,
+        }
+    }
+}
+
 /// LOOP 2 and LOOP 1 for one KC block: every NR panel of packed B against every MR panel of
 /// packed A, `micro(a_panel, b_panel, c_tile, rows, cols)` on each (inlined into each level's
 /// block, so the loops are compiled with that level's features).
@@ -407,8 +501,9 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     macro_rules! kernel {
-        ($block:ident, $micro:ident, $mr:expr, $t:ty, $v:ty, $lanes:expr, $zero:ident, $bcast:ident,
-         $load:ident, $store:ident, $fma:ident, $add:ident) => {
+        ($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $storec:ident, $mr:expr, $t:ty,
+         $v:ty, $lanes:expr, $zero:ident, $bcast:ident, $load:ident, $store:ident, $fma:ident,
+         $add:ident) => {
             /// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR), or = when
             /// `set`.
             #[target_feature(enable = "avx2,fma")]
@@ -444,6 +539,24 @@ mod avx2 {
                         }
                     }
                 }
+                $storec(&acc, c, ldc, rows, cols, set);
+            }
+
+            /// Writes (`set`) or adds the accumulators into C[rows x cols].
+            #[target_feature(enable = "avx2,fma")]
+            #[inline]
+            fn $storec(
+                acc: &[[$v; 2]; $mr],
+                c: &mut [$t],
+                ldc: usize,
+                rows: usize,
+                cols: usize,
+                set: bool,
+            ) {
+                const MR: usize = $mr;
+                const NR: usize = 2 * $lanes;
+                assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
+                assert!(c.len() >= (rows - 1) * ldc + cols);
                 if rows == MR && cols == NR {
                     for (i, row) in acc.iter().enumerate() {
                         let cr = &mut c[i * ldc..i * ldc + NR];
@@ -474,6 +587,119 @@ mod avx2 {
                 }
             }
 
+            /// The micro-kernel of the implicit GEMM: as `$micro`, but row kk of the B panel is
+            /// read in place, NR elements at `pb + off[kk]`, and with `set` the accumulators
+            /// start from `bias` (one value per row; empty means zero).
+            ///
+            /// # Safety
+            /// For every kk < kc, the NR elements from `pb + off[kk]` are inside one allocation
+            /// that is readable for the call.
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $dmicro(
+                kc: usize,
+                a: &[$t],
+                pb: *const $t,
+                off: &[usize],
+                c: &mut [$t],
+                ldc: usize,
+                rows: usize,
+                cols: usize,
+                set: bool,
+                bias: &[$t],
+            ) {
+                const MR: usize = $mr;
+                assert!(a.len() >= kc * MR && off.len() >= kc);
+                assert!((1..=MR).contains(&rows) && bias.len() <= rows);
+                let mut acc = [[$zero(); 2]; MR];
+                if set {
+                    for (row, bv) in acc.iter_mut().zip(bias) {
+                        let v = $bcast(bv);
+                        *row = [v, v];
+                    }
+                }
+                let pa = a.as_ptr();
+                for kk in 0..kc {
+                    // SAFETY: kk < kc <= off.len() and a holds kc * MR elements (asserted);
+                    // the B reads are in bounds by the caller's contract.
+                    unsafe {
+                        let pk = pb.add(*off.get_unchecked(kk));
+                        let b0 = $load(pk);
+                        let b1 = $load(pk.add($lanes));
+                        let ak = pa.add(kk * MR);
+                        for (i, row) in acc.iter_mut().enumerate() {
+                            let av = $bcast(&*ak.add(i));
+                            row[0] = $fma(av, b0, row[0]);
+                            row[1] = $fma(av, b1, row[1]);
+                        }
+                    }
+                }
+                $storec(&acc, c, ldc, rows, cols, set);
+            }
+
+            /// One KC block of the implicit GEMM (see `DBlk`): every output row of `d.oh`, in
+            /// NR-wide pixel tiles, against every MR panel of A.
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) fn $dblock(d: super::DBlk<'_, $t>) {
+                const MR: usize = $mr;
+                const NR: usize = 2 * $lanes;
+                let super::DBlk {
+                    m,
+                    kc,
+                    ap,
+                    src,
+                    off,
+                    pitch,
+                    oh,
+                    wo,
+                    c,
+                    ldc,
+                    set,
+                    bias,
+                } = d;
+                if m == 0 || kc == 0 || wo == 0 || oh.is_empty() {
+                    return;
+                }
+                let off = &off[..kc];
+                assert!(ap.len() >= m.div_ceil(MR) * kc * MR);
+                assert!(bias.is_empty() || bias.len() >= m);
+                // Every read is at base + off[kk] + 0..NR with base <= last_base.
+                let last_base = (oh.end - 1) * pitch + (wo - 1) / NR * NR;
+                let maxoff = off.iter().copied().max().unwrap_or(0);
+                assert!(last_base + maxoff + NR <= src.len());
+                for r in oh {
+                    for ow0 in (0..wo).step_by(NR) {
+                        let cols = NR.min(wo - ow0);
+                        // SAFETY: r*pitch + ow0 <= last_base <= src.len() (asserted above).
+                        let pb = unsafe { src.as_ptr().add(r * pitch + ow0) };
+                        for ip in 0..m.div_ceil(MR) {
+                            let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
+                            let bi = if bias.is_empty() {
+                                bias
+                            } else {
+                                &bias[i0..i0 + rows]
+                            };
+                            // SAFETY: pb + off[kk] + NR <= src.as_ptr() + last_base + maxoff
+                            // + NR, inside src (asserted above).
+                            unsafe {
+                                $dmicro(
+                                    kc,
+                                    &ap[ip * kc * MR..(ip + 1) * kc * MR],
+                                    pb,
+                                    off,
+                                    &mut c[i0 * ldc + r * wo + ow0..],
+                                    ldc,
+                                    rows,
+                                    cols,
+                                    set,
+                                    bi,
+                                )
+                            }
+                        }
+                    }
+                }
+            }
+
             /// LOOP 2 and LOOP 1 over one KC block.
             #[target_feature(enable = "avx2,fma")]
             pub(super) fn $block(b: super::Blk<'_, $t>) {
@@ -488,9 +714,11 @@ mod avx2 {
     /// intrinsics.
     macro_rules! kernels {
         ($t:ty, $v:ty, $lanes:expr, [], $($intr:ident),*) => {};
-        ($t:ty, $v:ty, $lanes:expr, [($block:ident, $micro:ident, $mr:expr) $(, $more:tt)*],
+        ($t:ty, $v:ty, $lanes:expr,
+         [($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $storec:ident, $mr:expr)
+          $(, $more:tt)*],
          $($intr:ident),*) => {
-            kernel!($block, $micro, $mr, $t, $v, $lanes, $($intr),*);
+            kernel!($block, $micro, $dblock, $dmicro, $storec, $mr, $t, $v, $lanes, $($intr),*);
             kernels!($t, $v, $lanes, [$($more),*], $($intr),*);
         };
     }
@@ -498,7 +726,17 @@ mod avx2 {
         f32,
         __m256,
         8,
-        [(block_f32, micro_f32, 6), (block_f32_5, micro_f32_5, 5)],
+        [
+            (block_f32, micro_f32, dblock_f32, dmicro_f32, store_f32, 6),
+            (
+                block_f32_5,
+                micro_f32_5,
+                dblock_f32_5,
+                dmicro_f32_5,
+                store_f32_5,
+                5
+            )
+        ],
         _mm256_setzero_ps,
         _mm256_broadcast_ss,
         _mm256_loadu_ps,
@@ -510,7 +748,17 @@ mod avx2 {
         f64,
         __m256d,
         4,
-        [(block_f64, micro_f64, 6), (block_f64_5, micro_f64_5, 5)],
+        [
+            (block_f64, micro_f64, dblock_f64, dmicro_f64, store_f64, 6),
+            (
+                block_f64_5,
+                micro_f64_5,
+                dblock_f64_5,
+                dmicro_f64_5,
+                store_f64_5,
+                5
+            )
+        ],
         _mm256_setzero_pd,
         _mm256_broadcast_sd,
         _mm256_loadu_pd,

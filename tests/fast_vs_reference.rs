@@ -89,6 +89,36 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         )
 }
 
+/// Stride 1, dilation 1: the shapes the direct (implicit-GEMM) convolution takes at the AVX2
+/// level, with rows wider than a pixel tile (16 f32 / 8 f64) and not a multiple of it, and
+/// enough channels per group (16+) for its data gradient too; padding up to 3 also exceeds the
+/// kernel, where dx falls back to im2col.
+fn direct_case() -> impl Strategy<Value = ConvCase> {
+    (
+        1usize..=2,
+        1usize..=2,
+        prop_oneof![1usize..=4, 15usize..=20],
+        1usize..=7,
+        (1usize..=7, 1usize..=37),
+        (1usize..=4, 1usize..=4),
+        (0usize..=3, 0usize..=3),
+        any::<u64>(),
+    )
+        .prop_filter_map(
+            "window must fit",
+            |(n, groups, cg, fg, (h, w), (kh, kw), pd, seed)| {
+                let p = ConvParam::new(1, 0)
+                    .with_pad(pd.0, pd.1)
+                    .with_groups(groups);
+                let xs = [n, groups * cg, h, w];
+                let ws = [groups * fg, cg, kh, kw];
+                ConvGeom::new(&xs, &ws, &[ws[0]], &p)
+                    .ok()
+                    .map(|_| ConvCase { xs, ws, p, seed })
+            },
+        )
+}
+
 fn check_conv<T: Float>(c: &ConvCase) {
     let mut rng = Rng::new(c.seed);
     let x: Tensor<T> = rng.randn(&c.xs, 1.0, 0.0);
@@ -149,6 +179,12 @@ proptest! {
 
     #[test]
     fn conv_fast_matches_reference_f32(c in conv_case()) { check_conv::<f32>(&c); }
+
+    #[test]
+    fn conv_direct_matches_reference(c in direct_case()) {
+        check_conv::<f64>(&c);
+        check_conv::<f32>(&c);
+    }
 }
 
 #[derive(Debug, Clone)]

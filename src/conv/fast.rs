@@ -61,6 +61,9 @@ fn chunk_images(g: &ConvGeom, c: usize) -> std::ops::Range<usize> {
 /// Elements of one forward slot: one KC block of a column tile and its packed copy (im2col
 /// runs a KC block of rows at a time, so the block is packed while it is still in L2).
 fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
+    if direct_fwd(g, s) {
+        return padded_len(g.c, fwd_pad(g), s);
+    }
     let pt = g.wo * tile_rows(g);
     s.kc.min(g.k_rows() + 1) * pt + pg::packed_b_len(s, pt)
 }
@@ -69,7 +72,13 @@ fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
 /// a packed B block (dout for dw, or for dx).
 fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     let pt = g.wo * tile_rows(g);
-    g.k_rows() * pt + pg::packed_a_len(s, g.k_rows(), pt) + pg::packed_b_len(s, pt.max(g.fg()))
+    let gemm =
+        g.k_rows() * pt + pg::packed_a_len(s, g.k_rows(), pt) + pg::packed_b_len(s, pt.max(g.fg()));
+    if direct_dx(g, s) {
+        gemm.max(padded_len(g.f, dx_pad(g), s))
+    } else {
+        gemm
+    }
 }
 
 /// A backward slot split into (column tile, packed column tile, packed B block).
@@ -88,8 +97,166 @@ fn bwd_split<'a, T>(
 /// column), or its transpose (K x F/G) for dx; the larger of the two, so one size serves both
 /// directions.
 fn packed_w_len(g: &ConvGeom, s: Shape) -> usize {
+    let kk = g.kh * g.kw;
     g.groups()
-        * pg::packed_a_len(s, g.fg(), g.k_rows() + 1).max(pg::packed_a_len(s, g.k_rows(), g.fg()))
+        * pg::packed_a_len(s, g.fg(), g.k_rows() + 1)
+            .max(pg::packed_a_len(s, g.k_rows(), g.fg()))
+            .max(pg::packed_a_len(s, g.cg(), g.fg() * kk))
+}
+
+/// The direct (implicit-GEMM) convolution, used where it applies (stride 1, dilation 1, at a
+/// SIMD level with direct kernels): the GEMM reads its B operand in place from a zero-padded
+/// copy of the image, `B[(c, i, j)][(oh, ow)] = xpad[c][oh + i][ow + j]`, so a row of B for NR
+/// output pixels of one output row is NR consecutive elements of one padded input row. No
+/// column matrix, no packing of B: per image the extra memory is the padded copy (C x (H + 2ph)
+/// x (W + 2pw), less than a ninth of the column matrix for a 3 x 3 kernel). Its KC blocks are
+/// the GEMM's; an offset table (one entry per row of B in the block) turns (c, i, j) into a
+/// distance in the padded copy.
+///
+/// The data gradient of a stride-1 convolution is itself one (a "full" correlation):
+/// `dx[c][y][x] = sum_{f,i,j} W[f][c][KH-1-i][KW-1-j] * dpad[f][y + i][x + j]`, with dout
+/// zero-padded by KH-1-ph rows and KW-1-pw columns, so dx runs through the same kernel with the
+/// flipped, transposed weights and needs no col2im.
+fn direct_fwd(g: &ConvGeom, s: Shape) -> bool {
+    pg::direct_available(s) && g.p.stride == (1, 1) && g.p.dilation == (1, 1)
+}
+
+/// Whether dx runs direct: as the forward, when the padding is less than the kernel (the
+/// correlation's padding KH-1-ph is then not negative) and a group has enough input channels to
+/// fill the MR-row panels (dx's rows are input channels; with C = 3 the im2col path is faster).
+fn direct_dx(g: &ConvGeom, s: Shape) -> bool {
+    direct_fwd(g, s) && g.p.pad.0 < g.kh && g.p.pad.1 < g.kw && g.cg() >= DIRECT_DX_MIN_CHANNELS
+}
+
+/// Input channels per group from which dx runs direct.
+const DIRECT_DX_MIN_CHANNELS: usize = 16;
+
+/// Padding of the forward's padded copy of x.
+fn fwd_pad(g: &ConvGeom) -> Pad {
+    Pad {
+        h: g.h,
+        w: g.w,
+        ph: g.p.pad.0,
+        pw: g.p.pad.1,
+    }
+}
+
+/// Padding of dx's padded copy of dout.
+fn dx_pad(g: &ConvGeom) -> Pad {
+    Pad {
+        h: g.ho,
+        w: g.wo,
+        ph: g.kh - 1 - g.p.pad.0,
+        pw: g.kw - 1 - g.p.pad.1,
+    }
+}
+
+/// Planes of h x w zero-padded by ph rows and pw columns on each side.
+#[derive(Clone, Copy)]
+struct Pad {
+    h: usize,
+    w: usize,
+    ph: usize,
+    pw: usize,
+}
+
+impl Pad {
+    fn hp(&self) -> usize {
+        self.h + 2 * self.ph
+    }
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pw
+    }
+    fn plane(&self) -> usize {
+        self.hp() * self.wp()
+    }
+}
+
+/// Elements of a padded copy of `planes` planes, with NR of slack at the end for the last row's
+/// partial pixel tile.
+fn padded_len(planes: usize, pd: Pad, s: Shape) -> usize {
+    planes * pd.plane() + s.nr
+}
+
+/// Output rows per row block of the direct convolution: the block's C (F/G x rows x WO) stays
+/// in L1/L2 across the KC blocks that add into it.
+fn direct_rows(m: usize, ho: usize, wo: usize) -> usize {
+    let most = (DIRECT_C_ELEMS / (m * wo).max(1)).clamp(1, ho.max(1));
+    ho.div_ceil(ho.div_ceil(most).max(1)).max(1)
+}
+
+/// Target size of the C block of the direct convolution, elements.
+const DIRECT_C_ELEMS: usize = 16 * 1024;
+
+/// `dst` = the `planes` planes of `src` zero-padded as `pd` says, then zeroed slack.
+fn pad_planes<T: Float>(src: &[T], planes: usize, pd: Pad, dst: &mut [T]) {
+    let (wp, hw) = (pd.wp(), pd.h * pd.w);
+    let (body, slack) = dst.split_at_mut(planes * pd.plane());
+    for (s, d) in src.chunks_exact(hw).zip(body.chunks_exact_mut(pd.plane())) {
+        let (top, rest) = d.split_at_mut(pd.ph * wp);
+        fill_zero(top);
+        let (mid, bottom) = rest.split_at_mut(pd.h * wp);
+        for (row, sr) in mid.chunks_exact_mut(wp).zip(s.chunks_exact(pd.w)) {
+            fill_zero(&mut row[..pd.pw]);
+            copy_short(&mut row[pd.pw..pd.pw + pd.w], sr);
+            fill_zero(&mut row[pd.pw + pd.w..]);
+        }
+        fill_zero(bottom);
+    }
+    fill_zero(slack);
+}
+
+/// Largest KC of any shape (the offset table lives on the stack).
+const MAX_KC: usize = 256;
+
+/// One direct convolution: `c` (m rows of ho x wo pixels, row stride ldc) = bias + A * B, A
+/// packed (m x K, K = planes x kh x kw, K's order (plane, i, j)) and B read in place from the
+/// padded planes `plane0..plane0 + planes` of `src`.
+#[allow(clippy::too_many_arguments)]
+fn direct_conv<T: Float>(
+    s: Shape,
+    m: usize,
+    (planes, kh, kw): (usize, usize, usize),
+    ap: &[T],
+    src: &[T],
+    pd: Pad,
+    plane0: usize,
+    (ho, wo): (usize, usize),
+    c: &mut [T],
+    ldc: usize,
+    bias: &[T],
+) {
+    let k = planes * kh * kw;
+    let (mpad, wp) = (m.next_multiple_of(s.mr), pd.wp());
+    let rb = direct_rows(m, ho, wo);
+    let mut off = [0usize; MAX_KC];
+    for r0 in (0..ho).step_by(rb) {
+        for (k0, kc) in pg::kc_blocks(s, k) {
+            assert!(kc <= MAX_KC);
+            for (kk, o) in off[..kc].iter_mut().enumerate() {
+                let r = k0 + kk;
+                let (pl, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
+                *o = (plane0 + pl) * pd.plane() + i * wp + j;
+            }
+            pg::direct_block(
+                s,
+                pg::DBlk {
+                    m,
+                    kc,
+                    ap: &ap[k0 * mpad..(k0 + kc) * mpad],
+                    src,
+                    off: &off[..kc],
+                    pitch: wp,
+                    oh: r0..(r0 + rb).min(ho),
+                    wo,
+                    c: &mut *c,
+                    ldc,
+                    set: k0 == 0,
+                    bias,
+                },
+            );
+        }
+    }
 }
 
 /// dw partials: one F x K copy per image chunk.
@@ -278,6 +445,9 @@ pub fn forward_into<T: Float>(
     // The weights are packed once per call and shared by every image and tile, with the bias as
     // an extra column (K + 1): B gets a row of ones, so the GEMM writes out = W col + b directly
     // (its first KC block stores) and out is neither pre-filled nor read.
+    if direct_fwd(g, sh) {
+        return forward_direct(g, x, w, b, out, ws, par);
+    }
     let k1 = k + 1;
     // Row panels fitted to F/G (5-row panels for 25 filters); never larger than `sh`'s packing,
     // so the workspace sized with `sh` holds it.
@@ -327,6 +497,52 @@ pub fn forward_into<T: Float>(
                         },
                     );
                 }
+            }
+        });
+    });
+}
+
+/// The forward as a direct convolution (see `direct_fwd`), per image.
+#[allow(clippy::too_many_arguments)]
+fn forward_direct<T: Float>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    out: &mut [T],
+    ws: &mut [T],
+    par: Parallelism<'_>,
+) {
+    let sh = pg::shape::<T>();
+    let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
+    let sa = pg::shape_for_rows::<T>(fg);
+    let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
+    let ga = pg::packed_a_len(sa, fg, k);
+    for grp in 0..g.groups() {
+        let wg = &w[grp * fg * k..(grp + 1) * fg * k];
+        pg::pack_a(sa, fg, k, wg, k, 1, &mut wp[grp * ga..(grp + 1) * ga]);
+    }
+    let wp = &*wp;
+    let pd = fwd_pad(g);
+    let slots = Slots::new(ws, par.threads(), fwd_slot_len(g, sh));
+    par.for_each_chunk(out, g.f * p, &|n, on, slot| {
+        slots.with(slot, |ws| {
+            let xp = &mut ws[..padded_len(g.c, pd, sh)];
+            pad_planes(&x[n * chw..(n + 1) * chw], g.c, pd, xp);
+            for grp in 0..g.groups() {
+                direct_conv(
+                    sa,
+                    fg,
+                    (g.cg(), g.kh, g.kw),
+                    &wp[grp * ga..(grp + 1) * ga],
+                    xp,
+                    pd,
+                    grp * g.cg(),
+                    (g.ho, g.wo),
+                    &mut on[grp * fg * p..],
+                    p,
+                    &b[grp * fg..(grp + 1) * fg],
+                );
             }
         });
     });
