@@ -500,8 +500,50 @@ unsafe fn cast_mut<T: 'static, U: 'static>(s: &mut [T]) -> &mut [U] {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// Writes (`set`) or adds the MR x 2 accumulators into C[rows x cols] (leading dimension
+    /// ldc): a macro, not a function, so it is compiled inline into each micro-kernel (a
+    /// `#[target_feature]` function cannot be `#[inline(always)]`, and as a call it cost 5%).
+    macro_rules! store_acc {
+        ($acc:expr, $c:expr, $ldc:expr, $rows:expr, $cols:expr, $set:expr, $mr:expr, $t:ty,
+         $lanes:expr, $load:ident, $store:ident, $add:ident) => {{
+            let (rows, cols): (usize, usize) = ($rows, $cols);
+            const MR: usize = $mr;
+            const NR: usize = 2 * $lanes;
+            assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
+            assert!($c.len() >= (rows - 1) * $ldc + cols);
+            if rows == MR && cols == NR {
+                for (i, row) in $acc.iter().enumerate() {
+                    let cr = &mut $c[i * $ldc..i * $ldc + NR];
+                    // SAFETY: cr has exactly NR = 2 * lanes elements.
+                    unsafe {
+                        let p = cr.as_mut_ptr();
+                        if $set {
+                            $store(p, row[0]);
+                            $store(p.add($lanes), row[1]);
+                        } else {
+                            $store(p, $add($load(p), row[0]));
+                            $store(p.add($lanes), $add($load(p.add($lanes)), row[1]));
+                        }
+                    }
+                }
+            } else {
+                let mut tmp = [0.0 as $t; NR];
+                for (i, row) in $acc.iter().enumerate().take(rows) {
+                    // SAFETY: tmp has exactly NR = 2 * lanes elements.
+                    unsafe {
+                        $store(tmp.as_mut_ptr(), row[0]);
+                        $store(tmp.as_mut_ptr().add($lanes), row[1]);
+                    }
+                    for (cv, tv) in $c[i * $ldc..i * $ldc + cols].iter_mut().zip(&tmp) {
+                        *cv = if $set { *tv } else { *cv + *tv };
+                    }
+                }
+            }
+        }};
+    }
+
     macro_rules! kernel {
-        ($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $storec:ident, $mr:expr, $t:ty,
+        ($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $mr:expr, $t:ty,
          $v:ty, $lanes:expr, $zero:ident, $bcast:ident, $load:ident, $store:ident, $fma:ident,
          $add:ident) => {
             /// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR), or = when
@@ -539,52 +581,9 @@ mod avx2 {
                         }
                     }
                 }
-                $storec(&acc, c, ldc, rows, cols, set);
-            }
-
-            /// Writes (`set`) or adds the accumulators into C[rows x cols].
-            #[target_feature(enable = "avx2,fma")]
-            #[inline]
-            fn $storec(
-                acc: &[[$v; 2]; $mr],
-                c: &mut [$t],
-                ldc: usize,
-                rows: usize,
-                cols: usize,
-                set: bool,
-            ) {
-                const MR: usize = $mr;
-                const NR: usize = 2 * $lanes;
-                assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
-                assert!(c.len() >= (rows - 1) * ldc + cols);
-                if rows == MR && cols == NR {
-                    for (i, row) in acc.iter().enumerate() {
-                        let cr = &mut c[i * ldc..i * ldc + NR];
-                        // SAFETY: cr has exactly NR = 2 * lanes elements.
-                        unsafe {
-                            let p = cr.as_mut_ptr();
-                            if set {
-                                $store(p, row[0]);
-                                $store(p.add($lanes), row[1]);
-                            } else {
-                                $store(p, $add($load(p), row[0]));
-                                $store(p.add($lanes), $add($load(p.add($lanes)), row[1]));
-                            }
-                        }
-                    }
-                } else {
-                    let mut tmp = [0.0 as $t; NR];
-                    for (i, row) in acc.iter().enumerate().take(rows) {
-                        // SAFETY: tmp has exactly NR = 2 * lanes elements.
-                        unsafe {
-                            $store(tmp.as_mut_ptr(), row[0]);
-                            $store(tmp.as_mut_ptr().add($lanes), row[1]);
-                        }
-                        for (cv, tv) in c[i * ldc..i * ldc + cols].iter_mut().zip(&tmp) {
-                            *cv = if set { *tv } else { *cv + *tv };
-                        }
-                    }
-                }
+                store_acc!(
+                    acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $load, $store, $add
+                );
             }
 
             /// The micro-kernel of the implicit GEMM: as `$micro`, but row kk of the B panel is
@@ -634,7 +633,9 @@ mod avx2 {
                         }
                     }
                 }
-                $storec(&acc, c, ldc, rows, cols, set);
+                store_acc!(
+                    acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $load, $store, $add
+                );
             }
 
             /// One KC block of the implicit GEMM (see `DBlk`): every output row of `d.oh`, in
@@ -715,10 +716,10 @@ mod avx2 {
     macro_rules! kernels {
         ($t:ty, $v:ty, $lanes:expr, [], $($intr:ident),*) => {};
         ($t:ty, $v:ty, $lanes:expr,
-         [($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $storec:ident, $mr:expr)
+         [($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $mr:expr)
           $(, $more:tt)*],
          $($intr:ident),*) => {
-            kernel!($block, $micro, $dblock, $dmicro, $storec, $mr, $t, $v, $lanes, $($intr),*);
+            kernel!($block, $micro, $dblock, $dmicro, $mr, $t, $v, $lanes, $($intr),*);
             kernels!($t, $v, $lanes, [$($more),*], $($intr),*);
         };
     }
@@ -727,15 +728,8 @@ mod avx2 {
         __m256,
         8,
         [
-            (block_f32, micro_f32, dblock_f32, dmicro_f32, store_f32, 6),
-            (
-                block_f32_5,
-                micro_f32_5,
-                dblock_f32_5,
-                dmicro_f32_5,
-                store_f32_5,
-                5
-            )
+            (block_f32, micro_f32, dblock_f32, dmicro_f32, 6),
+            (block_f32_5, micro_f32_5, dblock_f32_5, dmicro_f32_5, 5)
         ],
         _mm256_setzero_ps,
         _mm256_broadcast_ss,
@@ -749,15 +743,8 @@ mod avx2 {
         __m256d,
         4,
         [
-            (block_f64, micro_f64, dblock_f64, dmicro_f64, store_f64, 6),
-            (
-                block_f64_5,
-                micro_f64_5,
-                dblock_f64_5,
-                dmicro_f64_5,
-                store_f64_5,
-                5
-            )
+            (block_f64, micro_f64, dblock_f64, dmicro_f64, 6),
+            (block_f64_5, micro_f64_5, dblock_f64_5, dmicro_f64_5, 5)
         ],
         _mm256_setzero_pd,
         _mm256_broadcast_sd,

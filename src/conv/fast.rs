@@ -564,21 +564,76 @@ pub fn backward_into<T: Float>(
     let threads = par.threads();
     let sh = pg::shape::<T>();
     debug_assert!(ws.len() >= backward_workspace_len::<T>(g, threads));
-    let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
-    let fp = g.f * p;
-    // W[g]^T (k x fg) packed once per call for dcol = W^T * dout.
+    let (k, fg, chw, fp) = (g.k_rows(), g.fg(), g.c * g.h * g.w, g.f * g.pixels());
     let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
-    let ga = pg::packed_a_len(sh, k, fg);
-    for grp in 0..g.groups() {
-        let wg = &w[grp * fg * k..(grp + 1) * fg * k];
-        pg::pack_a(sh, k, fg, wg, 1, k, &mut wp[grp * ga..(grp + 1) * ga]);
-    }
-    let wp = &*wp;
     let (ws, staged) = ws.split_at_mut(threads.max(1) * bwd_slot_len(g, sh));
     let staged = &mut staged[..staged_len(g)];
     let slots = Slots::new(ws, threads, bwd_slot_len(g, sh));
+    if direct_dx(g, sh) {
+        // dx: per image, the full correlation of padded dout with the flipped weights (see
+        // `direct_fwd`), stored straight into dx.
+        let (cg, kk) = (g.cg(), g.kh * g.kw);
+        let sa = pg::shape_for_rows::<T>(cg);
+        let kd = fg * kk;
+        let ga = pg::packed_a_len(sa, cg, kd);
+        for grp in 0..g.groups() {
+            // A[c][(f, i, j)] = W[grp*fg + f][c][KH-1-i][KW-1-j].
+            let get = |c: usize, r: usize| {
+                let (f, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
+                w[((grp * fg + f) * cg + c) * kk + (g.kh - 1 - i) * g.kw + (g.kw - 1 - j)]
+            };
+            pg::pack_a_with(sa, cg, kd, get, &mut wp[grp * ga..(grp + 1) * ga]);
+        }
+        let wp = &*wp;
+        let pd = dx_pad(g);
+        let hw = g.h * g.w;
+        par.for_each_chunk(dx, chw, &|n, dxn, slot| {
+            slots.with(slot, |ws| {
+                let dp = &mut ws[..padded_len(g.f, pd, sh)];
+                pad_planes(&dout[n * fp..(n + 1) * fp], g.f, pd, dp);
+                for grp in 0..g.groups() {
+                    direct_conv(
+                        sa,
+                        cg,
+                        (fg, g.kh, g.kw),
+                        &wp[grp * ga..(grp + 1) * ga],
+                        dp,
+                        pd,
+                        grp * fg,
+                        (g.h, g.w),
+                        &mut dxn[grp * cg * hw..],
+                        hw,
+                        &[],
+                    );
+                }
+            });
+        });
+    } else {
+        // W[g]^T (k x fg) packed once per call for dcol = W^T * dout.
+        let ga = pg::packed_a_len(sh, k, fg);
+        for grp in 0..g.groups() {
+            let wg = &w[grp * fg * k..(grp + 1) * fg * k];
+            pg::pack_a(sh, k, fg, wg, 1, k, &mut wp[grp * ga..(grp + 1) * ga]);
+        }
+        backward_dx_im2col(g, dout, dx, wp, &slots, par);
+    }
+    backward_dw(g, x, dout, dw, staged, &slots, par);
+    backward_db(g, dout, db, par);
+}
 
-    // dx: per image, dcol = W^T dout then col2im.
+/// dx through a GEMM and col2im: per image, dcol = W^T dout, then col2im.
+fn backward_dx_im2col<T: Float>(
+    g: &ConvGeom,
+    dout: &[T],
+    dx: &mut [T],
+    wp: &[T],
+    slots: &Slots<'_, T>,
+    par: Parallelism<'_>,
+) {
+    let sh = pg::shape::<T>();
+    let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
+    let fp = g.f * p;
+    let ga = pg::packed_a_len(sh, k, fg);
     let th = tile_rows(g);
     let tiles = g.ho.div_ceil(th);
     par.for_each_chunk(dx, chw, &|n, dxn, slot| {
@@ -612,11 +667,26 @@ pub fn backward_into<T: Float>(
             }
         });
     });
+}
 
-    // dw: per image chunk, partial sums of dw[g]^T (K x F/G) = col (K x P) * dout[n][g]^T
-    // (P x F/G), contracting over pixels: the column tile is packed as A, and dout is packed as
-    // B straight from its natural layout (it is B transposed in memory); no explicit transposes.
-    // Then dw is combined from the partials in chunk order.
+/// dw: per image chunk, partial sums of dw[g]^T (K x F/G) = col (K x P) * dout[n][g]^T
+/// (P x F/G), contracting over pixels: the column tile is packed as A, and dout is packed as
+/// B straight from its natural layout (it is B transposed in memory); no explicit transposes.
+/// Then dw is combined from the partials in chunk order.
+fn backward_dw<T: Float>(
+    g: &ConvGeom,
+    x: &[T],
+    dout: &[T],
+    dw: &mut [T],
+    staged: &mut [T],
+    slots: &Slots<'_, T>,
+    par: Parallelism<'_>,
+) {
+    let sh = pg::shape::<T>();
+    let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
+    let fp = g.f * p;
+    let th = tile_rows(g);
+    let tiles = g.ho.div_ceil(th);
     let fk = g.f * k;
     par.for_each_chunk(staged, fk, &|c, part, slot| {
         part.fill(T::zero());
@@ -662,8 +732,12 @@ pub fn backward_into<T: Float>(
             }
         }
     }
+}
 
-    // db: per filter, f64 sum in a fixed order.
+/// db: per filter, f64 sum in a fixed order.
+fn backward_db<T: Float>(g: &ConvGeom, dout: &[T], db: &mut [T], par: Parallelism<'_>) {
+    let fp = g.f * g.pixels();
+    let p = g.pixels();
     par.for_each_chunk(db, 1, &|f, dbf, _| {
         let mut s = 0.0f64;
         for n in 0..g.n {
