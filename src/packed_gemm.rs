@@ -823,25 +823,90 @@ pub fn gemm_packed_with<T: Float>(
         let ablk = &ap[k0 * mpad..k0 * mpad + kc * mpad];
         // The first KC block stores when overwriting; later blocks add to it.
         let set = overwrite && k0 == 0;
-        let blk = Blk {
-            m,
-            n,
-            kc,
-            ap: ablk,
-            bp: bblk,
-            c: &mut *c,
-            ldc,
-            set,
-        };
-        match s.level {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a Shape's level comes from level(), which reports Avx512 only when the
-            // CPU has AVX-512F/VL, AVX2 and FMA.
-            Level::Avx512 => unsafe { block_avx512(blk) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above, Avx2 only when the CPU has AVX2 and FMA.
-            Level::Avx2 => unsafe { block_avx2(blk, s.mr) },
-            _ => block_portable(blk),
+        run_block(
+            s,
+            Blk {
+                m,
+                n,
+                kc,
+                ap: ablk,
+                bp: bblk,
+                c: &mut *c,
+                ldc,
+                set,
+            },
+        );
+    }
+}
+
+/// One KC block with the kernel of `s.level`.
+fn run_block<T: Float>(s: Shape, blk: Blk<'_, T>) {
+    match s.level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a Shape's level comes from level(), which reports Avx512 only when the
+        // CPU has AVX-512F/VL, AVX2 and FMA.
+        Level::Avx512 => unsafe { block_avx512(blk) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, Avx2 only when the CPU has AVX2 and FMA.
+        Level::Avx2 => unsafe { block_avx2(blk, s.mr) },
+        _ => block_portable(blk),
+    }
+}
+
+/// Elements of the A buffer `gemm_b_panels` needs for m rows.
+pub fn b_panels_abuf_len(s: Shape, m: usize) -> usize {
+    m.next_multiple_of(s.mr) * s.kc
+}
+
+/// Elements of the B buffer `gemm_b_panels` needs (one packed panel).
+pub fn b_panels_bbuf_len(s: Shape) -> usize {
+    s.kc * s.nr
+}
+
+/// C (m x n, leading dimension ldc) += A * B (k-long contraction), or = when `overwrite`, with
+/// both operands packed by the caller just in time: for each KC block, `pack_a(k0, kc, abuf)`
+/// packs A's m x kc block (the layout of `pack_a` for one block: MR panels of kc x MR), then for
+/// each NR panel of B `pack_b(k0, kc, j0, out)` writes B's rows k0..k0+kc, columns
+/// j0..j0+NR (zero beyond n) as kc x NR, element (kk, jj) at `kk * NR + jj`. The panel is used
+/// against every A panel while it is in L1, and the A block (m x KC) stays in L2 — for an A of
+/// few rows and a B of many columns (the weight gradient: filters x kernel taps).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_b_panels<T: Float>(
+    s: Shape,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    ldc: usize,
+    abuf: &mut [T],
+    bbuf: &mut [T],
+    overwrite: bool,
+    mut pack_a: impl FnMut(usize, usize, &mut [T]),
+    mut pack_b: impl FnMut(usize, usize, usize, &mut [T]),
+) {
+    debug_assert!(c.len() >= (m.max(1) - 1) * ldc + n);
+    let mpad = m.next_multiple_of(s.mr);
+    for (k0, kc) in kc_blocks(s, k) {
+        let ablk = &mut abuf[..mpad * kc];
+        pack_a(k0, kc, ablk);
+        let ablk = &*ablk;
+        let set = overwrite && k0 == 0;
+        for j0 in (0..n).step_by(s.nr) {
+            let panel = &mut bbuf[..kc * s.nr];
+            pack_b(k0, kc, j0, panel);
+            run_block(
+                s,
+                Blk {
+                    m,
+                    n: s.nr.min(n - j0),
+                    kc,
+                    ap: ablk,
+                    bp: panel,
+                    c: &mut c[j0..],
+                    ldc,
+                    set,
+                },
+            );
         }
     }
 }
@@ -902,6 +967,47 @@ mod tests {
                 assert!(
                     (x.to_f() - y).abs() <= tol,
                     "{} {lv:?} {what} {m}x{n}x{k}: {x} vs {y}",
+                    T::NAME
+                );
+            }
+        }
+        // Both operands packed just in time, accumulating and overwriting (over NaN).
+        let mut abuf = vec![T::nan(); b_panels_abuf_len(s, m)];
+        let mut bbuf = vec![T::nan(); b_panels_bbuf_len(s)];
+        for overwrite in [false, true] {
+            let (mut c, expect) = if overwrite {
+                (vec![T::nan(); m * n], &ab)
+            } else {
+                (t(c0), &want.to_vec())
+            };
+            gemm_b_panels(
+                s,
+                m,
+                n,
+                k,
+                &mut c,
+                n,
+                &mut abuf,
+                &mut bbuf,
+                overwrite,
+                |k0, kc, out| pack_a(s, m, kc, &a[k0..], k, 1, out),
+                |k0, kc, j0, out| {
+                    for kk in 0..kc {
+                        for jj in 0..s.nr {
+                            let j = j0 + jj;
+                            out[kk * s.nr + jj] = if j < n {
+                                b[(k0 + kk) * n + j]
+                            } else {
+                                T::zero()
+                            };
+                        }
+                    }
+                },
+            );
+            for (x, y) in c.iter().zip(expect) {
+                assert!(
+                    (x.to_f() - y).abs() <= tol,
+                    "{} {lv:?} b-panels {overwrite} {m}x{n}x{k}: {x} vs {y}",
                     T::NAME
                 );
             }

@@ -68,29 +68,36 @@ fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     s.kc.min(g.k_rows() + 1) * pt + pg::packed_b_len(s, pt)
 }
 
-/// Elements of one backward slot: a column tile, its copy packed as GEMM operand A (for dw), and
-/// a packed B block (dout for dw, or for dx).
+/// Elements of one backward slot: the larger of what dx and dw use.
 fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     let pt = g.wo * tile_rows(g);
-    let gemm =
-        g.k_rows() * pt + pg::packed_a_len(s, g.k_rows(), pt) + pg::packed_b_len(s, pt.max(g.fg()));
-    if direct_dx(g, s) {
-        gemm.max(padded_len(g.f, dx_pad(g), s))
+    let dx = if direct_dx(g, s) {
+        padded_len(g.f, dx_pad(g), s)
     } else {
-        gemm
+        g.k_rows() * pt + pg::packed_b_len(s, pt)
+    };
+    dx.max(dw_src_len(g, s) + pg::b_panels_abuf_len(s, g.fg()) + pg::b_panels_bbuf_len(s))
+}
+
+/// Where dw reads the column tile from: a padded copy of the image (direct shapes) or an
+/// im2col tile.
+fn dw_src_len(g: &ConvGeom, s: Shape) -> usize {
+    if direct_fwd(g, s) {
+        padded_len(g.c, fwd_pad(g), s)
+    } else {
+        g.k_rows() * g.wo * tile_rows(g)
     }
 }
 
-/// A backward slot split into (column tile, packed column tile, packed B block).
-fn bwd_split<'a, T>(
+/// The dw part of a backward slot: (column source, packed dout block, packed tap panel).
+fn dw_split<'a, T>(
     g: &ConvGeom,
     s: Shape,
     ws: &'a mut [T],
 ) -> (&'a mut [T], &'a mut [T], &'a mut [T]) {
-    let pt = g.wo * tile_rows(g);
-    let (col, rest) = ws.split_at_mut(g.k_rows() * pt);
-    let (apk, bbuf) = rest.split_at_mut(pg::packed_a_len(s, g.k_rows(), pt));
-    (col, apk, bbuf)
+    let (src, rest) = ws.split_at_mut(dw_src_len(g, s));
+    let (abuf, rest) = rest.split_at_mut(pg::b_panels_abuf_len(s, g.fg()));
+    (src, abuf, &mut rest[..pg::b_panels_bbuf_len(s)])
 }
 
 /// Packed weights: every group's (F/G x (K + 1)) block for the forward (the bias as an extra
@@ -640,7 +647,7 @@ fn backward_dx_im2col<T: Float>(
         dxn.fill(T::zero());
         let dn = &dout[n * fp..(n + 1) * fp];
         slots.with(slot, |ws| {
-            let (col, _, bbuf) = bwd_split(g, sh, ws);
+            let (col, bbuf) = ws.split_at_mut(k * g.wo * th);
             for t in 0..tiles {
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
@@ -669,10 +676,48 @@ fn backward_dx_im2col<T: Float>(
     });
 }
 
-/// dw: per image chunk, partial sums of dw[g]^T (K x F/G) = col (K x P) * dout[n][g]^T
-/// (P x F/G), contracting over pixels: the column tile is packed as A, and dout is packed as
-/// B straight from its natural layout (it is B transposed in memory); no explicit transposes.
-/// Then dw is combined from the partials in chunk order.
+/// Packs one B panel of dw's GEMM: `out[kk * nr + jj]` = row `j0 + jj` of the column tile at
+/// pixel `k0 + kk`, where pixel q (output row q / wo, column q % wo) of tile row r is
+/// `src[base(r) + (q / wo) * pitch + q % wo]`; 0 for rows past `rows`.
+#[allow(clippy::too_many_arguments)]
+fn pack_taps<T: Float>(
+    nr: usize,
+    src: &[T],
+    base: impl Fn(usize) -> usize,
+    (pitch, wo): (usize, usize),
+    (k0, kc): (usize, usize),
+    (j0, rows): (usize, usize),
+    out: &mut [T],
+) {
+    for jj in 0..nr {
+        let col = out[jj..].iter_mut().step_by(nr);
+        if j0 + jj >= rows {
+            col.take(kc).for_each(|v| *v = T::zero());
+            continue;
+        }
+        let b = base(j0 + jj);
+        let mut col = col;
+        let mut q = k0;
+        while q < k0 + kc {
+            let (qr, qc) = (q / wo, q % wo);
+            let run = (wo - qc).min(k0 + kc - q);
+            // src first: zip stops on it without taking an element from col.
+            for (v, d) in src[b + qr * pitch + qc..][..run].iter().zip(&mut col) {
+                *d = *v;
+            }
+            q += run;
+        }
+    }
+}
+
+/// dw: per image chunk (parallel over chunks), partial sums `part (F x K, dw's layout) +=
+/// dout[n][g] tile (F/G x pt) * col tile^T (pt x K)`, contracting over the tile's pixels. A is
+/// dout (rows are filters, contiguous over pixels; a KC block is F/G x KC, in L2); B's panels
+/// (KC pixels x NR kernel taps) are packed just in time from a zero-padded copy of the image
+/// where the convolution is direct (tap (c, i, j) of the tile is a window of it) or else from an
+/// im2col tile, and used in L1 against every A panel. Then dw = part[0] + part[1] + ... in chunk
+/// order.
+#[allow(clippy::too_many_arguments)]
 fn backward_dw<T: Float>(
     g: &ConvGeom,
     x: &[T],
@@ -684,52 +729,68 @@ fn backward_dw<T: Float>(
 ) {
     let sh = pg::shape::<T>();
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
-    let fp = g.f * p;
+    let (fp, kk) = (g.f * p, g.kh * g.kw);
+    let sa = pg::shape_for_rows::<T>(fg);
     let th = tile_rows(g);
     let tiles = g.ho.div_ceil(th);
+    let direct = direct_fwd(g, sh);
+    let pd = fwd_pad(g);
     let fk = g.f * k;
     par.for_each_chunk(staged, fk, &|c, part, slot| {
         part.fill(T::zero());
         slots.with(slot, |ws| {
-            let (col, apk, bbuf) = bwd_split(g, sh, ws);
+            let (xs, abuf, bbuf) = dw_split(g, sh, ws);
             for n in chunk_images(g, c) {
                 let xn = &x[n * chw..(n + 1) * chw];
+                if direct {
+                    pad_planes(xn, g.c, pd, xs);
+                }
                 for t in 0..tiles {
                     let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                     let pt = (oh1 - oh0) * g.wo;
                     for grp in 0..g.groups() {
-                        im2col_rows(g, xn, grp, 0, k, oh0, oh1, col);
-                        pg::pack_a(sh, k, pt, &col[..k * pt], pt, 1, apk);
+                        if !direct {
+                            im2col_rows(g, xn, grp, 0, k, oh0, oh1, xs);
+                        }
+                        let xs = &*xs;
+                        // Tap r = (c, i, j) of the tile: a window of the padded image, or row r
+                        // of the im2col tile.
+                        let base = |r: usize| {
+                            if direct {
+                                let (ch, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
+                                (grp * g.cg() + ch) * pd.plane() + (oh0 + i) * pd.wp() + j
+                            } else {
+                                r * pt
+                            }
+                        };
+                        let pitch = if direct { pd.wp() } else { g.wo };
                         let dn = &dout[n * fp + grp * fg * p + oh0 * g.wo..];
-                        pg::gemm_packed_a(
-                            sh,
+                        pg::gemm_b_panels(
+                            sa,
+                            fg,
                             k,
-                            fg,
                             pt,
-                            apk,
-                            BSrc::Cols { data: dn, ld: p },
-                            &mut part[grp * k * fg..(grp + 1) * k * fg],
-                            fg,
+                            &mut part[grp * fg * k..(grp + 1) * fg * k],
+                            k,
+                            abuf,
                             bbuf,
                             false,
+                            |k0, kc, out| pg::pack_a(sa, fg, kc, &dn[k0..], p, 1, out),
+                            |k0, kc, j0, out| {
+                                pack_taps(sa.nr, xs, base, (pitch, g.wo), (k0, kc), (j0, k), out)
+                            },
                         );
                     }
                 }
             }
         });
     });
-    // dw[g][f][r] = sum over chunks of part[g][r][f], in chunk order.
-    for grp in 0..g.groups() {
-        let base = grp * k * fg;
-        for f in 0..fg {
-            let row = &mut dw[(grp * fg + f) * k..(grp * fg + f + 1) * k];
-            for (r, d) in row.iter_mut().enumerate() {
-                let mut v = staged[base + r * fg + f];
-                for c in 1..dw_chunks(g) {
-                    v += staged[c * fk + base + r * fg + f];
-                }
-                *d = v;
-            }
+    // dw = sum over chunks of part, in chunk order.
+    let (first, rest) = staged.split_at(fk);
+    dw.copy_from_slice(first);
+    for part in rest.chunks_exact(fk) {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += *v;
         }
     }
 }
