@@ -753,6 +753,93 @@ mod avx2 {
         _mm256_fmadd_pd,
         _mm256_add_pd
     );
+
+    /// `transpose_runs` for a full f32 panel (16 runs): 8 x 8 blocks through registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; bases.len() == 16, every bases[jj] + len <= src.len(), and
+    /// out.len() >= 16 * len.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn transpose_f32(src: &[f32], bases: &[usize], len: usize, out: &mut [f32]) {
+        debug_assert!(bases.len() == 16 && out.len() >= 16 * len);
+        debug_assert!(bases.iter().all(|&b| b + len <= src.len()));
+        let (ps, po) = (src.as_ptr(), out.as_mut_ptr());
+        let mut kk = 0;
+        while kk + 8 <= len {
+            for half in 0..2 {
+                // SAFETY: bases[half * 8 + t] + kk + 8 <= bases[..] + len <= src.len(), and
+                // (kk + t) * 16 + half * 8 + 8 <= 16 * len <= out.len() (contract).
+                unsafe {
+                    let r =
+                        |t: usize| _mm256_loadu_ps(ps.add(*bases.get_unchecked(half * 8 + t) + kk));
+                    let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                    let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
+                    let t0 = _mm256_unpacklo_ps(r0, r1);
+                    let t1 = _mm256_unpackhi_ps(r0, r1);
+                    let t2 = _mm256_unpacklo_ps(r2, r3);
+                    let t3 = _mm256_unpackhi_ps(r2, r3);
+                    let t4 = _mm256_unpacklo_ps(r4, r5);
+                    let t5 = _mm256_unpackhi_ps(r4, r5);
+                    let t6 = _mm256_unpacklo_ps(r6, r7);
+                    let t7 = _mm256_unpackhi_ps(r6, r7);
+                    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                    let o = |t: usize| po.add((kk + t) * 16 + half * 8);
+                    _mm256_storeu_ps(o(0), _mm256_permute2f128_ps::<0x20>(u0, u4));
+                    _mm256_storeu_ps(o(1), _mm256_permute2f128_ps::<0x20>(u1, u5));
+                    _mm256_storeu_ps(o(2), _mm256_permute2f128_ps::<0x20>(u2, u6));
+                    _mm256_storeu_ps(o(3), _mm256_permute2f128_ps::<0x20>(u3, u7));
+                    _mm256_storeu_ps(o(4), _mm256_permute2f128_ps::<0x31>(u0, u4));
+                    _mm256_storeu_ps(o(5), _mm256_permute2f128_ps::<0x31>(u1, u5));
+                    _mm256_storeu_ps(o(6), _mm256_permute2f128_ps::<0x31>(u2, u6));
+                    _mm256_storeu_ps(o(7), _mm256_permute2f128_ps::<0x31>(u3, u7));
+                }
+            }
+            kk += 8;
+        }
+        super::transpose_scalar(16, src, bases, kk, len, out);
+    }
+
+    /// `transpose_runs` for a full f64 panel (8 runs): 4 x 4 blocks through registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; bases.len() == 8, every bases[jj] + len <= src.len(), and
+    /// out.len() >= 8 * len.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn transpose_f64(src: &[f64], bases: &[usize], len: usize, out: &mut [f64]) {
+        debug_assert!(bases.len() == 8 && out.len() >= 8 * len);
+        debug_assert!(bases.iter().all(|&b| b + len <= src.len()));
+        let (ps, po) = (src.as_ptr(), out.as_mut_ptr());
+        let mut kk = 0;
+        while kk + 4 <= len {
+            for half in 0..2 {
+                // SAFETY: bases[half * 4 + t] + kk + 4 <= src.len(), and
+                // (kk + t) * 8 + half * 4 + 4 <= 8 * len <= out.len() (contract).
+                unsafe {
+                    let r =
+                        |t: usize| _mm256_loadu_pd(ps.add(*bases.get_unchecked(half * 4 + t) + kk));
+                    let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                    let t0 = _mm256_unpacklo_pd(r0, r1);
+                    let t1 = _mm256_unpackhi_pd(r0, r1);
+                    let t2 = _mm256_unpacklo_pd(r2, r3);
+                    let t3 = _mm256_unpackhi_pd(r2, r3);
+                    let o = |t: usize| po.add((kk + t) * 8 + half * 4);
+                    _mm256_storeu_pd(o(0), _mm256_permute2f128_pd::<0x20>(t0, t2));
+                    _mm256_storeu_pd(o(1), _mm256_permute2f128_pd::<0x20>(t1, t3));
+                    _mm256_storeu_pd(o(2), _mm256_permute2f128_pd::<0x31>(t0, t2));
+                    _mm256_storeu_pd(o(3), _mm256_permute2f128_pd::<0x31>(t1, t3));
+                }
+            }
+            kk += 4;
+        }
+        super::transpose_scalar(8, src, bases, kk, len, out);
+    }
 }
 
 fn block_portable<T: Float>(b: Blk<'_, T>) {
@@ -907,6 +994,49 @@ pub fn gemm_b_panels<T: Float>(
                     set,
                 },
             );
+        }
+    }
+}
+
+/// `out[kk * s.nr + jj] = src[bases[jj] + kk]` for kk < len, jj < bases.len() (at most s.nr),
+/// and 0 for the panel's columns past bases.len(): a transpose of up to NR runs of `src` into
+/// `len` rows of one packed B panel (the weight gradient packs kernel taps this way). At the AVX2
+/// level a full panel goes through 8 x 8 (f32) / 4 x 4 (f64) register transposes.
+pub fn transpose_runs<T: Float>(s: Shape, src: &[T], bases: &[usize], len: usize, out: &mut [T]) {
+    let nr = s.nr;
+    assert!(bases.len() <= nr && out.len() >= len * nr);
+    assert!(bases.iter().all(|&b| b + len <= src.len()));
+    #[cfg(target_arch = "x86_64")]
+    if s.level == Level::Avx2 && bases.len() == nr {
+        use std::any::TypeId;
+        if TypeId::of::<T>() == TypeId::of::<f32>() && nr == 16 {
+            // SAFETY: T is f32 (same TypeId); the level is Avx2, which level() reports only
+            // when the CPU has AVX2 and FMA; bounds asserted above.
+            unsafe { avx2::transpose_f32(cast(src), bases, len, cast_mut(out)) };
+            return;
+        }
+        if TypeId::of::<T>() == TypeId::of::<f64>() && nr == 8 {
+            // SAFETY: as above, with T = f64.
+            unsafe { avx2::transpose_f64(cast(src), bases, len, cast_mut(out)) };
+            return;
+        }
+    }
+    transpose_scalar(nr, src, bases, 0, len, out);
+}
+
+/// `transpose_runs` for kk in from..len, element by element.
+fn transpose_scalar<T: Float>(
+    nr: usize,
+    src: &[T],
+    bases: &[usize],
+    from: usize,
+    len: usize,
+    out: &mut [T],
+) {
+    for kk in from..len {
+        let row = &mut out[kk * nr..(kk + 1) * nr];
+        for (jj, d) in row.iter_mut().enumerate() {
+            *d = bases.get(jj).map_or(T::zero(), |&b| src[b + kk]);
         }
     }
 }

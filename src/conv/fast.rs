@@ -676,12 +676,13 @@ fn backward_dx_im2col<T: Float>(
     });
 }
 
-/// Packs one B panel of dw's GEMM: `out[kk * nr + jj]` = row `j0 + jj` of the column tile at
+/// Packs one B panel of dw's GEMM: `out[kk * NR + jj]` = row `j0 + jj` of the column tile at
 /// pixel `k0 + kk`, where pixel q (output row q / wo, column q % wo) of tile row r is
-/// `src[base(r) + (q / wo) * pitch + q % wo]`; 0 for rows past `rows`.
+/// `src[base(r) + (q / wo) * pitch + q % wo]`; 0 for rows past `rows`. One transpose per run of
+/// pixels within an output row.
 #[allow(clippy::too_many_arguments)]
 fn pack_taps<T: Float>(
-    nr: usize,
+    s: Shape,
     src: &[T],
     base: impl Fn(usize) -> usize,
     (pitch, wo): (usize, usize),
@@ -689,26 +690,26 @@ fn pack_taps<T: Float>(
     (j0, rows): (usize, usize),
     out: &mut [T],
 ) {
-    for jj in 0..nr {
-        let col = out[jj..].iter_mut().step_by(nr);
-        if j0 + jj >= rows {
-            col.take(kc).for_each(|v| *v = T::zero());
-            continue;
+    let nb = s.nr.min(rows - j0);
+    let mut b0 = [0usize; MAX_NR];
+    for (jj, b) in b0[..nb].iter_mut().enumerate() {
+        *b = base(j0 + jj);
+    }
+    let mut bq = [0usize; MAX_NR];
+    let mut q = k0;
+    while q < k0 + kc {
+        let (qr, qc) = (q / wo, q % wo);
+        let run = (wo - qc).min(k0 + kc - q);
+        for (d, b) in bq[..nb].iter_mut().zip(&b0) {
+            *d = b + qr * pitch + qc;
         }
-        let b = base(j0 + jj);
-        let mut col = col;
-        let mut q = k0;
-        while q < k0 + kc {
-            let (qr, qc) = (q / wo, q % wo);
-            let run = (wo - qc).min(k0 + kc - q);
-            // src first: zip stops on it without taking an element from col.
-            for (v, d) in src[b + qr * pitch + qc..][..run].iter().zip(&mut col) {
-                *d = *v;
-            }
-            q += run;
-        }
+        pg::transpose_runs(s, src, &bq[..nb], run, &mut out[(q - k0) * s.nr..]);
+        q += run;
     }
 }
+
+/// Largest NR of any shape.
+const MAX_NR: usize = 64;
 
 /// dw: per image chunk (parallel over chunks), partial sums `part (F x K, dw's layout) +=
 /// dout[n][g] tile (F/G x pt) * col tile^T (pt x K)`, contracting over the tile's pixels. A is
@@ -777,7 +778,7 @@ fn backward_dw<T: Float>(
                             false,
                             |k0, kc, out| pg::pack_a(sa, fg, kc, &dn[k0..], p, 1, out),
                             |k0, kc, j0, out| {
-                                pack_taps(sa.nr, xs, base, (pitch, g.wo), (k0, kc), (j0, k), out)
+                                pack_taps(sa, xs, base, (pitch, g.wo), (k0, kc), (j0, k), out)
                             },
                         );
                     }
