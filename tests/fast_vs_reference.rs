@@ -89,26 +89,30 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         )
 }
 
-/// Stride 1, dilation 1: the shapes the direct (implicit-GEMM) convolution takes at the AVX2
-/// level, with rows wider than a pixel tile (16 f32 / 8 f64) and not a multiple of it, and
-/// enough channels per group (16+) for its data gradient too; padding up to 3 also exceeds the
-/// kernel, where dx falls back to im2col.
+/// Rows wide enough for the direct (implicit-GEMM) convolution at the AVX2 level (it takes
+/// output rows that fill 16-pixel f32 / 8-pixel f64 tiles), at strides 1-3 and dilations 1-2,
+/// with enough channels per group (16+) for its stride-1 data gradient too; padding up to 3 also
+/// exceeds the kernel, where dx falls back to im2col.
 fn direct_case() -> impl Strategy<Value = ConvCase> {
     (
         1usize..=2,
         1usize..=2,
         prop_oneof![1usize..=4, 15usize..=20],
         1usize..=7,
-        (1usize..=7, 1usize..=37),
+        (1usize..=7, 1usize..=40),
         (1usize..=4, 1usize..=4),
         (0usize..=3, 0usize..=3),
+        prop_oneof![3 => Just((1usize, 1usize)), 1 => (1usize..=3, 1usize..=3)],
+        prop_oneof![3 => Just((1usize, 1usize)), 1 => (1usize..=2, 1usize..=2)],
         any::<u64>(),
     )
         .prop_filter_map(
             "window must fit",
-            |(n, groups, cg, fg, (h, w), (kh, kw), pd, seed)| {
+            |(n, groups, cg, fg, (h, w), (kh, kw), pd, st, dl, seed)| {
                 let p = ConvParam::new(1, 0)
                     .with_pad(pd.0, pd.1)
+                    .with_stride(st.0, st.1)
+                    .with_dilation(dl.0, dl.1)
                     .with_groups(groups);
                 let xs = [n, groups * cg, h, w];
                 let ws = [groups * fg, cg, kh, kw];

@@ -62,7 +62,7 @@ fn chunk_images(g: &ConvGeom, c: usize) -> std::ops::Range<usize> {
 /// runs a KC block of rows at a time, so the block is packed while it is still in L2).
 fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     if direct_fwd(g, s) {
-        return padded_len(g.c, fwd_pad(g), s);
+        return fwd_pad(g).len(s);
     }
     let pt = g.wo * tile_rows(g);
     s.kc.min(g.k_rows() + 1) * pt + pg::packed_b_len(s, pt)
@@ -72,7 +72,7 @@ fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
 fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     let pt = g.wo * tile_rows(g);
     let dx = if direct_dx(g, s) {
-        padded_len(g.f, dx_pad(g), s)
+        dx_pad(g).len(s)
     } else {
         g.k_rows() * pt + pg::packed_b_len(s, pt)
     };
@@ -83,7 +83,7 @@ fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
 /// im2col tile.
 fn dw_src_len(g: &ConvGeom, s: Shape) -> usize {
     if direct_fwd(g, s) {
-        padded_len(g.c, fwd_pad(g), s)
+        fwd_pad(g).len(s)
     } else {
         g.k_rows() * g.wo * tile_rows(g)
     }
@@ -111,78 +111,109 @@ fn packed_w_len(g: &ConvGeom, s: Shape) -> usize {
             .max(pg::packed_a_len(s, g.cg(), g.fg() * kk))
 }
 
-/// The direct (implicit-GEMM) convolution, used where it applies (stride 1, dilation 1, at a
-/// SIMD level with direct kernels): the GEMM reads its B operand in place from a zero-padded
-/// copy of the image, `B[(c, i, j)][(oh, ow)] = xpad[c][oh + i][ow + j]`, so a row of B for NR
-/// output pixels of one output row is NR consecutive elements of one padded input row. No
-/// column matrix, no packing of B: per image the extra memory is the padded copy (C x (H + 2ph)
-/// x (W + 2pw), less than a ninth of the column matrix for a 3 x 3 kernel). Its KC blocks are
-/// the GEMM's; an offset table (one entry per row of B in the block) turns (c, i, j) into a
-/// distance in the padded copy.
+/// The direct (implicit-GEMM) convolution, used where it applies (a SIMD level with direct
+/// kernels, and output rows that fill the NR-pixel tiles): the GEMM reads its B operand in place
+/// from a zero-padded copy of the image, `B[(c, i, j)][(oh, ow)] = xpad[c][oh*sh + i*dh][ow*sw +
+/// j*dw]`. The copy is split into `sw` column phases (column u of phase q is padded column
+/// u*sw + q), so for a fixed tap the NR pixels of one output row are NR consecutive elements of
+/// one phase row: no column matrix, no packing of B. Per image the extra memory is the copy (C x
+/// (H + 2ph) x (W + 2pw) and a row of slack: for a 3 x 3 kernel at stride 1 a ninth of the
+/// column matrix). The KC blocks are the GEMM's; an offset table (one entry per row of B in the
+/// block) turns (c, i, j) into a distance in the copy.
 ///
-/// The data gradient of a stride-1 convolution is itself one (a "full" correlation):
+/// The data gradient of a stride-1, undilated convolution is itself one (a "full" correlation):
 /// `dx[c][y][x] = sum_{f,i,j} W[f][c][KH-1-i][KW-1-j] * dpad[f][y + i][x + j]`, with dout
 /// zero-padded by KH-1-ph rows and KW-1-pw columns, so dx runs through the same kernel with the
 /// flipped, transposed weights and needs no col2im.
 fn direct_fwd(g: &ConvGeom, s: Shape) -> bool {
-    pg::direct_available(s) && g.p.stride == (1, 1) && g.p.dilation == (1, 1)
+    // Tiles are one output row's NR pixels: a row of 8 in 16-pixel tiles would waste half.
+    pg::direct_available(s) && g.wo.next_multiple_of(s.nr) * 3 <= g.wo * 4
 }
 
-/// Whether dx runs direct: as the forward, when the padding is less than the kernel (the
-/// correlation's padding KH-1-ph is then not negative) and a group has enough input channels to
-/// fill the MR-row panels (dx's rows are input channels; with C = 3 the im2col path is faster).
+/// Whether dx runs direct: a stride-1, undilated convolution whose padding is less than the
+/// kernel (the correlation's padding KH-1-ph is then not negative), with enough input channels
+/// per group to fill the MR-row panels (dx's rows are input channels; with C = 3 the im2col path
+/// is faster), and input rows that fill the tiles.
 fn direct_dx(g: &ConvGeom, s: Shape) -> bool {
-    direct_fwd(g, s) && g.p.pad.0 < g.kh && g.p.pad.1 < g.kw && g.cg() >= DIRECT_DX_MIN_CHANNELS
+    pg::direct_available(s)
+        && g.p.stride == (1, 1)
+        && g.p.dilation == (1, 1)
+        && g.p.pad.0 < g.kh
+        && g.p.pad.1 < g.kw
+        && g.cg() >= DIRECT_DX_MIN_CHANNELS
+        && g.w.next_multiple_of(s.nr) * 3 <= g.w * 4
 }
 
 /// Input channels per group from which dx runs direct.
 const DIRECT_DX_MIN_CHANNELS: usize = 16;
 
-/// Padding of the forward's padded copy of x.
+/// The forward's (and dw's) padded copy of x.
 fn fwd_pad(g: &ConvGeom) -> Pad {
     Pad {
+        planes: g.c,
         h: g.h,
         w: g.w,
-        ph: g.p.pad.0,
-        pw: g.p.pad.1,
+        pad: g.p.pad,
+        stride: g.p.stride,
+        dil: g.p.dilation,
     }
 }
 
-/// Padding of dx's padded copy of dout.
+/// dx's padded copy of dout (stride 1, no dilation).
 fn dx_pad(g: &ConvGeom) -> Pad {
     Pad {
+        planes: g.f,
         h: g.ho,
         w: g.wo,
-        ph: g.kh - 1 - g.p.pad.0,
-        pw: g.kw - 1 - g.p.pad.1,
+        pad: (g.kh - 1 - g.p.pad.0, g.kw - 1 - g.p.pad.1),
+        stride: (1, 1),
+        dil: (1, 1),
     }
 }
 
-/// Planes of h x w zero-padded by ph rows and pw columns on each side.
+/// A zero-padded, phase-split copy of `planes` planes of h x w for a convolution with `stride`
+/// and dilation `dil`: padded element (c, r, col) lives at
+/// `(col % sw) * block + c * plane + r * wq + col / sw`.
 #[derive(Clone, Copy)]
 struct Pad {
+    planes: usize,
     h: usize,
     w: usize,
-    ph: usize,
-    pw: usize,
+    pad: (usize, usize),
+    stride: (usize, usize),
+    dil: (usize, usize),
 }
 
 impl Pad {
     fn hp(&self) -> usize {
-        self.h + 2 * self.ph
+        self.h + 2 * self.pad.0
     }
-    fn wp(&self) -> usize {
-        self.w + 2 * self.pw
+    /// Width of a phase row.
+    fn wq(&self) -> usize {
+        (self.w + 2 * self.pad.1).div_ceil(self.stride.1)
     }
     fn plane(&self) -> usize {
-        self.hp() * self.wp()
+        self.hp() * self.wq()
     }
-}
-
-/// Elements of a padded copy of `planes` planes, with NR of slack at the end for the last row's
-/// partial pixel tile.
-fn padded_len(planes: usize, pd: Pad, s: Shape) -> usize {
-    planes * pd.plane() + s.nr
+    fn block(&self) -> usize {
+        self.planes * self.plane()
+    }
+    /// Distance between the starts of consecutive output rows.
+    fn pitch(&self) -> usize {
+        self.stride.0 * self.wq()
+    }
+    /// Where tap (plane, i, j) of output pixel (0, 0) is.
+    fn tap(&self, pl: usize, i: usize, j: usize) -> usize {
+        let col = j * self.dil.1;
+        (col % self.stride.1) * self.block()
+            + pl * self.plane()
+            + i * self.dil.0 * self.wq()
+            + col / self.stride.1
+    }
+    /// Elements of the copy, with NR of slack at the end for the last row's partial tile.
+    fn len(&self, s: Shape) -> usize {
+        self.stride.1 * self.block() + s.nr
+    }
 }
 
 /// Output rows per row block of the direct convolution: the block's C (F/G x rows x WO) stays
@@ -195,20 +226,36 @@ fn direct_rows(m: usize, ho: usize, wo: usize) -> usize {
 /// Target size of the C block of the direct convolution, elements.
 const DIRECT_C_ELEMS: usize = 16 * 1024;
 
-/// `dst` = the `planes` planes of `src` zero-padded as `pd` says, then zeroed slack.
-fn pad_planes<T: Float>(src: &[T], planes: usize, pd: Pad, dst: &mut [T]) {
-    let (wp, hw) = (pd.wp(), pd.h * pd.w);
-    let (body, slack) = dst.split_at_mut(planes * pd.plane());
-    for (s, d) in src.chunks_exact(hw).zip(body.chunks_exact_mut(pd.plane())) {
-        let (top, rest) = d.split_at_mut(pd.ph * wp);
-        fill_zero(top);
-        let (mid, bottom) = rest.split_at_mut(pd.h * wp);
-        for (row, sr) in mid.chunks_exact_mut(wp).zip(s.chunks_exact(pd.w)) {
-            fill_zero(&mut row[..pd.pw]);
-            copy_short(&mut row[pd.pw..pd.pw + pd.w], sr);
-            fill_zero(&mut row[pd.pw + pd.w..]);
+/// `dst` = the planes of `src` zero-padded and phase-split as `pd` says, then zeroed slack.
+fn pad_planes<T: Float>(src: &[T], pd: Pad, dst: &mut [T]) {
+    let (wq, hw, (ph, pw), sw) = (pd.wq(), pd.h * pd.w, pd.pad, pd.stride.1);
+    let (body, slack) = dst.split_at_mut(sw * pd.block());
+    for (q, phase) in body.chunks_exact_mut(pd.block()).enumerate() {
+        // Phase q holds padded columns q, q + sw, ...: input columns from first_in on, one in
+        // sw, landing at phase column first_out on.
+        let first_out = if q >= pw { 0 } else { (pw - q).div_ceil(sw) };
+        let first_in = first_out * sw + q - pw;
+        let count = if first_in < pd.w {
+            (pd.w - first_in).div_ceil(sw).min(wq - first_out)
+        } else {
+            0
+        };
+        for (s, d) in src.chunks_exact(hw).zip(phase.chunks_exact_mut(pd.plane())) {
+            let (top, rest) = d.split_at_mut(ph * wq);
+            fill_zero(top);
+            let (mid, bottom) = rest.split_at_mut(pd.h * wq);
+            for (row, sr) in mid.chunks_exact_mut(wq).zip(s.chunks_exact(pd.w)) {
+                fill_zero(&mut row[..first_out]);
+                let dst = &mut row[first_out..first_out + count];
+                if sw == 1 {
+                    copy_short(dst, &sr[first_in..first_in + count]);
+                } else {
+                    gather_strided(dst, &sr[first_in..], sw);
+                }
+                fill_zero(&mut row[first_out + count..]);
+            }
+            fill_zero(bottom);
         }
-        fill_zero(bottom);
     }
     fill_zero(slack);
 }
@@ -234,7 +281,7 @@ fn direct_conv<T: Float>(
     bias: &[T],
 ) {
     let k = planes * kh * kw;
-    let (mpad, wp) = (m.next_multiple_of(s.mr), pd.wp());
+    let mpad = m.next_multiple_of(s.mr);
     let rb = direct_rows(m, ho, wo);
     let mut off = [0usize; MAX_KC];
     for r0 in (0..ho).step_by(rb) {
@@ -243,7 +290,7 @@ fn direct_conv<T: Float>(
             for (kk, o) in off[..kc].iter_mut().enumerate() {
                 let r = k0 + kk;
                 let (pl, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
-                *o = (plane0 + pl) * pd.plane() + i * wp + j;
+                *o = pd.tap(plane0 + pl, i, j);
             }
             pg::direct_block(
                 s,
@@ -253,7 +300,7 @@ fn direct_conv<T: Float>(
                     ap: &ap[k0 * mpad..(k0 + kc) * mpad],
                     src,
                     off: &off[..kc],
-                    pitch: wp,
+                    pitch: pd.pitch(),
                     oh: r0..(r0 + rb).min(ho),
                     wo,
                     c: &mut *c,
@@ -534,8 +581,8 @@ fn forward_direct<T: Float>(
     let slots = Slots::new(ws, par.threads(), fwd_slot_len(g, sh));
     par.for_each_chunk(out, g.f * p, &|n, on, slot| {
         slots.with(slot, |ws| {
-            let xp = &mut ws[..padded_len(g.c, pd, sh)];
-            pad_planes(&x[n * chw..(n + 1) * chw], g.c, pd, xp);
+            let xp = &mut ws[..pd.len(sh)];
+            pad_planes(&x[n * chw..(n + 1) * chw], pd, xp);
             for grp in 0..g.groups() {
                 direct_conv(
                     sa,
@@ -596,8 +643,8 @@ pub fn backward_into<T: Float>(
         let hw = g.h * g.w;
         par.for_each_chunk(dx, chw, &|n, dxn, slot| {
             slots.with(slot, |ws| {
-                let dp = &mut ws[..padded_len(g.f, pd, sh)];
-                pad_planes(&dout[n * fp..(n + 1) * fp], g.f, pd, dp);
+                let dp = &mut ws[..pd.len(sh)];
+                pad_planes(&dout[n * fp..(n + 1) * fp], pd, dp);
                 for grp in 0..g.groups() {
                     direct_conv(
                         sa,
@@ -744,7 +791,7 @@ fn backward_dw<T: Float>(
             for n in chunk_images(g, c) {
                 let xn = &x[n * chw..(n + 1) * chw];
                 if direct {
-                    pad_planes(xn, g.c, pd, xs);
+                    pad_planes(xn, pd, xs);
                 }
                 for t in 0..tiles {
                     let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
@@ -759,12 +806,12 @@ fn backward_dw<T: Float>(
                         let base = |r: usize| {
                             if direct {
                                 let (ch, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
-                                (grp * g.cg() + ch) * pd.plane() + (oh0 + i) * pd.wp() + j
+                                pd.tap(grp * g.cg() + ch, i, j) + oh0 * pd.pitch()
                             } else {
                                 r * pt
                             }
                         };
-                        let pitch = if direct { pd.wp() } else { g.wo };
+                        let pitch = if direct { pd.pitch() } else { g.wo };
                         let dn = &dout[n * fp + grp * fg * p + oh0 * g.wo..];
                         pg::gemm_b_panels(
                             sa,
