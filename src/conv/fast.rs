@@ -1,31 +1,28 @@
-//! Fast convolution: im2col + GEMM, tile by tile, with bounded workspace.
+//! Fast convolution: one packed GEMM engine fed two ways, with bounded workspace (kernels.md has
+//! the full map and the measurements).
 //!
-//! Column matrix of one image and one group g (K = C/G*KH*KW rows, P = HO*WO columns):
+//! - **Direct** (`direct_fwd`, AVX2, output rows that fill the pixel tiles): B is read in place
+//!   from a zero-padded, stride-phase-split copy of the image (`Pad`), through a per-KC-block
+//!   table of tap offsets; forward `out = bias + W B`, and for stride 1 (`direct_dx`) dx as the
+//!   correlation of padded dout with the flipped, transposed weights.
+//! - **im2col** (everything else): the column matrix of one image and group,
 //!
-//! ```text
-//! col[(c*KH + i)*KW + j][oh*WO + ow] <- x[n][g*C/G + c][oh*sh + i*dh - ph][ow*sw + j*dw - pw]
-//! (0 in the padding)
-//! ```
+//!   ```text
+//!   col[(c*KH + i)*KW + j][oh*WO + ow] <- x[n][g*C/G + c][oh*sh + i*dh - ph][ow*sw + j*dw - pw]
+//!   ```
 //!
-//! - forward, per image (parallel over images), per column tile: for each KC block of K, im2col
-//!   of those rows into this thread's slot and straight into the GEMM's packed B (the block stays
-//!   in L2); then
-//!   `out[n][g] (F/G x P) = [W[g] | b[g]] (F/G x K+1) * [col; 1] (K+1 x P)`: the bias rides as an
-//!   extra column, so the GEMM writes out once (no pre-fill, C never read).
-//! - backward dx, per image: `dcol (K x P) = W[g]^T * dout[n][g]` into the slot, then col2im
-//!   scatters dcol back into dx[n] (no im2col needed).
-//! - backward dw, per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
-//!   chunks): for each image and column tile, `part[c][g] (K x F/G) += col_tile * dout_tile^T`
-//!   by our packed GEMM (the column tile packed as A; dout packed as B straight from its natural
-//!   layout, where it is B transposed), then `dw = (part[0] + part[1] + ...)^T` in chunk order.
-//!   Fixed partition, fixed combine order: dw is bitwise identical for any thread count.
+//!   (0 in the padding), built tile by tile and packed one KC block at a time while in L2:
+//!   forward `out = [W | b] [col; 1]`; dx = col2im(W^T dout).
+//! - dw (both): per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
+//!   chunks) `part (F x K) += dout_tile * col_tile^T`, B's tap panels packed just in time from
+//!   the padded copy or the im2col tile by register transposes; dw = `part[0] + part[1] + ...` in
+//!   chunk order. Fixed partition, fixed combine order: bitwise identical for any thread count.
 //! - db, per filter (parallel over filters): f64 sum over n then pixels, in order.
 //!
-//! Workspace: per thread a KC block of a column tile (forward) or a column tile and its packed copy
-//! (backward), and a packed B block, whatever N is, plus in the backward
-//! `min(N, DW_CHUNKS)` partial copies of dw.
-//! All of it is the caller's (`*_workspace_len` gives the exact size); the kernels allocate
-//! only O(threads) bookkeeping.
+//! Workspace: the packed weights, per thread the larger of what a path needs (padded copy, or a
+//! KC block / tile of columns and a packed B block), and `min(N, DW_CHUNKS)` partial copies of
+//! dw; all of it the caller's (`*_workspace_len` gives the exact size). The kernels allocate only
+//! O(threads) bookkeeping.
 
 use crate::packed_gemm::{self as pg, BSrc, Shape};
 use crate::parallel::{Parallelism, Slots};

@@ -110,7 +110,8 @@ pub fn conv_backward_naive<'a, T: Float>(
     backward_with(dout.into(), cache, Box::new(reference::backward))
 }
 
-/// Fast convolution forward (im2col + GEMM), same arguments and results as
+/// Fast convolution forward (a GEMM reading the padded image in place, or im2col tiles + GEMM;
+/// see kernels.md), same arguments and results as
 /// [`conv_forward_naive`]; runs on the current rayon pool.
 pub fn conv_forward_fast<'a, T: Float>(
     x: impl Into<TensorView<'a, T>>,
