@@ -312,33 +312,45 @@ pub(crate) fn direct_available(s: Shape) -> bool {
 pub(crate) fn direct_block<T: Float>(s: Shape, d: DBlk<'_, T>) {
     assert!(direct_available(s), "no direct kernel for {s:?}");
     #[cfg(target_arch = "x86_64")]
-    {
-        use std::any::TypeId;
-        // SAFETY (both calls): direct_available checked that the level is Avx2, which level()
-        // reports only when the CPU has AVX2 and FMA.
-        if TypeId::of::<T>() == TypeId::of::<f32>() {
-            // SAFETY: T is f32 (same TypeId).
-            let d = unsafe { d.cast::<f32>() };
-            unsafe {
-                if s.mr == 5 {
-                    avx2::dblock_f32_5(d)
-                } else {
-                    avx2::dblock_f32(d)
-                }
-            }
-        } else {
-            debug_assert!(TypeId::of::<T>() == TypeId::of::<f64>());
-            // SAFETY: Float is sealed and implemented for f32 and f64 only, so T is f64 here.
-            let d = unsafe { d.cast::<f64>() };
-            unsafe {
-                if s.mr == 5 {
-                    avx2::dblock_f64_5(d)
-                } else {
-                    avx2::dblock_f64(d)
-                }
-            }
-        }
+    // SAFETY: direct_available checked that the level is Avx2, which level() reports only when
+    // the CPU has AVX2 and FMA.
+    unsafe {
+        direct_avx2(d, s.mr)
     }
+}
+
+/// Calls the AVX2 kernel among `$f32_6`, `$f32_5`, `$f64_6`, `$f64_5` that fits element type
+/// `$T` and panel height `$mr`, on `$blk` viewed as that type.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx2_by_type {
+    ($T:ty, $mr:expr, $blk:expr, $f32_6:path, $f32_5:path, $f64_6:path, $f64_5:path) => {{
+        use std::any::TypeId;
+        if TypeId::of::<$T>() == TypeId::of::<f32>() {
+            // SAFETY: T is f32 (same TypeId).
+            let b = unsafe { $blk.cast::<f32>() };
+            if $mr == 5 { $f32_5(b) } else { $f32_6(b) }
+        } else {
+            debug_assert!(TypeId::of::<$T>() == TypeId::of::<f64>());
+            // SAFETY: Float is sealed and implemented for f32 and f64 only, so T is f64 here.
+            let b = unsafe { $blk.cast::<f64>() };
+            if $mr == 5 { $f64_5(b) } else { $f64_6(b) }
+        }
+    }};
+}
+
+/// One implicit-GEMM KC block at the AVX2 level.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn direct_avx2<T: Float>(d: DBlk<'_, T>, mr: usize) {
+    avx2_by_type!(
+        T,
+        mr,
+        d,
+        avx2::dblock_f32,
+        avx2::dblock_f32_5,
+        avx2::dblock_f64,
+        avx2::dblock_f64_5
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -429,25 +441,15 @@ fn block_avx512<T: Float>(b: Blk<'_, T>) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn block_avx2<T: Float>(b: Blk<'_, T>, mr: usize) {
-    use std::any::TypeId;
-    if TypeId::of::<T>() == TypeId::of::<f32>() {
-        // SAFETY: T is f32 (same TypeId).
-        let b = unsafe { b.cast::<f32>() };
-        if mr == 5 {
-            avx2::block_f32_5(b)
-        } else {
-            avx2::block_f32(b)
-        }
-    } else {
-        debug_assert!(TypeId::of::<T>() == TypeId::of::<f64>());
-        // SAFETY: Float is sealed and implemented for f32 and f64 only, so T is f64 here.
-        let b = unsafe { b.cast::<f64>() };
-        if mr == 5 {
-            avx2::block_f64_5(b)
-        } else {
-            avx2::block_f64(b)
-        }
-    }
+    avx2_by_type!(
+        T,
+        mr,
+        b,
+        avx2::block_f32,
+        avx2::block_f32_5,
+        avx2::block_f64,
+        avx2::block_f64_5
+    )
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -57,36 +57,48 @@ struct ConvCase {
     seed: u64,
 }
 
+/// Per-dimension pairs of a convolution's extents and parameters: ((n, groups), (channels per
+/// group, filters per group), input (h, w), kernel, stride, pad, dilation), and a seed.
+type Dims = (
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+);
+
+/// The case for `dims` when its windows fit.
+fn make_case((ng, cf, hw, k, st, pd, dl): Dims, seed: u64) -> Option<ConvCase> {
+    let p = ConvParam::new(1, 0)
+        .with_stride(st.0, st.1)
+        .with_pad(pd.0, pd.1)
+        .with_dilation(dl.0, dl.1)
+        .with_groups(ng.1);
+    let xs = [ng.0, ng.1 * cf.0, hw.0, hw.1];
+    let ws = [ng.1 * cf.1, cf.0, k.0, k.1];
+    ConvGeom::new(&xs, &ws, &[ws[0]], &p)
+        .ok()
+        .map(|_| ConvCase { xs, ws, p, seed })
+}
+
 fn conv_case() -> impl Strategy<Value = ConvCase> {
     (
-        1usize..=3,
-        1usize..=3,
-        // Channels per group up to 8 (K = C/G*KH*KW up to 128); filters per group up to 6, so
-        // 5 takes the 5-row panels of the packed weights and 6 the default ones.
-        1usize..=8,
-        1usize..=6,
-        (1usize..=9, 1usize..=9),
-        (1usize..=4, 1usize..=4),
-        (1usize..=3, 1usize..=3),
-        (0usize..=2, 0usize..=2),
-        (1usize..=2, 1usize..=2),
+        (
+            (1usize..=3, 1usize..=3),
+            // Channels per group up to 8 (K = C/G*KH*KW up to 128); filters per group up to 6,
+            // so 5 takes the 5-row panels of the packed weights and 6 the default ones.
+            (1usize..=8, 1usize..=6),
+            (1usize..=9, 1usize..=9),
+            (1usize..=4, 1usize..=4),
+            (1usize..=3, 1usize..=3),
+            (0usize..=2, 0usize..=2),
+            (1usize..=2, 1usize..=2),
+        ),
         any::<u64>(),
     )
-        .prop_filter_map(
-            "window must fit",
-            |(n, groups, cg, fg, (h, w), (kh, kw), s, pd, d, seed)| {
-                let p = ConvParam::new(1, 0)
-                    .with_stride(s.0, s.1)
-                    .with_pad(pd.0, pd.1)
-                    .with_dilation(d.0, d.1)
-                    .with_groups(groups);
-                let xs = [n, groups * cg, h, w];
-                let ws = [groups * fg, cg, kh, kw];
-                ConvGeom::new(&xs, &ws, &[ws[0]], &p)
-                    .ok()
-                    .map(|_| ConvCase { xs, ws, p, seed })
-            },
-        )
+        .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
 }
 
 /// Rows wide enough for the direct (implicit-GEMM) convolution at the AVX2 level (it takes
@@ -95,32 +107,18 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
 /// exceeds the kernel, where dx falls back to im2col.
 fn direct_case() -> impl Strategy<Value = ConvCase> {
     (
-        1usize..=2,
-        1usize..=2,
-        prop_oneof![1usize..=4, 15usize..=20],
-        1usize..=7,
-        (1usize..=7, 1usize..=40),
-        (1usize..=4, 1usize..=4),
-        (0usize..=3, 0usize..=3),
-        prop_oneof![3 => Just((1usize, 1usize)), 1 => (1usize..=3, 1usize..=3)],
-        prop_oneof![3 => Just((1usize, 1usize)), 1 => (1usize..=2, 1usize..=2)],
+        (
+            (1usize..=2, 1usize..=2),
+            (prop_oneof![1usize..=4, 15usize..=20], 1usize..=7),
+            (1usize..=7, 1usize..=40),
+            (1usize..=4, 1usize..=4),
+            prop_oneof![3 => Just((1usize, 1usize)), 1 => (1usize..=3, 1usize..=3)],
+            (0usize..=3, 0usize..=3),
+            prop_oneof![3 => Just((1usize, 1usize)), 1 => (1usize..=2, 1usize..=2)],
+        ),
         any::<u64>(),
     )
-        .prop_filter_map(
-            "window must fit",
-            |(n, groups, cg, fg, (h, w), (kh, kw), pd, st, dl, seed)| {
-                let p = ConvParam::new(1, 0)
-                    .with_pad(pd.0, pd.1)
-                    .with_stride(st.0, st.1)
-                    .with_dilation(dl.0, dl.1)
-                    .with_groups(groups);
-                let xs = [n, groups * cg, h, w];
-                let ws = [groups * fg, cg, kh, kw];
-                ConvGeom::new(&xs, &ws, &[ws[0]], &p)
-                    .ok()
-                    .map(|_| ConvCase { xs, ws, p, seed })
-            },
-        )
+        .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
 }
 
 fn check_conv<T: Float>(c: &ConvCase) {
