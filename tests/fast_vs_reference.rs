@@ -241,7 +241,17 @@ fn check_pool<T: Float>(c: &PoolCase) {
     let same =
         |a: &Tensor<T>, b: &Tensor<T>| a.data().iter().zip(b.data()).all(|(u, v)| u.to_bits_eq(v));
     assert!(same(&out_r, &out_f), "forward differs");
-    let dout: Tensor<T> = rng.randn(out_r.shape(), 1.0, 0.0);
+    let mut dout: Tensor<T> = rng.randn(out_r.shape(), 1.0, 0.0);
+    if c.ties {
+        // Signed zeros (0 + -0 is +0 in the scatter) and NaN in dout too.
+        for v in dout.data_mut() {
+            match rng.below(8) {
+                0 => *v = -T::zero(),
+                1 => *v = T::nan(),
+                _ => {}
+            }
+        }
+    }
     let dx_r = max_pool_backward_naive(&dout, &cache_r).unwrap();
     let dx_f = max_pool_backward_fast(&dout, &cache_f).unwrap();
     assert!(same(&dx_r, &dx_f), "backward differs");
@@ -265,8 +275,63 @@ impl<T: Float> BitsEq for T {
     }
 }
 
+/// 2x2 windows at stride 2 (the dedicated forward and one-pass backward) on planes wider than
+/// its 16-window blocks, odd extents included.
+fn pool_2x2_case() -> impl Strategy<Value = PoolCase> {
+    (
+        (1usize..=2, 1usize..=3, 2usize..=9, 2usize..=40),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(|((n, c, h, w), seed, ties)| PoolCase {
+            xs: [n, c, h, w],
+            p: PoolParam::new(2, 2, 2),
+            seed,
+            ties,
+        })
+}
+
+/// The 2x2 backward given indices that are inside the plane but not inside their own window
+/// (a cache from another forward): it must scatter them like the reference, not write windows.
+#[test]
+fn pool_2x2_backward_with_foreign_indices_scatters() {
+    let mut rng = Rng::new(9);
+    let (xs, p) = ([2, 3, 6, 37], PoolParam::new(2, 2, 2));
+    let g = PoolGeom::new(&xs, &p).unwrap();
+    let (plane, oplane) = (6 * 37, g.ho * g.wo);
+    let dout: Tensor<f64> = rng.randn(&g.out_shape(), 1.0, 0.0);
+    for bad in [0, 17, oplane - 1] {
+        // Every index in its window (the forward's), except output `bad` of the second plane.
+        let mut idx: Vec<u32> = (0..6 * oplane)
+            .map(|o| {
+                let (oh, ow) = ((o % oplane) / g.wo, o % g.wo);
+                (2 * oh * 37 + 2 * ow + 37 * rng.below(2) + rng.below(2)) as u32
+            })
+            .collect();
+        idx[oplane + bad] = rng.below(plane) as u32;
+        let mut want = vec![0.0; 6 * plane];
+        for (o, (&d, &i)) in dout.data().iter().zip(&idx).enumerate() {
+            want[(o / oplane) * plane + i as usize] += d;
+        }
+        let mut dx = vec![f64::NAN; 6 * plane];
+        max_pool_backward_into(&dout, &idx, &xs, &p, &mut dx, Parallelism::Sequential).unwrap();
+        assert!(
+            dx.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "bad {bad}"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn pool_2x2_fast_equals_reference(c in pool_2x2_case()) {
+        check_pool::<f64>(&c);
+        check_pool::<f32>(&c);
+    }
 
     #[test]
     fn pool_fast_equals_reference_f64(c in pool_case()) { check_pool::<f64>(&c); }
