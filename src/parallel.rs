@@ -136,6 +136,22 @@ impl Parallelism<'_> {
     }
 }
 
+impl Parallelism<'_> {
+    /// Runs `f(item, slot)` for every item (one job each; for a handful of shape-defined jobs
+    /// whose buffers the caller has split up front).
+    pub(crate) fn for_each_item<I: Send>(&self, items: Vec<I>, f: &(dyn Fn(I, usize) + Sync)) {
+        use rayon::prelude::*;
+        if self.sequential() || items.len() <= 1 {
+            return items.into_iter().for_each(|i| f(i, 0));
+        }
+        self.run(|| {
+            items
+                .into_par_iter()
+                .for_each(|i| f(i, rayon::current_thread_index().unwrap_or(0)))
+        })
+    }
+}
+
 /// Per-slot scratch buffers handed out by `for_each_job`'s slot index.
 pub(crate) struct Slots<'a, T> {
     slots: Vec<Mutex<&'a mut [T]>>,

@@ -35,19 +35,24 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
     );
     conv_backward_into(&x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut wsb, par).unwrap();
     outs.extend([bits(&out), bits(&dx), bits(&dw), bits(&db)]);
-    // A conv whose dw has several row blocks (K = 16*3*3 = 144 > 64).
-    let (xs, ws, p) = ([3, 16, 6, 6], [4, 16, 3, 3], ConvParam::new(1, 1));
+    // A conv on the direct path at the AVX2 level (stride 1, 16-wide rows, 16 channels: direct
+    // forward, dx and dw), with N = 3 chunks: fused into one phase at 1 and 3 threads, not at 2,
+    // 7 or 16.
+    let (xs, ws, p) = ([3, 16, 6, 16], [4, 16, 3, 3], ConvParam::new(1, 1));
     let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
     let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
+    let b: Tensor<T> = rng.randn(&[4], 1.0, 0.0);
     let mut wsb = vec![T::zero(); conv_workspace_len::<T>(&xs, &ws, &p, par).unwrap()];
-    let dout: Tensor<T> = rng.randn(&[3, 4, 6, 6], 1.0, 0.0);
+    let mut out = vec![T::zero(); 3 * 4 * 6 * 16];
+    conv_forward_into(&x, &w, &b, &p, &mut out, &mut wsb, par).unwrap();
+    let dout: Tensor<T> = rng.randn(&[3, 4, 6, 16], 1.0, 0.0);
     let (mut dx, mut dw, mut db) = (
         vec![T::zero(); x.len()],
         vec![T::zero(); w.len()],
         vec![T::zero(); 4],
     );
     conv_backward_into(&x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut wsb, par).unwrap();
-    outs.extend([bits(&dx), bits(&dw), bits(&db)]);
+    outs.extend([bits(&out), bits(&dx), bits(&dw), bits(&db)]);
     // Pooling, overlapping.
     let pp = PoolParam::new(3, 3, 2).with_pad(1, 1);
     let x: Tensor<T> = rng.randn(&[3, 5, 9, 10], 1.0, 0.0);

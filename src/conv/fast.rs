@@ -600,6 +600,13 @@ fn forward_direct<T: Float>(
 }
 
 /// Backward into caller buffers: dx (like x), dw (like w), db (F), `ws` as for the forward.
+///
+/// The work is `min(N, DW_CHUNKS)` fixed chunks of images; each chunk accumulates its partial
+/// dw and (in f64) db over its images in order, and dw, db are the sums of the partials in
+/// chunk order. dx is per image. When the chunks split evenly over the threads, a chunk's job also does its
+/// images' dx, so each image's dout is read from memory once for all three (one parallel phase
+/// instead of three); with more threads, dx runs first, one job per image. Either way every
+/// value is computed by the same operations in the same order: the bits do not depend on it.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_into<T: Float>(
     g: &ConvGeom,
@@ -615,84 +622,157 @@ pub fn backward_into<T: Float>(
     let threads = par.threads();
     let sh = pg::shape::<T>();
     debug_assert!(ws.len() >= backward_workspace_len::<T>(g, threads));
-    let (k, fg, chw, fp) = (g.k_rows(), g.fg(), g.c * g.h * g.w, g.f * g.pixels());
+    let (k, chw) = (g.k_rows(), g.c * g.h * g.w);
     let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
     let (ws, staged) = ws.split_at_mut(threads.max(1) * bwd_slot_len(g, sh));
     let staged = &mut staged[..staged_len(g)];
     let slots = Slots::new(ws, threads, bwd_slot_len(g, sh));
-    if direct_dx(g, sh) {
-        // dx: per image, the full correlation of padded dout with the flipped weights (see
-        // `direct_fwd`), stored straight into dx.
-        let (cg, kk) = (g.cg(), g.kh * g.kw);
-        let sa = pg::shape_for_rows::<T>(cg);
-        let kd = fg * kk;
-        let ga = pg::packed_a_len(sa, cg, kd);
-        for grp in 0..g.groups() {
-            // A[c][(f, i, j)] = W[grp*fg + f][c][KH-1-i][KW-1-j].
-            let get = |c: usize, r: usize| {
-                let (f, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
-                w[((grp * fg + f) * cg + c) * kk + (g.kh - 1 - i) * g.kw + (g.kw - 1 - j)]
-            };
-            pg::pack_a_with(sa, cg, kd, get, &mut wp[grp * ga..(grp + 1) * ga]);
-        }
-        let wp = &*wp;
-        let pd = dx_pad(g);
-        let hw = g.h * g.w;
+    let dxw = DxWeights::pack(g, w, wp);
+    let dxw = &dxw;
+    let chunks = dw_chunks(g);
+    // Fused when the chunks split evenly over the threads (3 threads on 4 chunks would leave
+    // dx unbalanced too).
+    let fused = chunks.is_multiple_of(threads.max(1));
+    if !fused {
         par.for_each_chunk(dx, chw, &|n, dxn, slot| {
-            slots.with(slot, |ws| {
-                let dp = &mut ws[..pd.len(sh)];
-                pad_planes(&dout[n * fp..(n + 1) * fp], pd, dp);
-                for grp in 0..g.groups() {
-                    direct_conv(
-                        sa,
-                        cg,
-                        (fg, g.kh, g.kw),
-                        &wp[grp * ga..(grp + 1) * ga],
-                        dp,
-                        pd,
-                        grp * fg,
-                        (g.h, g.w),
-                        &mut dxn[grp * cg * hw..],
-                        hw,
-                        &[],
+            slots.with(slot, |ws| dx_image(g, dout, n, dxn, dxw, ws))
+        });
+    }
+    // Per chunk: its partial dw, its f64 partial db, and (fused) its images' dx.
+    let mut dbp = vec![0.0f64; chunks * g.f];
+    let fk = g.f * k;
+    let mut jobs = Vec::with_capacity(chunks);
+    let (mut dx_rest, mut db_rest, mut st_rest) = (&mut dx[..], &mut dbp[..], &mut staged[..]);
+    for c in 0..chunks {
+        let imgs = chunk_images(g, c);
+        let (dxc, r) = std::mem::take(&mut dx_rest).split_at_mut(imgs.len() * chw);
+        dx_rest = r;
+        let (dbc, r) = std::mem::take(&mut db_rest).split_at_mut(g.f);
+        db_rest = r;
+        let (part, r) = std::mem::take(&mut st_rest).split_at_mut(fk);
+        st_rest = r;
+        jobs.push((imgs, part, dbc, fused.then_some(dxc)));
+    }
+    par.for_each_item(jobs, &|(imgs, part, dbc, dxc), slot| {
+        part.fill(T::zero());
+        slots.with(slot, |ws| {
+            let n0 = imgs.start;
+            let mut dxc = dxc;
+            for n in imgs {
+                if let Some(dxc) = dxc.as_deref_mut() {
+                    dx_image(
+                        g,
+                        dout,
+                        n,
+                        &mut dxc[(n - n0) * chw..(n - n0 + 1) * chw],
+                        dxw,
+                        ws,
                     );
                 }
-            });
-        });
-    } else {
-        // W[g]^T (k x fg) packed once per call for dcol = W^T * dout.
-        let ga = pg::packed_a_len(sh, k, fg);
-        for grp in 0..g.groups() {
-            let wg = &w[grp * fg * k..(grp + 1) * fg * k];
-            pg::pack_a(sh, k, fg, wg, 1, k, &mut wp[grp * ga..(grp + 1) * ga]);
+                dw_image(g, x, dout, n, part, ws);
+                let dn = &dout[n * g.f * g.pixels()..(n + 1) * g.f * g.pixels()];
+                for (s, row) in dbc.iter_mut().zip(dn.chunks_exact(g.pixels().max(1))) {
+                    *s += crate::norm::fast::sum_f64(row);
+                }
+            }
+        })
+    });
+    // dw and db: the chunks' partials added in chunk order.
+    let (first, rest) = staged.split_at(fk);
+    dw.copy_from_slice(first);
+    for part in rest.chunks_exact(fk) {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += *v;
         }
-        backward_dx_im2col(g, dout, dx, wp, &slots, par);
     }
-    backward_dw(g, x, dout, dw, staged, &slots, par);
-    backward_db(g, dout, db, par);
+    for (f, d) in db.iter_mut().enumerate() {
+        *d = T::from_f(
+            (0..chunks)
+                .map(|c| dbp[c * g.f + f])
+                .fold(0.0, |a, v| a + v),
+        );
+    }
 }
 
-/// dx through a GEMM and col2im: per image, dcol = W^T dout, then col2im.
-fn backward_dx_im2col<T: Float>(
+/// The weights as dx's GEMM wants them, packed once per call.
+enum DxWeights<'a, T> {
+    /// Flipped and transposed for the direct correlation (see `direct_fwd`): per group a
+    /// (C/G x F/G*KH*KW) block of `sa`'s packing, `ga` elements each.
+    Direct { wp: &'a [T], sa: Shape, ga: usize },
+    /// W[g]^T (K x F/G) for dcol = W^T dout.
+    Im2col { wp: &'a [T], ga: usize },
+}
+
+impl<'a, T: Float> DxWeights<'a, T> {
+    fn pack(g: &ConvGeom, w: &[T], wp: &'a mut [T]) -> Self {
+        let (k, fg, cg, kk) = (g.k_rows(), g.fg(), g.cg(), g.kh * g.kw);
+        let sh = pg::shape::<T>();
+        if direct_dx(g, sh) {
+            let sa = pg::shape_for_rows::<T>(cg);
+            let kd = fg * kk;
+            let ga = pg::packed_a_len(sa, cg, kd);
+            for grp in 0..g.groups() {
+                // A[c][(f, i, j)] = W[grp*fg + f][c][KH-1-i][KW-1-j].
+                let get = |c: usize, r: usize| {
+                    let (f, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
+                    w[((grp * fg + f) * cg + c) * kk + (g.kh - 1 - i) * g.kw + (g.kw - 1 - j)]
+                };
+                pg::pack_a_with(sa, cg, kd, get, &mut wp[grp * ga..(grp + 1) * ga]);
+            }
+            DxWeights::Direct { wp, sa, ga }
+        } else {
+            let ga = pg::packed_a_len(sh, k, fg);
+            for grp in 0..g.groups() {
+                let wg = &w[grp * fg * k..(grp + 1) * fg * k];
+                pg::pack_a(sh, k, fg, wg, 1, k, &mut wp[grp * ga..(grp + 1) * ga]);
+            }
+            DxWeights::Im2col { wp, ga }
+        }
+    }
+}
+
+/// dx of image n into dxn (every element written), with slot `ws`.
+fn dx_image<T: Float>(
     g: &ConvGeom,
     dout: &[T],
-    dx: &mut [T],
-    wp: &[T],
-    slots: &Slots<'_, T>,
-    par: Parallelism<'_>,
+    n: usize,
+    dxn: &mut [T],
+    dxw: &DxWeights<'_, T>,
+    ws: &mut [T],
 ) {
     let sh = pg::shape::<T>();
-    let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
+    let (p, k, fg, cg) = (g.pixels(), g.k_rows(), g.fg(), g.cg());
     let fp = g.f * p;
-    let ga = pg::packed_a_len(sh, k, fg);
-    let th = tile_rows(g);
-    let tiles = g.ho.div_ceil(th);
-    par.for_each_chunk(dx, chw, &|n, dxn, slot| {
-        dxn.fill(T::zero());
-        let dn = &dout[n * fp..(n + 1) * fp];
-        slots.with(slot, |ws| {
+    let dn = &dout[n * fp..(n + 1) * fp];
+    match *dxw {
+        DxWeights::Direct { wp, sa, ga } => {
+            // The full correlation of padded dout with the flipped weights, stored into dx.
+            let pd = dx_pad(g);
+            let hw = g.h * g.w;
+            let dp = &mut ws[..pd.len(sh)];
+            pad_planes(dn, pd, dp);
+            for grp in 0..g.groups() {
+                direct_conv(
+                    sa,
+                    cg,
+                    (fg, g.kh, g.kw),
+                    &wp[grp * ga..(grp + 1) * ga],
+                    dp,
+                    pd,
+                    grp * fg,
+                    (g.h, g.w),
+                    &mut dxn[grp * cg * hw..],
+                    hw,
+                    &[],
+                );
+            }
+        }
+        DxWeights::Im2col { wp, ga } => {
+            // dcol = W^T dout tile by tile, then col2im.
+            dxn.fill(T::zero());
+            let th = tile_rows(g);
             let (col, bbuf) = ws.split_at_mut(k * g.wo * th);
-            for t in 0..tiles {
+            for t in 0..g.ho.div_ceil(th) {
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
                 for grp in 0..g.groups() {
@@ -716,8 +796,8 @@ fn backward_dx_im2col<T: Float>(
                     col2im(g, &col[..k * pt], grp, oh0, oh1, dxn);
                 }
             }
-        });
-    });
+        }
+    }
 }
 
 /// Packs one B panel of dw's GEMM: `out[kk * NR + jj]` = row `j0 + jj` of the column tile at
@@ -755,100 +835,58 @@ fn pack_taps<T: Float>(
 /// Largest NR of any shape.
 const MAX_NR: usize = 64;
 
-/// dw: per image chunk (parallel over chunks), partial sums `part (F x K, dw's layout) +=
-/// dout[n][g] tile (F/G x pt) * col tile^T (pt x K)`, contracting over the tile's pixels. A is
-/// dout (rows are filters, contiguous over pixels; a KC block is F/G x KC, in L2); B's panels
-/// (KC pixels x NR kernel taps) are packed just in time from a zero-padded copy of the image
-/// where the convolution is direct (tap (c, i, j) of the tile is a window of it) or else from an
-/// im2col tile, and used in L1 against every A panel. Then dw = part[0] + part[1] + ... in chunk
-/// order.
-#[allow(clippy::too_many_arguments)]
-fn backward_dw<T: Float>(
-    g: &ConvGeom,
-    x: &[T],
-    dout: &[T],
-    dw: &mut [T],
-    staged: &mut [T],
-    slots: &Slots<'_, T>,
-    par: Parallelism<'_>,
-) {
+/// dw of image n added into `part` (F x K, dw's layout): `part += dout_tile (F/G x pt) *
+/// col_tile^T (pt x K)`, contracting over the tile's pixels. A is dout (rows are filters,
+/// contiguous over pixels; a KC block is F/G x KC, in L2); B's panels (KC pixels x NR kernel
+/// taps) are packed just in time from a zero-padded copy of the image where the convolution is
+/// direct (tap (c, i, j) of the tile is a window of it) or else from an im2col tile, and used in
+/// L1 against every A panel.
+fn dw_image<T: Float>(g: &ConvGeom, x: &[T], dout: &[T], n: usize, part: &mut [T], ws: &mut [T]) {
     let sh = pg::shape::<T>();
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
     let (fp, kk) = (g.f * p, g.kh * g.kw);
     let sa = pg::shape_for_rows::<T>(fg);
     let th = tile_rows(g);
-    let tiles = g.ho.div_ceil(th);
     let direct = direct_fwd(g, sh);
     let pd = fwd_pad(g);
-    let fk = g.f * k;
-    par.for_each_chunk(staged, fk, &|c, part, slot| {
-        part.fill(T::zero());
-        slots.with(slot, |ws| {
-            let (xs, abuf, bbuf) = dw_split(g, sh, ws);
-            for n in chunk_images(g, c) {
-                let xn = &x[n * chw..(n + 1) * chw];
-                if direct {
-                    pad_planes(xn, pd, xs);
-                }
-                for t in 0..tiles {
-                    let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
-                    let pt = (oh1 - oh0) * g.wo;
-                    for grp in 0..g.groups() {
-                        if !direct {
-                            im2col_rows(g, xn, grp, 0, k, oh0, oh1, xs);
-                        }
-                        let xs = &*xs;
-                        // Tap r = (c, i, j) of the tile: a window of the padded image, or row r
-                        // of the im2col tile.
-                        let base = |r: usize| {
-                            if direct {
-                                let (ch, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
-                                pd.tap(grp * g.cg() + ch, i, j) + oh0 * pd.pitch()
-                            } else {
-                                r * pt
-                            }
-                        };
-                        let pitch = if direct { pd.pitch() } else { g.wo };
-                        let dn = &dout[n * fp + grp * fg * p + oh0 * g.wo..];
-                        pg::gemm_b_panels(
-                            sa,
-                            fg,
-                            k,
-                            pt,
-                            &mut part[grp * fg * k..(grp + 1) * fg * k],
-                            k,
-                            abuf,
-                            bbuf,
-                            false,
-                            |k0, kc, out| pg::pack_a(sa, fg, kc, &dn[k0..], p, 1, out),
-                            |k0, kc, j0, out| {
-                                pack_taps(sa, xs, base, (pitch, g.wo), (k0, kc), (j0, k), out)
-                            },
-                        );
-                    }
-                }
+    let (xs, abuf, bbuf) = dw_split(g, sh, ws);
+    let xn = &x[n * chw..(n + 1) * chw];
+    if direct {
+        pad_planes(xn, pd, xs);
+    }
+    for t in 0..g.ho.div_ceil(th) {
+        let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
+        let pt = (oh1 - oh0) * g.wo;
+        for grp in 0..g.groups() {
+            if !direct {
+                im2col_rows(g, xn, grp, 0, k, oh0, oh1, xs);
             }
-        });
-    });
-    // dw = sum over chunks of part, in chunk order.
-    let (first, rest) = staged.split_at(fk);
-    dw.copy_from_slice(first);
-    for part in rest.chunks_exact(fk) {
-        for (d, v) in dw.iter_mut().zip(part) {
-            *d += *v;
+            let xs = &*xs;
+            // Tap r = (c, i, j) of the tile: a window of the padded image, or row r of the
+            // im2col tile.
+            let base = |r: usize| {
+                if direct {
+                    let (ch, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
+                    pd.tap(grp * g.cg() + ch, i, j) + oh0 * pd.pitch()
+                } else {
+                    r * pt
+                }
+            };
+            let pitch = if direct { pd.pitch() } else { g.wo };
+            let dn = &dout[n * fp + grp * fg * p + oh0 * g.wo..];
+            pg::gemm_b_panels(
+                sa,
+                fg,
+                k,
+                pt,
+                &mut part[grp * fg * k..(grp + 1) * fg * k],
+                k,
+                abuf,
+                bbuf,
+                false,
+                |k0, kc, out| pg::pack_a(sa, fg, kc, &dn[k0..], p, 1, out),
+                |k0, kc, j0, out| pack_taps(sa, xs, base, (pitch, g.wo), (k0, kc), (j0, k), out),
+            );
         }
     }
-}
-
-/// db: per filter, f64 sum in a fixed order.
-fn backward_db<T: Float>(g: &ConvGeom, dout: &[T], db: &mut [T], par: Parallelism<'_>) {
-    let fp = g.f * g.pixels();
-    let p = g.pixels();
-    par.for_each_chunk(db, 1, &|f, dbf, _| {
-        let mut s = 0.0f64;
-        for n in 0..g.n {
-            s += crate::norm::fast::sum_f64(&dout[n * fp + f * p..n * fp + (f + 1) * p]);
-        }
-        dbf[0] = T::from_f(s);
-    });
 }
