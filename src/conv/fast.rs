@@ -712,12 +712,11 @@ impl<'a, T: Float> DxWeights<'a, T> {
             let kd = fg * kk;
             let ga = pg::packed_a_len(sa, cg, kd);
             for grp in 0..g.groups() {
-                // A[c][(f, i, j)] = W[grp*fg + f][c][KH-1-i][KW-1-j].
-                let get = |c: usize, r: usize| {
-                    let (f, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
-                    w[((grp * fg + f) * cg + c) * kk + (g.kh - 1 - i) * g.kw + (g.kw - 1 - j)]
-                };
-                pg::pack_a_with(sa, cg, kd, get, &mut wp[grp * ga..(grp + 1) * ga]);
+                // A[c][(f, i, j)] = W[grp*fg + f][c][KH-1-i][KW-1-j]: column (f, t = i*KW + j)
+                // starts at W[grp*fg + f][0][KK-1-t], rows (c) KK apart.
+                let wg = &w[grp * fg * cg * kk..(grp + 1) * fg * cg * kk];
+                let col = |r: usize| (r / kk) * cg * kk + kk - 1 - r % kk;
+                pg::pack_a_cols(sa, cg, kd, wg, kk, col, &mut wp[grp * ga..(grp + 1) * ga]);
             }
             DxWeights::Direct { wp, sa, ga }
         } else {
