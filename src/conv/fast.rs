@@ -227,6 +227,11 @@ const DIRECT_C_ELEMS: usize = 16 * 1024;
 fn pad_planes<T: Float>(src: &[T], pd: Pad, dst: &mut [T]) {
     let (wq, hw, (ph, pw), sw) = (pd.wq(), pd.h * pd.w, pd.pad, pd.stride.1);
     let (body, slack) = dst.split_at_mut(sw * pd.block());
+    if sw == 2 && 2 * wq <= PAD_ROW {
+        pad_planes_2(src, pd, body);
+        fill_zero(slack);
+        return;
+    }
     for (q, phase) in body.chunks_exact_mut(pd.block()).enumerate() {
         // Phase q holds padded columns q, q + sw, ...: input columns from first_in on, one in
         // sw, landing at phase column first_out on.
@@ -255,6 +260,38 @@ fn pad_planes<T: Float>(src: &[T], pd: Pad, dst: &mut [T]) {
         }
     }
     fill_zero(slack);
+}
+
+/// Longest padded row `pad_planes_2` builds on the stack.
+const PAD_ROW: usize = 1024;
+
+/// `pad_planes` for column stride 2: each input row is padded once into a stack row, which one
+/// loop splits into the even and odd phases (per-phase strided gathers cost a few calls per row:
+/// 10% of the notebook convolution's forward).
+fn pad_planes_2<T: Float>(src: &[T], pd: Pad, body: &mut [T]) {
+    let (wq, hw, (ph, pw)) = (pd.wq(), pd.h * pd.w, pd.pad);
+    let mut buf = [T::zero(); PAD_ROW];
+    let row = &mut buf[..2 * wq];
+    let (even, odd) = body.split_at_mut(pd.block());
+    let planes = even
+        .chunks_exact_mut(pd.plane())
+        .zip(odd.chunks_exact_mut(pd.plane()));
+    for (s, (e, o)) in src.chunks_exact(hw).zip(planes) {
+        for d in [&mut *e, &mut *o] {
+            fill_zero(&mut d[..ph * wq]);
+            fill_zero(&mut d[(ph + pd.h) * wq..]);
+        }
+        for (r, sr) in s.chunks_exact(pd.w).enumerate() {
+            // row[..pw] and row[pw + w..] stay zero from the start.
+            copy_short(&mut row[pw..pw + pd.w], sr);
+            let er = &mut e[(ph + r) * wq..(ph + r + 1) * wq];
+            let or = &mut o[(ph + r) * wq..(ph + r + 1) * wq];
+            for ((a, b), pair) in er.iter_mut().zip(or.iter_mut()).zip(row.chunks_exact(2)) {
+                *a = pair[0];
+                *b = pair[1];
+            }
+        }
+    }
 }
 
 /// Largest KC of any shape (the offset table lives on the stack).
