@@ -788,24 +788,28 @@ mod avx2 {
         _mm256_add_pd
     );
 
-    /// `transpose_runs` for a full f32 panel (16 runs): 8 x 8 blocks through registers.
+    /// `transpose_runs` for an f32 panel (up to 16 runs; missing ones are zero rows): 8 x 8
+    /// blocks through registers.
     ///
     /// # Safety
-    /// The CPU has AVX2; bases.len() == 16, every bases[jj] + len <= src.len(), and
+    /// The CPU has AVX2; bases.len() <= 16, every bases[jj] + len <= src.len(), and
     /// out.len() >= 16 * len.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn transpose_f32(src: &[f32], bases: &[usize], len: usize, out: &mut [f32]) {
-        debug_assert!(bases.len() == 16 && out.len() >= 16 * len);
+        debug_assert!(bases.len() <= 16 && out.len() >= 16 * len);
         debug_assert!(bases.iter().all(|&b| b + len <= src.len()));
         let (ps, po) = (src.as_ptr(), out.as_mut_ptr());
         let mut kk = 0;
         while kk + 8 <= len {
             for half in 0..2 {
-                // SAFETY: bases[half * 8 + t] + kk + 8 <= bases[..] + len <= src.len(), and
-                // (kk + t) * 16 + half * 8 + 8 <= 16 * len <= out.len() (contract).
+                // SAFETY: for a present base, bases[half * 8 + t] + kk + 8 <= base + len <=
+                // src.len(), and (kk + t) * 16 + half * 8 + 8 <= 16 * len <= out.len()
+                // (contract).
                 unsafe {
-                    let r =
-                        |t: usize| _mm256_loadu_ps(ps.add(*bases.get_unchecked(half * 8 + t) + kk));
+                    let r = |t: usize| match bases.get(half * 8 + t) {
+                        Some(&b) => _mm256_loadu_ps(ps.add(b + kk)),
+                        None => _mm256_setzero_ps(),
+                    };
                     let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
                     let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
                     let t0 = _mm256_unpacklo_ps(r0, r1);
@@ -840,24 +844,27 @@ mod avx2 {
         super::transpose_scalar(16, src, bases, kk, len, out);
     }
 
-    /// `transpose_runs` for a full f64 panel (8 runs): 4 x 4 blocks through registers.
+    /// `transpose_runs` for an f64 panel (up to 8 runs; missing ones are zero rows): 4 x 4
+    /// blocks through registers.
     ///
     /// # Safety
-    /// The CPU has AVX2; bases.len() == 8, every bases[jj] + len <= src.len(), and
+    /// The CPU has AVX2; bases.len() <= 8, every bases[jj] + len <= src.len(), and
     /// out.len() >= 8 * len.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn transpose_f64(src: &[f64], bases: &[usize], len: usize, out: &mut [f64]) {
-        debug_assert!(bases.len() == 8 && out.len() >= 8 * len);
+        debug_assert!(bases.len() <= 8 && out.len() >= 8 * len);
         debug_assert!(bases.iter().all(|&b| b + len <= src.len()));
         let (ps, po) = (src.as_ptr(), out.as_mut_ptr());
         let mut kk = 0;
         while kk + 4 <= len {
             for half in 0..2 {
                 // SAFETY: bases[half * 4 + t] + kk + 4 <= src.len(), and
-                // (kk + t) * 8 + half * 4 + 4 <= 8 * len <= out.len() (contract).
+                // SAFETY: for a present base, bases[half * 4 + t] + kk + 4 <= src.len(), and
                 unsafe {
-                    let r =
-                        |t: usize| _mm256_loadu_pd(ps.add(*bases.get_unchecked(half * 4 + t) + kk));
+                    let r = |t: usize| match bases.get(half * 4 + t) {
+                        Some(&b) => _mm256_loadu_pd(ps.add(b + kk)),
+                        None => _mm256_setzero_pd(),
+                    };
                     let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
                     let t0 = _mm256_unpacklo_pd(r0, r1);
                     let t1 = _mm256_unpackhi_pd(r0, r1);
@@ -1035,13 +1042,13 @@ pub fn gemm_b_panels<T: Float>(
 /// `out[kk * s.nr + jj] = src[bases[jj] + kk]` for kk < len, jj < bases.len() (at most s.nr),
 /// and 0 for the panel's columns past bases.len(): a transpose of up to NR runs of `src` into
 /// `len` rows of one packed B panel (the weight gradient packs kernel taps this way). At the AVX2
-/// level a full panel goes through 8 x 8 (f32) / 4 x 4 (f64) register transposes.
+/// level it goes through 8 x 8 (f32) / 4 x 4 (f64) register transposes.
 pub fn transpose_runs<T: Float>(s: Shape, src: &[T], bases: &[usize], len: usize, out: &mut [T]) {
     let nr = s.nr;
     assert!(bases.len() <= nr && out.len() >= len * nr);
     assert!(bases.iter().all(|&b| b + len <= src.len()));
     #[cfg(target_arch = "x86_64")]
-    if s.level == Level::Avx2 && bases.len() == nr {
+    if s.level == Level::Avx2 {
         use std::any::TypeId;
         if TypeId::of::<T>() == TypeId::of::<f32>() && nr == 16 {
             // SAFETY: T is f32 (same TypeId); the level is Avx2, which level() reports only
