@@ -1185,8 +1185,13 @@ mod tests {
         }
     }
 
+    /// Held by the tests that force SIMD levels (the level is process-wide and tests run in
+    /// parallel).
+    static LEVELS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn matches_naive_at_every_level_and_edge() {
+        let _levels = LEVELS.lock().unwrap_or_else(|e| e.into_inner());
         let mut rng = crate::Rng::new(5);
         for lv in [Level::Portable, Level::Avx2, Level::Avx512] {
             if lv > detected() {
@@ -1225,5 +1230,63 @@ mod tests {
             }
         }
         force_level(detected());
+    }
+
+    /// The tap-panel transpose at every level, f32 and f64: full and partial panels (fewer runs
+    /// than NR, zero-filled), run lengths with and without a tail past the 8 x 8 / 4 x 4 blocks,
+    /// against the definition.
+    #[test]
+    fn transpose_runs_matches_definition() {
+        fn check<T: Float>(lv: Level, rng: &mut crate::Rng) {
+            let s = shape::<T>();
+            assert_eq!(s.level, lv);
+            let src: Vec<T> = (0..500).map(|_| T::from_f(rng.normal())).collect();
+            for (runs, len) in [
+                (s.nr, 16),
+                (s.nr, 13),
+                (3, 16),
+                (s.nr - 1, 7),
+                (1, 1),
+                (0, 5),
+            ] {
+                let bases: Vec<usize> = (0..runs).map(|_| rng.below(500 - len)).collect();
+                let mut out = vec![T::nan(); len * s.nr];
+                transpose_runs(s, &src, &bases, len, &mut out);
+                for kk in 0..len {
+                    for jj in 0..s.nr {
+                        let want = bases.get(jj).map_or(T::zero(), |&b| src[b + kk]);
+                        let got = out[kk * s.nr + jj];
+                        assert!(
+                            got.to_f() == want.to_f(),
+                            "{lv:?} {runs}x{len} ({kk}, {jj})"
+                        );
+                    }
+                }
+            }
+        }
+        let _levels = LEVELS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = crate::Rng::new(11);
+        for lv in [Level::Portable, Level::Avx2, Level::Avx512] {
+            if lv > detected() {
+                continue;
+            }
+            force_level(lv);
+            check::<f32>(lv, &mut rng);
+            check::<f64>(lv, &mut rng);
+        }
+        force_level(detected());
+    }
+
+    /// `pack_a_cols` with an affine column map packs exactly what `pack_a` does.
+    #[test]
+    fn pack_a_cols_matches_pack_a() {
+        let s = shape::<f64>();
+        let (m, k) = (13, 300);
+        let a: Vec<f64> = (0..m * k).map(|v| v as f64).collect();
+        let mut want = vec![f64::NAN; packed_a_len(s, m, k)];
+        pack_a(s, m, k, &a, k, 1, &mut want);
+        let mut got = vec![f64::NAN; packed_a_len(s, m, k)];
+        pack_a_cols(s, m, k, &a, k, |kk| kk, &mut got);
+        assert_eq!(want, got);
     }
 }

@@ -49,19 +49,27 @@ fn from_env() -> Level {
     want.min(best)
 }
 
+fn decode(v: u8) -> Option<Level> {
+    match v {
+        1 => Some(Level::Portable),
+        2 => Some(Level::Avx2),
+        3 => Some(Level::Avx512),
+        _ => None,
+    }
+}
+
 /// The level kernels run at now.
 #[inline]
 pub fn level() -> Level {
-    match LEVEL.load(Ordering::Relaxed) {
-        1 => Level::Portable,
-        2 => Level::Avx2,
-        3 => Level::Avx512,
-        _ => {
-            let l = from_env();
-            LEVEL.store(l as u8, Ordering::Relaxed);
-            l
+    decode(LEVEL.load(Ordering::Relaxed)).unwrap_or_else(|| {
+        // First use: set the detected level unless a `force_level` got there first (a plain
+        // store here once overwrote a level another thread had just forced).
+        let l = from_env();
+        match LEVEL.compare_exchange(0, l as u8, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => l,
+            Err(now) => decode(now).unwrap_or(l),
         }
-    }
+    })
 }
 
 /// Pins the level (capped at what the CPU supports) and returns the level now in force.
