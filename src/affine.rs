@@ -34,7 +34,7 @@ pub(crate) fn affine_dims(x: &[usize], w: &[usize], b: &[usize]) -> Result<(usiz
     Ok((n, d, m))
 }
 
-/// Reference: out[i][j] = b[j] + sum_k x[i][k] w[k][j], accumulated in f64.
+/// Reference: `out[i][j] = b[j] + sum_k x[i][k] w[k][j]`, accumulated in f64.
 pub mod reference {
     use crate::scalar::Float;
 

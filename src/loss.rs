@@ -57,8 +57,8 @@ pub fn softmax_loss<'a, T: Float>(
 }
 
 /// Multiclass SVM (hinge) loss with margin 1: mean over rows of
-/// `sum_{j != y_i} max(0, x_ij - x_iy + 1)`; dx[i][j] = 1[margin_ij > 0] / N for j != y_i and
-/// dx[i][y_i] = -(number of positive margins) / N.
+/// `sum_{j != y_i} max(0, x_ij - x_iy + 1)`; `dx[i][j] = 1[margin_ij > 0] / N` for j != y_i and
+/// `dx[i][y_i] = -(number of positive margins) / N`.
 pub fn svm_loss<'a, T: Float>(
     x: impl Into<TensorView<'a, T>>,
     y: &[usize],

@@ -23,7 +23,7 @@ pub fn stats<T: Float>(l: &NormLayout, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
-/// out = gamma[c] * (x - mean[g]) * inv_std[g] + beta[c].
+/// `out = gamma[c] * (x - mean[g]) * inv_std[g] + beta[c]`.
 pub fn normalize<T: Float>(
     l: &NormLayout,
     x: &[T],
@@ -91,7 +91,7 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>) {
 
 /// Batch norm (N, D) backward through the computation graph, node by node, as the notebook's
 /// `batchnorm_backward` asks: xmu = x - mu, sqrtvar = sqrt(var + eps), ivar = 1 / sqrtvar,
-/// xhat = xmu * ivar, out = gamma * xhat + beta. An independent derivation from [`backward`];
+/// xhat = xmu * ivar, out = gamma * xhat + beta. An independent derivation from `backward`;
 /// the two must agree.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_graph<T: Float>(
