@@ -173,6 +173,28 @@ fn conv_fast_matches_reference_across_kc_blocks() {
     }
 }
 
+/// Rows longer than the stack rows of the stride-2 helpers (the padded copy's 1024-element row,
+/// col2im's 512-element phases), which then take the general strided code; and a long stride-1
+/// row through the direct forward and dx.
+#[test]
+fn conv_fast_matches_reference_on_wide_rows() {
+    let cases = [
+        ([1, 2, 2, 1100], [3, 2, 3, 3], ConvParam::new(2, 1)),
+        ([1, 2, 3, 1030], [2, 2, 3, 3], ConvParam::new(2, 2)),
+        ([1, 16, 2, 700], [2, 16, 3, 3], ConvParam::new(1, 1)),
+    ];
+    for (i, (xs, ws, p)) in cases.into_iter().enumerate() {
+        let c = ConvCase {
+            xs,
+            ws,
+            p,
+            seed: 60 + i as u64,
+        };
+        check_conv::<f64>(&c);
+        check_conv::<f32>(&c);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
