@@ -97,9 +97,11 @@ fn dw_split<'a, T>(
     (src, abuf, &mut rest[..pg::b_panels_bbuf_len(s)])
 }
 
-/// Packed weights: every group's (F/G x (K + 1)) block for the forward (the bias as an extra
-/// column), or its transpose (K x F/G) for dx; the larger of the two, so one size serves both
-/// directions.
+/// Packed weights: every group's (F/G x (K + 1)) block for the im2col forward (the bias as an
+/// extra column; the direct forward packs F/G x K), its transpose (K x F/G) for the im2col dx, or
+/// the flipped transpose (C/G x F/G*KH*KW) for the direct dx; the largest, so one size serves
+/// every path. Sized with the default shape, whose panels are never shorter than
+/// `shape_for_rows`'s.
 fn packed_w_len(g: &ConvGeom, s: Shape) -> usize {
     let kk = g.kh * g.kw;
     g.groups()
