@@ -5,7 +5,8 @@
 //! with no target-cpu flags still runs AVX2/FMA (or AVX-512) code. The level is detected once and
 //! cached. `FASTLAYERS_SIMD=portable|avx2|avx512` (or `force_level`) pins it, so tests can run
 //! each path; a request for a level the CPU lacks falls back to the best available one.
-//! The GEMM (matrixmultiply) dispatches on its own in the same way.
+//! matrixmultiply (the affine layers' GEMM) dispatches on its own in the same way; the convolution's
+//! packed GEMM (`packed_gemm`) uses these levels.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
