@@ -105,18 +105,7 @@ pub fn pack_a_with<T: Float>(
     get: impl Fn(usize, usize) -> T,
     out: &mut [T],
 ) {
-    let mut o = 0;
-    for (k0, kc) in kc_blocks(s, k) {
-        for p in 0..m.div_ceil(s.mr) {
-            for kk in 0..kc {
-                for i in 0..s.mr {
-                    let r = p * s.mr + i;
-                    out[o] = if r < m { get(r, k0 + kk) } else { T::zero() };
-                    o += 1;
-                }
-            }
-        }
-    }
+    pack_a_by_cols(s, m, k, |kk| kk, |kk, i| get(i, kk), out)
 }
 
 /// Packs A (m x k) whose column kk starts at `a[col(kk)]`, rows `rs` apart: element (i, kk) at
@@ -131,7 +120,25 @@ pub fn pack_a_cols<T: Float>(
     col: impl Fn(usize) -> usize,
     out: &mut [T],
 ) {
-    const MAX_KC: usize = 512;
+    pack_a_by_cols(s, m, k, col, |b, i| a[b + i * rs], out)
+}
+
+/// Largest KC of any shape (tables of one entry per column of a KC block live on the stack).
+pub const MAX_KC: usize = 256;
+
+/// Largest NR of any shape.
+pub const MAX_NR: usize = 64;
+
+/// The packing walk of `pack_a_with` and `pack_a_cols`: per KC block, `col(kk)` once per column,
+/// then element (i, kk) is `get(col(kk), i)` (0 in the rows past m).
+fn pack_a_by_cols<T: Float>(
+    s: Shape,
+    m: usize,
+    k: usize,
+    col: impl Fn(usize) -> usize,
+    get: impl Fn(usize, usize) -> T,
+    out: &mut [T],
+) {
     let mut cb = [0usize; MAX_KC];
     let mut o = 0;
     for (k0, kc) in kc_blocks(s, k) {
@@ -143,7 +150,7 @@ pub fn pack_a_cols<T: Float>(
             for &b in &cb[..kc] {
                 for i in 0..s.mr {
                     let r = p * s.mr + i;
-                    out[o] = if r < m { a[b + r * rs] } else { T::zero() };
+                    out[o] = if r < m { get(b, r) } else { T::zero() };
                     o += 1;
                 }
             }

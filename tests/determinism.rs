@@ -10,72 +10,78 @@ fn bits<T: Float>(v: &[T]) -> Vec<u64> {
     v.iter().map(|x| x.to_f().to_bits()).collect()
 }
 
-/// Every fast kernel's outputs, computed with `par`.
-fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
-    let mut rng = Rng::new(77);
-    let mut outs = Vec::new();
-    // Convolution with groups, stride and padding; N not a multiple of any thread count.
-    let (xs, ws, p) = (
-        [5, 6, 11, 9],
-        [8, 3, 3, 3],
-        ConvParam::new(2, 1).with_groups(2),
-    );
+/// A convolution's forward and backward outputs (random x, w, b, dout) computed with `par`.
+fn conv_bits<T: Float>(
+    rng: &mut Rng,
+    (xs, ws, p): ([usize; 4], [usize; 4], ConvParam),
+    par: Parallelism<'_>,
+) -> [Vec<u64>; 4] {
     let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
     let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
-    let b: Tensor<T> = rng.randn(&[8], 1.0, 0.0);
+    let b: Tensor<T> = rng.randn(&[ws[0]], 1.0, 0.0);
     let mut wsb = vec![T::zero(); conv_workspace_len::<T>(&xs, &ws, &p, par).unwrap()];
-    let g = ConvGeom::new(&xs, &ws, &[8], &p).unwrap();
+    let g = ConvGeom::new(&xs, &ws, &[ws[0]], &p).unwrap();
     let mut out = vec![T::zero(); g.out_shape().iter().product()];
     conv_forward_into(&x, &w, &b, &p, &mut out, &mut wsb, par).unwrap();
     let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
     let (mut dx, mut dw, mut db) = (
         vec![T::zero(); x.len()],
         vec![T::zero(); w.len()],
-        vec![T::zero(); 8],
+        vec![T::zero(); ws[0]],
     );
     conv_backward_into(&x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut wsb, par).unwrap();
-    outs.extend([bits(&out), bits(&dx), bits(&dw), bits(&db)]);
+    [bits(&out), bits(&dx), bits(&dw), bits(&db)]
+}
+
+/// A max pool's forward and backward outputs (random x, dout) computed with `par`.
+fn pool_bits<T: Float>(
+    rng: &mut Rng,
+    xs: [usize; 4],
+    pp: PoolParam,
+    par: Parallelism<'_>,
+) -> [Vec<u64>; 2] {
+    let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let gp = PoolGeom::new(x.shape(), &pp).unwrap();
+    let n: usize = gp.out_shape().iter().product();
+    let (mut o, mut idx) = (vec![T::zero(); n], vec![0u32; n]);
+    max_pool_forward_into(&x, &pp, &mut o, &mut idx, par).unwrap();
+    let dout: Tensor<T> = rng.randn(&gp.out_shape(), 1.0, 0.0);
+    let mut dxp = vec![T::zero(); x.len()];
+    max_pool_backward_into(&dout, &idx, x.shape(), &pp, &mut dxp, par).unwrap();
+    [bits(&o), bits(&dxp)]
+}
+
+/// Every fast kernel's outputs, computed with `par`.
+fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
+    let mut rng = Rng::new(77);
+    let mut outs = Vec::new();
+    // Convolution with groups, stride and padding; N not a multiple of any thread count.
+    let p = ConvParam::new(2, 1).with_groups(2);
+    outs.extend(conv_bits::<T>(
+        &mut rng,
+        ([5, 6, 11, 9], [8, 3, 3, 3], p),
+        par,
+    ));
     // A conv on the direct path at the AVX2 level (stride 1, 16-wide rows, 16 channels: direct
     // forward, dx and dw), with N = 3 chunks: fused into one phase at 1 and 3 threads, not at 2,
     // 7 or 16.
-    let (xs, ws, p) = ([3, 16, 6, 16], [4, 16, 3, 3], ConvParam::new(1, 1));
-    let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
-    let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
-    let b: Tensor<T> = rng.randn(&[4], 1.0, 0.0);
-    let mut wsb = vec![T::zero(); conv_workspace_len::<T>(&xs, &ws, &p, par).unwrap()];
-    let mut out = vec![T::zero(); 3 * 4 * 6 * 16];
-    conv_forward_into(&x, &w, &b, &p, &mut out, &mut wsb, par).unwrap();
-    let dout: Tensor<T> = rng.randn(&[3, 4, 6, 16], 1.0, 0.0);
-    let (mut dx, mut dw, mut db) = (
-        vec![T::zero(); x.len()],
-        vec![T::zero(); w.len()],
-        vec![T::zero(); 4],
-    );
-    conv_backward_into(&x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut wsb, par).unwrap();
-    outs.extend([bits(&out), bits(&dx), bits(&dw), bits(&db)]);
+    let p = ConvParam::new(1, 1);
+    outs.extend(conv_bits::<T>(
+        &mut rng,
+        ([3, 16, 6, 16], [4, 16, 3, 3], p),
+        par,
+    ));
     // Pooling, overlapping.
     let pp = PoolParam::new(3, 3, 2).with_pad(1, 1);
-    let x: Tensor<T> = rng.randn(&[3, 5, 9, 10], 1.0, 0.0);
-    let gp = PoolGeom::new(x.shape(), &pp).unwrap();
-    let n: usize = gp.out_shape().iter().product();
-    let (mut o, mut idx) = (vec![T::zero(); n], vec![0u32; n]);
-    max_pool_forward_into(&x, &pp, &mut o, &mut idx, par).unwrap();
-    let dout: Tensor<T> = rng.randn(&gp.out_shape(), 1.0, 0.0);
-    let mut dxp = vec![T::zero(); x.len()];
-    max_pool_backward_into(&dout, &idx, x.shape(), &pp, &mut dxp, par).unwrap();
-    outs.extend([bits(&o), bits(&dxp)]);
+    outs.extend(pool_bits::<T>(&mut rng, [3, 5, 9, 10], pp, par));
     // Pooling large enough to run on several threads (above the sequential cut-off of 512K
     // elements, and many jobs of planes), 2x2 stride 2.
-    let pp = PoolParam::new(2, 2, 2);
-    let x: Tensor<T> = rng.randn(&[2, 80, 64, 64], 1.0, 0.0);
-    let gp = PoolGeom::new(x.shape(), &pp).unwrap();
-    let n: usize = gp.out_shape().iter().product();
-    let (mut o, mut idx) = (vec![T::zero(); n], vec![0u32; n]);
-    max_pool_forward_into(&x, &pp, &mut o, &mut idx, par).unwrap();
-    let dout: Tensor<T> = rng.randn(&gp.out_shape(), 1.0, 0.0);
-    let mut dxp = vec![T::zero(); x.len()];
-    max_pool_backward_into(&dout, &idx, x.shape(), &pp, &mut dxp, par).unwrap();
-    outs.extend([bits(&o), bits(&dxp)]);
+    outs.extend(pool_bits::<T>(
+        &mut rng,
+        [2, 80, 64, 64],
+        PoolParam::new(2, 2, 2),
+        par,
+    ));
     // Norms: spatial batch norm, group norm, layer norm, batch norm (N, D).
     let x: Tensor<T> = rng.randn(&[7, 6, 5, 33], 3.0, 5.0);
     let gm: Tensor<T> = rng.randn(&[6], 1.0, 0.0);

@@ -17,7 +17,7 @@
 //!   chunks) `part (F x K) += dout_tile * col_tile^T`, B's tap panels packed just in time from
 //!   the padded copy or the im2col tile by register transposes; dw = `part[0] + part[1] + ...` in
 //!   chunk order. Fixed partition, fixed combine order: bitwise identical for any thread count.
-//! - db, per filter (parallel over filters): f64 sum over n then pixels, in order.
+//! - db: f64 partial sums per chunk, inside the dw jobs, added in chunk order.
 //!
 //! Workspace: the packed weights, per thread the larger of what a path needs (padded copy, or a
 //! KC block / tile of columns and a packed B block), and `min(N, DW_CHUNKS)` partial copies of
@@ -298,9 +298,6 @@ fn pad_planes_2<T: Float>(src: &[T], pd: Pad, body: &mut [T]) {
     }
 }
 
-/// Largest KC of any shape (the offset table lives on the stack).
-const MAX_KC: usize = 256;
-
 /// One direct convolution: `c` (m rows of ho x wo pixels, row stride ldc) = bias + A * B, A
 /// packed (m x K, K = planes x kh x kw, K's order (plane, i, j)) and B read in place from the
 /// padded planes `plane0..plane0 + planes` of `src`.
@@ -321,13 +318,13 @@ fn direct_conv<T: Float>(
     let k = planes * kh * kw;
     let mpad = m.next_multiple_of(s.mr);
     let rb = direct_rows(m, ho, wo);
-    let mut off = [0usize; MAX_KC];
+    let mut off = [0usize; pg::MAX_KC];
     for r0 in (0..ho).step_by(rb) {
         for (k0, kc) in pg::kc_blocks(s, k) {
-            assert!(kc <= MAX_KC);
+            assert!(kc <= pg::MAX_KC);
             for (kk, o) in off[..kc].iter_mut().enumerate() {
                 let r = k0 + kk;
-                let (pl, i, j) = (r / (kh * kw), (r / kw) % kh, r % kw);
+                let (pl, i, j) = tap_of(r, kh, kw);
                 *o = pd.tap(plane0 + pl, i, j);
             }
             pg::direct_block(
@@ -377,6 +374,13 @@ pub fn backward_workspace_len_checked<T: Float>(g: &ConvGeom, threads: usize) ->
 pub fn backward_workspace_len<T: Float>(g: &ConvGeom, threads: usize) -> usize {
     let s = pg::shape::<T>();
     threads.max(1) * bwd_slot_len(g, s) + staged_len(g) + packed_w_len(g, s)
+}
+
+/// Row r of a group's column matrix as its tap: (channel in the group, kernel row, kernel
+/// column).
+#[inline(always)]
+fn tap_of(r: usize, kh: usize, kw: usize) -> (usize, usize, usize) {
+    (r / (kh * kw), (r / kw) % kh, r % kw)
 }
 
 /// Output columns `ow` whose tap j lands inside the input row: `lo..hi`.
@@ -453,10 +457,10 @@ multiversion! {
     /// Rows `r0..r1` of image `xn`'s group-`grp` column matrix, restricted to output rows
     /// `oh0..oh1`, into `col` (row r at (r - r0) * PT, PT = (oh1 - oh0) * WO).
     fn im2col_rows<T>(g: &ConvGeom, xn: &[T], grp: usize, r0: usize, r1: usize, oh0: usize, oh1: usize, col: &mut [T]) {
-        let (p, kk) = ((oh1 - oh0) * g.wo, g.kh * g.kw);
+        let p = (oh1 - oh0) * g.wo;
         let (sw, pw) = (g.p.stride.1, g.p.pad.1);
         for r in r0..r1 {
-            let (c, i, j) = (r / kk, (r % kk) / g.kw, r % g.kw);
+            let (c, i, j) = tap_of(r, g.kh, g.kw);
             let plane = &xn[(grp * g.cg() + c) * g.h * g.w..][..g.h * g.w];
             let (lo, hi) = ow_range(g, j);
             let row = &mut col[(r - r0) * p..(r - r0 + 1) * p];
@@ -487,13 +491,13 @@ multiversion! {
     /// dxn[...] += the group-`grp` column matrix tile `col` (output rows `oh0..oh1`) scattered
     /// back (col2im), in a fixed order.
     fn col2im<T>(g: &ConvGeom, col: &[T], grp: usize, oh0: usize, oh1: usize, dxn: &mut [T]) {
-        let (p, kk) = ((oh1 - oh0) * g.wo, g.kh * g.kw);
+        let p = (oh1 - oh0) * g.wo;
         let (sw, pw) = (g.p.stride.1, g.p.pad.1);
         if sw == 2 && phase_len_2(g) <= PAD_ROW / 2 {
             return col2im_2(g, col, grp, oh0, oh1, dxn);
         }
         for r in 0..g.k_rows() {
-            let (c, i, j) = (r / kk, (r % kk) / g.kw, r % g.kw);
+            let (c, i, j) = tap_of(r, g.kh, g.kw);
             let plane = &mut dxn[(grp * g.cg() + c) * g.h * g.w..][..g.h * g.w];
             let (lo, hi) = ow_range(g, j);
             if lo >= hi {
@@ -587,12 +591,12 @@ pub fn forward_into<T: Float>(
     debug_assert!(ws.len() >= forward_workspace_len::<T>(g, threads));
     debug_assert_eq!(out.len(), g.n * g.f * g.pixels());
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
-    // The weights are packed once per call and shared by every image and tile, with the bias as
-    // an extra column (K + 1): B gets a row of ones, so the GEMM writes out = W col + b directly
-    // (its first KC block stores) and out is neither pre-filled nor read.
     if direct_fwd(g, sh) {
         return forward_direct(g, x, w, b, out, ws, par);
     }
+    // The weights are packed once per call and shared by every image and tile, with the bias as
+    // an extra column (K + 1): B gets a row of ones, so the GEMM writes out = W col + b directly
+    // (its first KC block stores) and out is neither pre-filled nor read.
     let k1 = k + 1;
     // Row panels fitted to F/G (5-row panels for 25 filters); never larger than `sh`'s packing,
     // so the workspace sized with `sh` holds it.
@@ -697,9 +701,9 @@ fn forward_direct<T: Float>(
 ///
 /// The work is `min(N, DW_CHUNKS)` fixed chunks of images; each chunk accumulates its partial
 /// dw and (in f64) db over its images in order, and dw, db are the sums of the partials in
-/// chunk order. dx is per image. When the chunks split evenly over the threads, a chunk's job also does its
-/// images' dx, so each image's dout is read from memory once for all three (one parallel phase
-/// instead of three); with more threads, dx runs first, one job per image. Either way every
+/// chunk order. dx is per image. When the chunks split evenly over the threads, a chunk's job
+/// also does its images' dx, so each image's dout is read from memory once for all three (one
+/// parallel phase instead of two); otherwise dx runs first, one job per image. Either way every
 /// value is computed by the same operations in the same order: the bits do not depend on it.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_into<T: Float>(
@@ -908,11 +912,11 @@ fn pack_taps<T: Float>(
     out: &mut [T],
 ) {
     let nb = s.nr.min(rows - j0);
-    let mut b0 = [0usize; MAX_NR];
+    let mut b0 = [0usize; pg::MAX_NR];
     for (jj, b) in b0[..nb].iter_mut().enumerate() {
         *b = base(j0 + jj);
     }
-    let mut bq = [0usize; MAX_NR];
+    let mut bq = [0usize; pg::MAX_NR];
     let mut q = k0;
     while q < k0 + kc {
         let (qr, qc) = (q / wo, q % wo);
@@ -925,9 +929,6 @@ fn pack_taps<T: Float>(
     }
 }
 
-/// Largest NR of any shape.
-const MAX_NR: usize = 64;
-
 /// dw of image n added into `part` (F x K, dw's layout): `part += dout_tile (F/G x pt) *
 /// col_tile^T (pt x K)`, contracting over the tile's pixels. A is dout (rows are filters,
 /// contiguous over pixels; a KC block is F/G x KC, in L2); B's panels (KC pixels x NR kernel
@@ -937,7 +938,7 @@ const MAX_NR: usize = 64;
 fn dw_image<T: Float>(g: &ConvGeom, x: &[T], dout: &[T], n: usize, part: &mut [T], ws: &mut [T]) {
     let sh = pg::shape::<T>();
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
-    let (fp, kk) = (g.f * p, g.kh * g.kw);
+    let fp = g.f * p;
     let sa = pg::shape_for_rows::<T>(fg);
     let th = tile_rows(g);
     let direct = direct_fwd(g, sh);
@@ -959,7 +960,7 @@ fn dw_image<T: Float>(g: &ConvGeom, x: &[T], dout: &[T], n: usize, part: &mut [T
             // im2col tile.
             let base = |r: usize| {
                 if direct {
-                    let (ch, i, j) = (r / kk, (r / g.kw) % g.kh, r % g.kw);
+                    let (ch, i, j) = tap_of(r, g.kh, g.kw);
                     pd.tap(grp * g.cg() + ch, i, j) + oh0 * pd.pitch()
                 } else {
                     r * pt
