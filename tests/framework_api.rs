@@ -95,6 +95,27 @@ fn conv_into_validates_before_writing_and_matches_the_notebook_api() {
 }
 
 #[test]
+fn conv_cache_new_is_the_forwards_cache() {
+    let mut rng = Rng::new(5);
+    let p = ConvParam::new(2, 1).with_groups(2);
+    let x: Tensor<f64> = rng.randn(&[2, 4, 7, 9], 1.0, 0.0);
+    let w: Tensor<f64> = rng.randn(&[6, 2, 3, 3], 1.0, 0.0);
+    let b: Tensor<f64> = rng.randn(&[6], 1.0, 0.0);
+    let (out, fwd) = conv_forward_naive(&x, &w, &b, &p).unwrap();
+    let dout: Tensor<f64> = rng.randn(out.shape(), 1.0, 0.0);
+    let made = ConvCache::new(&x, &w, &p).unwrap();
+    assert_eq!(made.geom(), fwd.geom());
+    assert_eq!(
+        conv_backward_naive(&dout, &made).unwrap(),
+        conv_backward_naive(&dout, &fwd).unwrap()
+    );
+    // Shapes are validated like the forward's: w's channels must be C / groups.
+    let bad: Tensor<f64> = rng.randn(&[6, 4, 3, 3], 1.0, 0.0);
+    let e = ConvCache::new(&x, &bad, &p).unwrap_err();
+    assert_eq!(e.arg(), "w");
+}
+
+#[test]
 fn pool_into_checks_argmax_indices() {
     let mut rng = Rng::new(2);
     let x: Tensor<f64> = rng.randn(&[2, 2, 4, 4], 1.0, 0.0);

@@ -39,6 +39,38 @@ fn dtype_of(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Dt> {
     }
 }
 
+/// `obj` must be a float array of dtype `want` (the dtype of the call's first input).
+fn check_dtype(obj: &Bound<'_, PyAny>, name: &str, want: Dt) -> PyResult<()> {
+    let dt = dtype_of(obj, name)?;
+    if dt != want {
+        let s = |d: Dt| if d == Dt::F32 { "float32" } else { "float64" };
+        return Err(PyValueError::new_err(format!(
+            "{name}: expected dtype {} like the other inputs, found {}",
+            s(want),
+            s(dt)
+        )));
+    }
+    Ok(())
+}
+
+/// A C-contiguous array (from `c_array`) borrowed as a tensor view. An error, not a panic, if
+/// a cached array's layout was changed in place (`a.strides = ...`) since the forward.
+fn view<'a, T: Element + Float>(
+    ro: &'a PyReadonlyArrayDyn<'_, T>,
+    name: &str,
+) -> PyResult<TensorView<'a, T>> {
+    let data = match ro.as_slice() {
+        Ok(d) if ro.is_c_contiguous() => d,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "{name}: expected a C-contiguous array, found strides {:?}",
+                ro.strides()
+            )));
+        }
+    };
+    TensorView::new(data, ro.shape()).map_err(err)
+}
+
 /// A numpy input borrowed without copying when C-contiguous, copied otherwise.
 struct In<'py, T: Element> {
     ro: PyReadonlyArrayDyn<'py, T>,
@@ -48,18 +80,7 @@ struct In<'py, T: Element> {
 
 impl<'py, T: Element + Float> In<'py, T> {
     fn new(obj: &Bound<'py, PyAny>, name: &str, want: Dt) -> PyResult<Self> {
-        let dt = dtype_of(obj, name)?;
-        if dt != want {
-            return Err(PyValueError::new_err(format!(
-                "{name}: expected dtype {} like the other inputs, found {}",
-                if want == Dt::F32 {
-                    "float32"
-                } else {
-                    "float64"
-                },
-                if dt == Dt::F32 { "float32" } else { "float64" }
-            )));
-        }
+        check_dtype(obj, name, want)?;
         let arr = obj.cast::<PyArrayDyn<T>>()?;
         let ro = arr.readonly();
         let shape = ro.shape().to_vec();
@@ -147,7 +168,6 @@ macro_rules! cache_class {
     };
 }
 
-cache_class!(ConvCache, "ConvCache", ConvCache);
 cache_class!(PoolCache, "PoolCache", PoolCache);
 cache_class!(AffineCache, "AffineCache", AffineCache);
 cache_class!(ReluCache, "ReluCache", ReluCache);
@@ -240,6 +260,43 @@ fn pool_param(d: &Bound<'_, PyDict>) -> PyResult<fl::PoolParam> {
 
 // ---------------------------------------------------------------- convolution
 
+/// The convolution cache: the forward's x and w themselves, as the notebook's cache holds them
+/// (C-contiguous arrays of one dtype; a C-ordered copy only when the caller's array was not).
+/// No copy of the data is made, so changing x or w in place between forward and backward
+/// changes the backward, as it does in the notebook.
+#[pyclass(name = "ConvCache", module = "fastlayers", frozen)]
+struct ConvCache {
+    x: Py<PyAny>,
+    w: Py<PyAny>,
+    p: fl::ConvParam,
+    dt: Dt,
+}
+
+/// `obj` as a C-contiguous array of T (dtype checked like every input): the array itself, or
+/// a C-ordered copy.
+fn c_array<'py, T: Element + Float>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    want: Dt,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    check_dtype(obj, name, want)?;
+    let arr = obj.cast::<PyArrayDyn<T>>()?.clone();
+    if arr.is_c_contiguous() {
+        return Ok(arr);
+    }
+    let copy = arr.readonly().as_array().as_standard_layout().into_owned();
+    Ok(copy.into_pyarray(obj.py()))
+}
+
+/// A fresh zeroed array of this shape (the kernels write every element; zeroed because safe
+/// code cannot hand out uninitialised memory).
+fn new_array<'py, T: Element + Float>(
+    py: Python<'py>,
+    shape: &[usize],
+) -> Bound<'py, PyArrayDyn<T>> {
+    PyArrayDyn::<T>::zeros(py, shape, false)
+}
+
 fn conv_fwd<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -249,10 +306,43 @@ fn conv_fwd<'py>(
     fast: bool,
 ) -> PyResult<(Bound<'py, PyAny>, ConvCache)> {
     let p = conv_param(p)?;
-    forward_body!(py, ConvCache, |x => xv, w => wv, b => bv| if fast {
-        fl::conv_forward_fast(xv, wv, bv, &p)
-    } else {
-        fl::conv_forward_naive(xv, wv, bv, &p)
+    by_dtype!(x, "x", |dt, T| {
+        let (xa, wa) = (c_array::<T>(x, "x", dt)?, c_array::<T>(w, "w", dt)?);
+        let bi = In::<T>::new(b, "b", dt)?;
+        let out = {
+            let (xr, wr) = (xa.readonly(), wa.readonly());
+            let (xv, wv, bv) = (view(&xr, "x")?, view(&wr, "w")?, bi.view());
+            if fast {
+                // Into a fresh numpy array through the framework entry point: the cache keeps
+                // references, so nothing is copied.
+                let g = fl::ConvGeom::new(xv.shape(), wv.shape(), bv.shape(), &p).map_err(err)?;
+                let o = new_array::<T>(py, &g.out_shape());
+                let mut ow = o.readwrite();
+                let os = ow.as_slice_mut()?;
+                let par = fl::Parallelism::Current;
+                let need =
+                    fl::conv_workspace_len::<T>(xv.shape(), wv.shape(), &p, par).map_err(err)?;
+                py.detach(|| {
+                    let mut ws = vec![T::default(); need];
+                    fl::conv_forward_into(xv, wv, bv, &p, os, &mut ws, par).map(|_| ())
+                })
+                .map_err(err)?;
+                drop(ow);
+                o.into_any()
+            } else {
+                let (o, _) = py
+                    .detach(|| fl::conv_forward_naive(xv, wv, bv, &p))
+                    .map_err(err)?;
+                out(py, o)
+            }
+        };
+        let cache = ConvCache {
+            x: xa.into_any().unbind(),
+            w: wa.into_any().unbind(),
+            p,
+            dt,
+        };
+        Ok((out, cache))
     })
 }
 
@@ -262,21 +352,42 @@ fn conv_bwd<'py>(
     cache: &ConvCache,
     fast: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    backward_body!(
-        py,
-        dout,
-        cache,
-        ConvCache,
-        |dv, c| if fast {
-            fl::conv_backward_fast(dv, c)
+    let dt = check_cache_dtype(dout, cache.dt)?;
+    by_dtype!(dout, "dout", |_dt, T| {
+        let d = In::<T>::new(dout, "dout", dt)?;
+        let (xa, wa) = (
+            cache.x.bind(py).cast::<PyArrayDyn<T>>()?,
+            cache.w.bind(py).cast::<PyArrayDyn<T>>()?,
+        );
+        let (xr, wr) = (xa.readonly(), wa.readonly());
+        let (xv, wv, dv) = (view(&xr, "cache.x")?, view(&wr, "cache.w")?, d.view());
+        let p = cache.p;
+        if fast {
+            let f = wv.shape()[0];
+            let (dx, dw, db) = (
+                new_array::<T>(py, xv.shape()),
+                new_array::<T>(py, wv.shape()),
+                new_array::<T>(py, &[f]),
+            );
+            {
+                let (mut a, mut b, mut c) = (dx.readwrite(), dw.readwrite(), db.readwrite());
+                let (a, b, c) = (a.as_slice_mut()?, b.as_slice_mut()?, c.as_slice_mut()?);
+                let par = fl::Parallelism::Current;
+                let need =
+                    fl::conv_workspace_len::<T>(xv.shape(), wv.shape(), &p, par).map_err(err)?;
+                py.detach(|| {
+                    let mut ws = vec![T::default(); need];
+                    fl::conv_backward_into(xv, wv, dv, &p, a, b, c, &mut ws, par)
+                })
+                .map_err(err)?;
+            }
+            PyTuple::new(py, [dx.into_any(), dw.into_any(), db.into_any()])
         } else {
-            fl::conv_backward_naive(dv, c)
-        },
-        |r| {
-            let (dx, dw, db) = r;
+            let c = fl::ConvCache::new(xv, wv, &p).map_err(err)?;
+            let (dx, dw, db) = py.detach(|| fl::conv_backward_naive(dv, &c)).map_err(err)?;
             PyTuple::new(py, [out(py, dx), out(py, dw), out(py, db)])
         }
-    )
+    })
 }
 
 #[pyfunction]

@@ -298,6 +298,30 @@ def test_non_contiguous_inputs_are_accepted():
     assert np.allclose(out, xt)
 
 
+def test_conv_cache_holds_x_and_w_like_the_notebook():
+    # The cache refers to the forward's arrays (no copy), as the notebook's (x, w, b, conv_param)
+    # cache does: the backward uses x and w as they are when it runs. A non-contiguous x is
+    # copied once, so later changes to the caller's array do not reach that cache.
+    rng = np.random.RandomState(3)
+    cp = {"stride": 2, "pad": 1}
+    x, w, b = rng.randn(2, 3, 9, 9), rng.randn(4, 3, 3, 3), rng.randn(4)
+    out, cache = fl.conv_forward_fast(x, w, b, cp)
+    dout = rng.randn(*out.shape)
+    x += 1.0
+    _, fresh = fl.conv_forward_naive(x, w, b, cp)
+    for bwd in (fl.conv_backward_fast, fl.conv_backward_naive):
+        got, want = bwd(dout, cache), fl.conv_backward_naive(dout, fresh)
+        for g, e in zip(got, want):
+            assert rel_error(g, e) < 1e-10
+    xs = rng.randn(2, 3, 9, 18)[:, :, :, ::2]
+    _, c1 = fl.conv_forward_fast(xs, w, b, cp)
+    _, c2 = fl.conv_forward_naive(xs.copy(), w, b, cp)
+    want = fl.conv_backward_naive(dout, c2)
+    xs += 1.0
+    for g, e in zip(fl.conv_backward_fast(dout, c1), want):
+        assert rel_error(g, e) < 1e-10
+
+
 def test_library_extensions_in_param_dicts():
     rng = np.random.RandomState(1)
     x = rng.randn(1, 4, 7, 7)

@@ -19,6 +19,26 @@ pub struct ConvCache<T> {
     pub(crate) geom: ConvGeom,
 }
 
+impl<T: Float> ConvCache<T> {
+    /// The cache a forward on `x` and `w` with `conv_param` leaves (both are copied), for a
+    /// caller that ran the forward elsewhere (`conv_forward_into`, its own kernel) and wants
+    /// the allocating backward. Validates the shapes like the forward (b is taken as (F,)).
+    pub fn new<'a>(
+        x: impl Into<TensorView<'a, T>>,
+        w: impl Into<TensorView<'a, T>>,
+        conv_param: &ConvParam,
+    ) -> Result<Self> {
+        let (x, w) = (x.into(), w.into());
+        let f = w.shape().first().copied().unwrap_or(0);
+        let geom = ConvGeom::new(x.shape(), w.shape(), &[f], conv_param)?;
+        Ok(ConvCache {
+            x: x.to_owned(),
+            w: w.to_owned(),
+            geom,
+        })
+    }
+}
+
 impl<T> ConvCache<T> {
     pub fn geom(&self) -> &ConvGeom {
         &self.geom
