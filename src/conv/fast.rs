@@ -494,6 +494,9 @@ multiversion! {
         let p = (oh1 - oh0) * g.wo;
         let (sw, pw) = (g.p.stride.1, g.p.pad.1);
         if sw == 2 && phase_len_2(g) <= PAD_ROW / 2 {
+            if oh0 == 0 && oh1 == g.ho {
+                return col2im_2_store(g, col, grp, dxn);
+            }
             return col2im_2(g, col, grp, oh0, oh1, dxn);
         }
         for r in 0..g.k_rows() {
@@ -571,6 +574,77 @@ fn col2im_2<T: Float>(g: &ConvGeom, col: &[T], grp: usize, oh0: usize, oh1: usiz
                 }
             }
         }
+    }
+}
+
+/// Whether `col2im` stores every element of dx (so dx needs no zeroing first): column stride
+/// 2 with one tile covering every output row (`col2im_2_store`).
+fn col2im_stores(g: &ConvGeom) -> bool {
+    g.p.stride.1 == 2 && phase_len_2(g) <= PAD_ROW / 2 && tile_rows(g) >= g.ho
+}
+
+/// `col2im_2` for a tile that covers every output row: each input row of the group's channels
+/// is written once (stored, not added). Per (channel, input row), the rows of every (kernel row,
+/// output row) pair that lands there are gathered into the two phase rows, which are then stored
+/// interleaved; rows nothing lands on are stored as zeros.
+#[inline(always)]
+fn col2im_2_store<T: Float>(g: &ConvGeom, col: &[T], grp: usize, dxn: &mut [T]) {
+    let (p, wo, w, pw, dw) = (g.ho * g.wo, g.wo, g.w, g.p.pad.1, g.p.dilation.1);
+    let (sh, phd, dh) = (g.p.stride.0, g.p.pad.0, g.p.dilation.0);
+    let len = phase_len_2(g);
+    let mut ph = [[T::zero(); PAD_ROW / 2]; 2];
+    for c in 0..g.cg() {
+        let plane = &mut dxn[(grp * g.cg() + c) * g.h * w..][..g.h * w];
+        for (ih, dst) in plane.chunks_exact_mut(w).enumerate() {
+            for q in &mut ph {
+                fill_zero(&mut q[..len]);
+            }
+            for i in 0..g.kh {
+                // The output row oh with oh * sh + i * dh - pad = ih, if any.
+                let Some(t) = (ih + phd).checked_sub(i * dh) else {
+                    continue;
+                };
+                if t % sh != 0 || t / sh >= g.ho {
+                    continue;
+                }
+                let oh = t / sh;
+                for j in 0..g.kw {
+                    let r = (c * g.kh + i) * g.kw + j;
+                    let src = &col[r * p + oh * wo..][..wo];
+                    let x0 = j * dw;
+                    let d = &mut ph[x0 % 2][x0 / 2..x0 / 2 + wo];
+                    for (d, s) in d.iter_mut().zip(src) {
+                        *d += *s;
+                    }
+                }
+            }
+            let (a, b) = (&ph[pw % 2][pw / 2..], &ph[1 - pw % 2][pw.div_ceil(2)..]);
+            interleave(dst, a, b);
+        }
+    }
+}
+
+/// `dst[2v] = a[v]`, `dst[2v + 1] = b[v]` (and the last element of an odd-length dst from a),
+/// 8 pairs at a time in fixed-size blocks so the compiler emits vector shuffles.
+#[inline(always)]
+fn interleave<T: Float>(dst: &mut [T], a: &[T], b: &[T]) {
+    let n = dst.len() / 2;
+    let full = n / 8 * 8;
+    for v0 in (0..full).step_by(8) {
+        let d: &mut [T; 16] = (&mut dst[2 * v0..2 * v0 + 16]).try_into().expect("16");
+        let u: &[T; 8] = a[v0..v0 + 8].try_into().expect("8");
+        let v: &[T; 8] = b[v0..v0 + 8].try_into().expect("8");
+        for t in 0..8 {
+            d[2 * t] = u[t];
+            d[2 * t + 1] = v[t];
+        }
+    }
+    for v in full..n {
+        dst[2 * v] = a[v];
+        dst[2 * v + 1] = b[v];
+    }
+    if dst.len() % 2 == 1 {
+        dst[2 * n] = a[n];
     }
 }
 
@@ -865,8 +939,11 @@ fn dx_image<T: Float>(
             }
         }
         DxWeights::Im2col { wp, ga } => {
-            // dcol = W^T dout tile by tile, then col2im.
-            dxn.fill(T::zero());
+            // dcol = W^T dout tile by tile, then col2im (which adds into dx unless it stores
+            // every element).
+            if !col2im_stores(g) {
+                dxn.fill(T::zero());
+            }
             let th = tile_rows(g);
             let (col, bbuf) = ws.split_at_mut(k * g.wo * th);
             for t in 0..g.ho.div_ceil(th) {
