@@ -377,6 +377,72 @@ macro_rules! avx2_by_type {
     }};
 }
 
+/// One KC block of a GEMM whose A is read in place: C (m x n, n <= NR, leading dimension ldc)
+/// (+)= A (m x kc, element (i, kk) at `a[i * lda + kk]`) * packed B panel (kc x NR). The micro
+/// -kernel broadcasts A's elements straight from its rows (a broadcast is a load either way),
+/// so an A whose rows are contiguous over k (dout in the weight gradient) needs no packing.
+pub(crate) struct ABlk<'a, T> {
+    pub m: usize,
+    pub n: usize,
+    pub kc: usize,
+    pub a: &'a [T],
+    pub lda: usize,
+    pub bp: &'a [T],
+    pub c: &'a mut [T],
+    pub ldc: usize,
+    pub set: bool,
+}
+
+/// Runs one A-in-place KC block (see `ABlk`) with shape `s`, which must pass
+/// `direct_available` (the same AVX2 5- and 6-row kernels).
+pub(crate) fn a_rows_block<T: Float>(s: Shape, b: ABlk<'_, T>) {
+    assert!(direct_available(s), "no A-in-place kernel for {s:?}");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: direct_available checked that the level is Avx2, which level() reports only when
+    // the CPU has AVX2 and FMA.
+    unsafe {
+        a_rows_avx2(b, s.mr)
+    }
+}
+
+/// One A-in-place KC block at the AVX2 level.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn a_rows_avx2<T: Float>(b: ABlk<'_, T>, mr: usize) {
+    avx2_by_type!(
+        T,
+        mr,
+        b,
+        avx2::ablock_f32,
+        avx2::ablock_f32_5,
+        avx2::ablock_f64,
+        avx2::ablock_f64_5
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a, T: 'static> ABlk<'a, T> {
+    /// The same block with its slices viewed as U.
+    ///
+    /// # Safety
+    /// T and U must be the same type.
+    unsafe fn cast<U: 'static>(self) -> ABlk<'a, U> {
+        // SAFETY: T == U (caller).
+        let (a, bp, c) = unsafe { (cast(self.a), cast(self.bp), cast_mut(self.c)) };
+        ABlk {
+            a,
+            bp,
+            c,
+            m: self.m,
+            n: self.n,
+            kc: self.kc,
+            lda: self.lda,
+            ldc: self.ldc,
+            set: self.set,
+        }
+    }
+}
+
 /// One implicit-GEMM KC block at the AVX2 level.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -584,9 +650,9 @@ mod avx2 {
     }
 
     macro_rules! kernel {
-        ($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $mr:expr, $t:ty,
-         $v:ty, $lanes:expr, $zero:ident, $bcast:ident, $load:ident, $store:ident, $fma:ident,
-         $add:ident) => {
+        ($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $ablock:ident,
+         $amicro:ident, $mr:expr, $t:ty, $v:ty, $lanes:expr, $zero:ident, $bcast:ident,
+         $load:ident, $store:ident, $fma:ident, $add:ident) => {
             /// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR), or = when
             /// `set`.
             #[target_feature(enable = "avx2,fma")]
@@ -742,6 +808,93 @@ mod avx2 {
                 }
             }
 
+            /// The micro-kernel with A read in place: as `$micro`, but element (i, kk) of the
+            /// A panel is `pa[i * lda + kk]`; rows past `rows` re-read the last row (their sums
+            /// are never stored), so nothing beyond A's m rows is read.
+            ///
+            /// # Safety
+            /// For i < rows and kk < kc, `pa + i * lda + kk` is inside one allocation that is
+            /// readable for the call.
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn $amicro(
+                kc: usize,
+                pa: *const $t,
+                lda: usize,
+                b: &[$t],
+                c: &mut [$t],
+                ldc: usize,
+                rows: usize,
+                cols: usize,
+                set: bool,
+            ) {
+                const MR: usize = $mr;
+                const NR: usize = 2 * $lanes;
+                assert!(b.len() >= kc * NR);
+                assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
+                // SAFETY: i.min(rows - 1) < rows, a row of A (caller's contract).
+                let ar: [*const $t; MR] =
+                    std::array::from_fn(|i| unsafe { pa.add(i.min(rows - 1) * lda) });
+                let mut acc = [[$zero(); 2]; MR];
+                let pb = b.as_ptr();
+                for kk in 0..kc {
+                    // SAFETY: kk < kc: b holds kc * NR elements (asserted), and ar[i] + kk is
+                    // inside A by the caller's contract.
+                    unsafe {
+                        let b0 = $load(pb.add(kk * NR));
+                        let b1 = $load(pb.add(kk * NR + $lanes));
+                        for (row, &ai) in acc.iter_mut().zip(&ar) {
+                            let av = $bcast(&*ai.add(kk));
+                            row[0] = $fma(av, b0, row[0]);
+                            row[1] = $fma(av, b1, row[1]);
+                        }
+                    }
+                }
+                store_acc!(
+                    acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $load, $store, $add
+                );
+            }
+
+            /// One A-in-place KC block (see `ABlk`): the B panel against every MR rows of A.
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) fn $ablock(b: super::ABlk<'_, $t>) {
+                const MR: usize = $mr;
+                let super::ABlk {
+                    m,
+                    n,
+                    kc,
+                    a,
+                    lda,
+                    bp,
+                    c,
+                    ldc,
+                    set,
+                } = b;
+                if m == 0 || n == 0 || kc == 0 {
+                    return;
+                }
+                assert!(n <= 2 * $lanes);
+                assert!(a.len() >= (m - 1) * lda + kc);
+                for ip in 0..m.div_ceil(MR) {
+                    let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
+                    // SAFETY: rows i0..i0 + rows < m of A, each kc long, are inside `a`
+                    // (asserted above).
+                    unsafe {
+                        $amicro(
+                            kc,
+                            a.as_ptr().add(i0 * lda),
+                            lda,
+                            bp,
+                            &mut c[i0 * ldc..],
+                            ldc,
+                            rows,
+                            n,
+                            set,
+                        )
+                    }
+                }
+            }
+
             /// LOOP 2 and LOOP 1 over one KC block.
             #[target_feature(enable = "avx2,fma")]
             pub(super) fn $block(b: super::Blk<'_, $t>) {
@@ -757,10 +910,14 @@ mod avx2 {
     macro_rules! kernels {
         ($t:ty, $v:ty, $lanes:expr, [], $($intr:ident),*) => {};
         ($t:ty, $v:ty, $lanes:expr,
-         [($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $mr:expr)
+         [($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $ablock:ident,
+           $amicro:ident, $mr:expr)
           $(, $more:tt)*],
          $($intr:ident),*) => {
-            kernel!($block, $micro, $dblock, $dmicro, $mr, $t, $v, $lanes, $($intr),*);
+            kernel!(
+                $block, $micro, $dblock, $dmicro, $ablock, $amicro, $mr, $t, $v, $lanes,
+                $($intr),*
+            );
             kernels!($t, $v, $lanes, [$($more),*], $($intr),*);
         };
     }
@@ -769,8 +926,18 @@ mod avx2 {
         __m256,
         8,
         [
-            (block_f32, micro_f32, dblock_f32, dmicro_f32, 6),
-            (block_f32_5, micro_f32_5, dblock_f32_5, dmicro_f32_5, 5)
+            (
+                block_f32, micro_f32, dblock_f32, dmicro_f32, ablock_f32, amicro_f32, 6
+            ),
+            (
+                block_f32_5,
+                micro_f32_5,
+                dblock_f32_5,
+                dmicro_f32_5,
+                ablock_f32_5,
+                amicro_f32_5,
+                5
+            )
         ],
         _mm256_setzero_ps,
         _mm256_broadcast_ss,
@@ -784,8 +951,18 @@ mod avx2 {
         __m256d,
         4,
         [
-            (block_f64, micro_f64, dblock_f64, dmicro_f64, 6),
-            (block_f64_5, micro_f64_5, dblock_f64_5, dmicro_f64_5, 5)
+            (
+                block_f64, micro_f64, dblock_f64, dmicro_f64, ablock_f64, amicro_f64, 6
+            ),
+            (
+                block_f64_5,
+                micro_f64_5,
+                dblock_f64_5,
+                dmicro_f64_5,
+                ablock_f64_5,
+                amicro_f64_5,
+                5
+            )
         ],
         _mm256_setzero_pd,
         _mm256_broadcast_sd,
@@ -865,8 +1042,9 @@ mod avx2 {
         let mut kk = 0;
         while kk + 4 <= len {
             for half in 0..2 {
-                // SAFETY: bases[half * 4 + t] + kk + 4 <= src.len(), and
-                // SAFETY: for a present base, bases[half * 4 + t] + kk + 4 <= src.len(), and
+                // SAFETY: for a present base, bases[half * 4 + t] + kk + 4 <= base + len <=
+                // src.len(), and (kk + t) * 8 + half * 4 + 4 <= 8 * len <= out.len()
+                // (contract).
                 unsafe {
                     let r = |t: usize| match bases.get(half * 4 + t) {
                         Some(&b) => _mm256_loadu_pd(ps.add(b + kk)),
@@ -1046,6 +1224,46 @@ pub fn gemm_b_panels<T: Float>(
     }
 }
 
+/// `gemm_b_panels` with A read in place (element (i, kk) at `a[i * lda + kk]`) instead of packed
+/// per KC block; `s` must pass `direct_available`. For the weight gradient, whose A (dout) has
+/// rows contiguous over the contraction.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_b_panels_a_rows<T: Float>(
+    s: Shape,
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, lda): (&[T], usize),
+    c: &mut [T],
+    ldc: usize,
+    bbuf: &mut [T],
+    overwrite: bool,
+    mut pack_b: impl FnMut(usize, usize, usize, &mut [T]),
+) {
+    debug_assert!(c.len() >= (m.max(1) - 1) * ldc + n);
+    for (k0, kc) in kc_blocks(s, k) {
+        let set = overwrite && k0 == 0;
+        for j0 in (0..n).step_by(s.nr) {
+            let panel = &mut bbuf[..kc * s.nr];
+            pack_b(k0, kc, j0, panel);
+            a_rows_block(
+                s,
+                ABlk {
+                    m,
+                    n: s.nr.min(n - j0),
+                    kc,
+                    a: &a[k0..],
+                    lda,
+                    bp: panel,
+                    c: &mut c[j0..],
+                    ldc,
+                    set,
+                },
+            );
+        }
+    }
+}
+
 /// `out[kk * s.nr + jj] = src[bases[jj] + kk]` for kk < len, jj < bases.len() (at most s.nr),
 /// and 0 for the panel's columns past bases.len(): a transpose of up to NR runs of `src` into
 /// `len` rows of one packed B panel (the weight gradient packs kernel taps this way). At the AVX2
@@ -1186,6 +1404,47 @@ mod tests {
                 assert!(
                     (x.to_f() - y).abs() <= tol,
                     "{} {lv:?} b-panels {overwrite} {m}x{n}x{k}: {x} vs {y}",
+                    T::NAME
+                );
+            }
+            // The same with A read in place (where a kernel for it exists): bitwise the packed
+            // result, since each C element sums the same products in the same order. A's rows
+            // are sliced to exactly m * k elements, so a read past its last row would panic in
+            // the bounds assertion rather than pass unseen.
+            if direct_available(s) {
+                let mut c2 = if overwrite {
+                    vec![T::nan(); m * n]
+                } else {
+                    t(c0)
+                };
+                gemm_b_panels_a_rows(
+                    s,
+                    m,
+                    n,
+                    k,
+                    (&a[..m * k], k),
+                    &mut c2,
+                    n,
+                    &mut bbuf,
+                    overwrite,
+                    |k0, kc, j0, out| {
+                        for kk in 0..kc {
+                            for jj in 0..s.nr {
+                                let j = j0 + jj;
+                                out[kk * s.nr + jj] = if j < n {
+                                    b[(k0 + kk) * n + j]
+                                } else {
+                                    T::zero()
+                                };
+                            }
+                        }
+                    },
+                );
+                let bits = |v: &[T]| v.iter().map(|x| x.to_f().to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&c2),
+                    bits(&c),
+                    "{} {lv:?} a-rows {overwrite} {m}x{n}x{k}",
                     T::NAME
                 );
             }

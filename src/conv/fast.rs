@@ -1115,19 +1115,28 @@ fn dw_image<T: Float>(g: &ConvGeom, x: &[T], dout: &[T], n: usize, part: &mut [T
             };
             let pitch = if direct { pd.pitch() } else { g.wo };
             let dn = &dout[n * fp + grp * fg * p + oh0 * g.wo..];
-            pg::gemm_b_panels(
-                sa,
-                fg,
-                k,
-                pt,
-                &mut part[grp * fg * k..(grp + 1) * fg * k],
-                k,
-                abuf,
-                bbuf,
-                false,
-                |k0, kc, out| pg::pack_a(sa, fg, kc, &dn[k0..], p, 1, out),
-                |k0, kc, j0, out| pack_taps(sa, xs, base, (pitch, g.wo), (k0, kc), (j0, k), out),
-            );
+            let part = &mut part[grp * fg * k..(grp + 1) * fg * k];
+            let pack_b = |k0, kc, j0, out: &mut [T]| {
+                pack_taps(sa, xs, base, (pitch, g.wo), (k0, kc), (j0, k), out)
+            };
+            if pg::direct_available(sa) {
+                // dout's rows are contiguous over the pixels: broadcast A from them in place.
+                pg::gemm_b_panels_a_rows(sa, fg, k, pt, (dn, p), part, k, bbuf, false, pack_b);
+            } else {
+                pg::gemm_b_panels(
+                    sa,
+                    fg,
+                    k,
+                    pt,
+                    part,
+                    k,
+                    abuf,
+                    bbuf,
+                    false,
+                    |k0, kc, out| pg::pack_a(sa, fg, kc, &dn[k0..], p, 1, out),
+                    pack_b,
+                );
+            }
         }
     }
 }
