@@ -618,8 +618,10 @@ mod avx2 {
             const NR: usize = 2 * $lanes;
             assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
             assert!($c.len() >= (rows - 1) * $ldc + cols);
-            if rows == MR && cols == NR {
-                for (i, row) in $acc.iter().enumerate() {
+            if cols == NR {
+                // Whole rows (all MR, or the first `rows` of a last, partial panel): vector
+                // stores.
+                for (i, row) in $acc.iter().enumerate().take(rows) {
                     let cr = &mut $c[i * $ldc..i * $ldc + NR];
                     // SAFETY: cr has exactly NR = 2 * lanes elements.
                     unsafe {
