@@ -871,8 +871,29 @@ enum DxWeights<'a, T> {
     /// Flipped and transposed for the direct correlation (see `direct_fwd`): per group a
     /// (C/G x F/G*KH*KW) block of `sa`'s packing, `ga` elements each.
     Direct { wp: &'a [T], sa: Shape, ga: usize },
-    /// W[g]^T (K x F/G) for dcol = W^T dout.
-    Im2col { wp: &'a [T], ga: usize },
+    /// W[g]^T (K x F/G) for dcol = W^T dout: its first `rows6` rows in panels of the default
+    /// shape, the rest (a multiple of 5) in 5-row panels at `off5`, so no panel is padded
+    /// (`six_five_rows`); per group `ga` elements.
+    Im2col {
+        wp: &'a [T],
+        ga: usize,
+        rows6: usize,
+        off5: usize,
+    },
+}
+
+/// The rows of a K-row A to pack in 6-row panels so that the rest fills 5-row panels exactly
+/// (27 = 2 x 6 + 3 x 5: the notebook's 3 x 3 x 3 taps, which 6-row panels pad to 30); `k` when
+/// that is impossible or needless (a multiple of 6). Only where the AVX2 kernels have both
+/// heights.
+fn six_five_rows(s: Shape, k: usize) -> usize {
+    if !pg::direct_available(s) || s.mr != 6 {
+        return k;
+    }
+    (0..6)
+        .map(|b| 5 * b)
+        .find(|&r5| r5 <= k && (k - r5).is_multiple_of(6))
+        .map_or(k, |r5| k - r5)
 }
 
 impl<'a, T: Float> DxWeights<'a, T> {
@@ -892,12 +913,32 @@ impl<'a, T: Float> DxWeights<'a, T> {
             }
             DxWeights::Direct { wp, sa, ga }
         } else {
+            // Split panels only where dout is read in place (the packed path would pack each
+            // B block twice).
+            let rows6 = if dcol_in_place_pays::<T>(sh, k, fg, g.pixels()) {
+                six_five_rows(sh, k)
+            } else {
+                k
+            };
+            let s5 = Shape { mr: 5, ..sh };
             let ga = pg::packed_a_len(sh, k, fg);
+            let off5 = pg::packed_a_len(sh, rows6, fg);
+            debug_assert!(off5 + pg::packed_a_len(s5, k - rows6, fg) <= ga);
             for grp in 0..g.groups() {
                 let wg = &w[grp * fg * k..(grp + 1) * fg * k];
-                pg::pack_a(sh, k, fg, wg, 1, k, &mut wp[grp * ga..(grp + 1) * ga]);
+                let wpg = &mut wp[grp * ga..(grp + 1) * ga];
+                let (p6, p5) = wpg.split_at_mut(off5);
+                pg::pack_a(sh, rows6, fg, wg, 1, k, p6);
+                if rows6 < k {
+                    pg::pack_a(s5, k - rows6, fg, &wg[rows6..], 1, k, p5);
+                }
             }
-            DxWeights::Im2col { wp, ga }
+            DxWeights::Im2col {
+                wp,
+                ga,
+                rows6,
+                off5,
+            }
         }
     }
 }
@@ -938,7 +979,12 @@ fn dx_image<T: Float>(
                 );
             }
         }
-        DxWeights::Im2col { wp, ga } => {
+        DxWeights::Im2col {
+            wp,
+            ga,
+            rows6,
+            off5,
+        } => {
             // dcol = W^T dout tile by tile, then col2im (which adds into dx unless it stores
             // every element).
             if !col2im_stores(g) {
@@ -946,37 +992,47 @@ fn dx_image<T: Float>(
             }
             let th = tile_rows(g);
             let (col, bbuf) = ws.split_at_mut(k * g.wo * th);
+            // The A rows in 6-row panels, then those in 5-row ones: (shape, first row, rows,
+            // offset of their packing).
+            let parts = [
+                (sh, 0, rows6, 0),
+                (Shape { mr: 5, ..sh }, rows6, k - rows6, off5),
+            ];
             for t in 0..g.ho.div_ceil(th) {
                 let (oh0, oh1) = (t * th, ((t + 1) * th).min(g.ho));
                 let pt = (oh1 - oh0) * g.wo;
                 for grp in 0..g.groups() {
                     // dcol (k x pt) = W[g]^T * dout[n][g] tile (fg x pt, row stride p), stored
                     // (not accumulated), so the tile needs no zeroing first.
-                    let (ap, bsrc) = (
-                        &wp[grp * ga..(grp + 1) * ga],
-                        &dn[grp * fg * p + oh0 * g.wo..],
-                    );
+                    let bsrc = &dn[grp * fg * p + oh0 * g.wo..];
                     // B's rows are runs of dout: read them in place (an implicit GEMM with
                     // one pixel row of pt) when that beats packing (`dcol_in_place_pays`) and
                     // the last row's over-read of up to NR - 1 stays inside dout.
-                    if pg::direct_available(sh)
+                    let in_place = pg::direct_available(sh)
                         && dcol_in_place_pays::<T>(sh, k, fg, p)
-                        && (fg - 1) * p + pt.next_multiple_of(sh.nr) <= bsrc.len()
-                    {
-                        dcol_in_place(sh, k, fg, ap, bsrc, p, pt, &mut col[..k * pt]);
-                    } else {
-                        pg::gemm_packed_a(
-                            sh,
-                            k,
-                            pt,
-                            fg,
-                            ap,
-                            BSrc::Rows { data: bsrc, ld: p },
-                            &mut col[..k * pt],
-                            pt,
-                            bbuf,
-                            true,
-                        );
+                        && (fg - 1) * p + pt.next_multiple_of(sh.nr) <= bsrc.len();
+                    for &(s, r0, m, aoff) in &parts {
+                        if m == 0 {
+                            continue;
+                        }
+                        let ap = &wp[grp * ga + aoff..(grp + 1) * ga];
+                        let c = &mut col[r0 * pt..(r0 + m) * pt];
+                        if in_place {
+                            dcol_in_place(s, m, fg, ap, bsrc, p, pt, c);
+                        } else {
+                            pg::gemm_packed_a(
+                                s,
+                                m,
+                                pt,
+                                fg,
+                                ap,
+                                BSrc::Rows { data: bsrc, ld: p },
+                                c,
+                                pt,
+                                bbuf,
+                                true,
+                            );
+                        }
                     }
                     col2im(g, &col[..k * pt], grp, oh0, oh1, dxn);
                 }
