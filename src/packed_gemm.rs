@@ -839,16 +839,31 @@ mod avx2 {
                     std::array::from_fn(|i| unsafe { pa.add(i.min(rows - 1) * lda) });
                 let mut acc = [[$zero(); 2]; MR];
                 let pb = b.as_ptr();
-                for kk in 0..kc {
-                    // SAFETY: kk < kc: b holds kc * NR elements (asserted), and ar[i] + kk is
-                    // inside A by the caller's contract.
-                    unsafe {
-                        let b0 = $load(pb.add(kk * NR));
-                        let b1 = $load(pb.add(kk * NR + $lanes));
-                        for (row, &ai) in acc.iter_mut().zip(&ar) {
-                            let av = $bcast(&*ai.add(kk));
-                            row[0] = $fma(av, b0, row[0]);
-                            row[1] = $fma(av, b1, row[1]);
+                if cols <= $lanes {
+                    // A last panel of at most one vector of columns (the weight gradient's 27
+                    // taps end in 3 of 8 in f64): the second vector's products are never stored,
+                    // so they are not computed.
+                    for kk in 0..kc {
+                        // SAFETY: as in the loop below.
+                        unsafe {
+                            let b0 = $load(pb.add(kk * NR));
+                            for (row, &ai) in acc.iter_mut().zip(&ar) {
+                                row[0] = $fma($bcast(&*ai.add(kk)), b0, row[0]);
+                            }
+                        }
+                    }
+                } else {
+                    for kk in 0..kc {
+                        // SAFETY: kk < kc: b holds kc * NR elements (asserted), and ar[i] + kk
+                        // is inside A by the caller's contract.
+                        unsafe {
+                            let b0 = $load(pb.add(kk * NR));
+                            let b1 = $load(pb.add(kk * NR + $lanes));
+                            for (row, &ai) in acc.iter_mut().zip(&ar) {
+                                let av = $bcast(&*ai.add(kk));
+                                row[0] = $fma(av, b0, row[0]);
+                                row[1] = $fma(av, b1, row[1]);
+                            }
                         }
                     }
                 }
