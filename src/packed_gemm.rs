@@ -377,6 +377,62 @@ macro_rules! avx2_by_type {
     }};
 }
 
+/// For a block type `$Blk` (its T-typed fields: the slices `cast` and the mutable slice
+/// `cast_mut`; the rest `copy`): `$Blk::cast`, the same block viewed as another (identical)
+/// element type, and `$run(blk, mr)`, which runs the one of the four AVX2 kernels that fits T
+/// and MR.
+macro_rules! avx2_kind {
+    ($(#[$doc:meta])* $run:ident,
+     $Blk:ident { cast: [$($sl:ident),*], cast_mut: $m:ident, copy: [$($f:ident),*] },
+     [$k32_6:ident, $k32_5:ident, $k64_6:ident, $k64_5:ident]) => {
+        #[cfg(target_arch = "x86_64")]
+        impl<'a, T: 'static> $Blk<'a, T> {
+            /// The same block with its slices viewed as U.
+            ///
+            /// # Safety
+            /// T and U must be the same type.
+            unsafe fn cast<U: 'static>(self) -> $Blk<'a, U> {
+                // SAFETY: T == U (caller), which is all `cast` and `cast_mut` require.
+                unsafe {
+                    $Blk {
+                        $($sl: cast(self.$sl),)*
+                        $m: cast_mut(self.$m),
+                        $($f: self.$f,)*
+                    }
+                }
+            }
+        }
+
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn $run<T: Float>(b: $Blk<'_, T>, mr: usize) {
+            avx2_by_type!(T, mr, b, avx2::$k32_6, avx2::$k32_5, avx2::$k64_6, avx2::$k64_5)
+        }
+    };
+}
+
+avx2_kind!(
+    /// LOOP 2 and LOOP 1 for one KC block at the AVX2 level: explicit FMA micro-kernels (see
+    /// `avx2`), because LLVM compiled the generic 6 x 8 f64 block to 16-18 GFLOP/s of a 48
+    /// GFLOP/s core on Zen 3 (the f32 one to 75-84 of 95).
+    block_avx2,
+    Blk { cast: [ap, bp], cast_mut: c, copy: [m, n, kc, ldc, set] },
+    [block_f32, block_f32_5, block_f64, block_f64_5]
+);
+avx2_kind!(
+    /// One implicit-GEMM KC block at the AVX2 level.
+    direct_avx2,
+    DBlk { cast: [ap, src, bias], cast_mut: c, copy: [m, kc, off, pitch, oh, wo, ldc, set] },
+    [dblock_f32, dblock_f32_5, dblock_f64, dblock_f64_5]
+);
+avx2_kind!(
+    /// One A-in-place KC block at the AVX2 level.
+    a_rows_avx2,
+    ABlk { cast: [a, bp], cast_mut: c, copy: [m, n, kc, lda, ldc, set] },
+    [ablock_f32, ablock_f32_5, ablock_f64, ablock_f64_5]
+);
+
 /// One KC block of a GEMM whose A is read in place: C (m x n, n <= NR, leading dimension ldc)
 /// (+)= A (m x kc, element (i, kk) at `a[i * lda + kk]`) * packed B panel (kc x NR). The micro
 /// -kernel broadcasts A's elements straight from its rows (a broadcast is a load either way),
@@ -402,92 +458,6 @@ pub(crate) fn a_rows_block<T: Float>(s: Shape, b: ABlk<'_, T>) {
     // the CPU has AVX2 and FMA.
     unsafe {
         a_rows_avx2(b, s.mr)
-    }
-}
-
-/// One A-in-place KC block at the AVX2 level.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn a_rows_avx2<T: Float>(b: ABlk<'_, T>, mr: usize) {
-    avx2_by_type!(
-        T,
-        mr,
-        b,
-        avx2::ablock_f32,
-        avx2::ablock_f32_5,
-        avx2::ablock_f64,
-        avx2::ablock_f64_5
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<'a, T: 'static> ABlk<'a, T> {
-    /// The same block with its slices viewed as U.
-    ///
-    /// # Safety
-    /// T and U must be the same type.
-    unsafe fn cast<U: 'static>(self) -> ABlk<'a, U> {
-        // SAFETY: T == U (caller).
-        let (a, bp, c) = unsafe { (cast(self.a), cast(self.bp), cast_mut(self.c)) };
-        ABlk {
-            a,
-            bp,
-            c,
-            m: self.m,
-            n: self.n,
-            kc: self.kc,
-            lda: self.lda,
-            ldc: self.ldc,
-            set: self.set,
-        }
-    }
-}
-
-/// One implicit-GEMM KC block at the AVX2 level.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn direct_avx2<T: Float>(d: DBlk<'_, T>, mr: usize) {
-    avx2_by_type!(
-        T,
-        mr,
-        d,
-        avx2::dblock_f32,
-        avx2::dblock_f32_5,
-        avx2::dblock_f64,
-        avx2::dblock_f64_5
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<'a, T: 'static> DBlk<'a, T> {
-    /// The same block with its slices viewed as U.
-    ///
-    /// # Safety
-    /// T and U must be the same type.
-    unsafe fn cast<U: 'static>(self) -> DBlk<'a, U> {
-        // SAFETY: T == U (caller).
-        let (ap, src, c, bias) = unsafe {
-            (
-                cast(self.ap),
-                cast(self.src),
-                cast_mut(self.c),
-                cast(self.bias),
-            )
-        };
-        DBlk {
-            ap,
-            src,
-            c,
-            bias,
-            m: self.m,
-            kc: self.kc,
-            off: self.off,
-            pitch: self.pitch,
-            oh: self.oh,
-            wo: self.wo,
-            ldc: self.ldc,
-            set: self.set,
-        }
     }
 }
 
@@ -537,45 +507,6 @@ fn block_avx512<T: Float>(b: Blk<'_, T>) {
         block::<T, 4, 64, true>(b)
     } else {
         block::<T, 4, 32, true>(b)
-    }
-}
-
-/// LOOP 2 and LOOP 1 for one KC block at the AVX2 level: explicit FMA micro-kernels (see
-/// `avx2`), because LLVM compiled the generic 6 x 8 f64 block to 16-18 GFLOP/s of a 48 GFLOP/s
-/// core on Zen 3 (the f32 one to 75-84 of 95).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn block_avx2<T: Float>(b: Blk<'_, T>, mr: usize) {
-    avx2_by_type!(
-        T,
-        mr,
-        b,
-        avx2::block_f32,
-        avx2::block_f32_5,
-        avx2::block_f64,
-        avx2::block_f64_5
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<'a, T: 'static> Blk<'a, T> {
-    /// The same block with its slices viewed as U.
-    ///
-    /// # Safety
-    /// T and U must be the same type.
-    unsafe fn cast<U: 'static>(self) -> Blk<'a, U> {
-        // SAFETY: T == U (caller), which is all `cast` and `cast_mut` require.
-        let (ap, bp, c) = unsafe { (cast(self.ap), cast(self.bp), cast_mut(self.c)) };
-        Blk {
-            ap,
-            bp,
-            c,
-            m: self.m,
-            n: self.n,
-            kc: self.kc,
-            ldc: self.ldc,
-            set: self.set,
-        }
     }
 }
 
