@@ -18,7 +18,7 @@ fn run<T: fastlayers::Float>(m: usize, n: usize, k: usize) {
     let s = shape::<T>();
     let mut ap = vec![T::zero(); packed_a_len(s, m, k)];
     pack_a(s, m, k, &a, k, 1, &mut ap);
-    let mut bb = vec![T::zero(); packed_b_len(s, n)];
+    let mut bb = vec![T::zero(); packed_b_len(s, k, n)];
     let t = Instant::now();
     for _ in 0..reps {
         gemm_packed_a(

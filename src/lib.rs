@@ -53,8 +53,9 @@ pub use affine::{
     affine_forward_naive, relu_backward, relu_forward,
 };
 pub use conv::{
-    ConvCache, conv_backward_fast, conv_backward_into, conv_backward_naive, conv_forward_fast,
-    conv_forward_into, conv_forward_naive, conv_workspace_len,
+    ConvCache, conv_backward_fast, conv_backward_into, conv_backward_naive,
+    conv_backward_workspace_len, conv_forward_fast, conv_forward_into, conv_forward_naive,
+    conv_forward_workspace_len, conv_workspace_len,
 };
 pub use dropout::{DropoutCache, DropoutParam, dropout_backward, dropout_forward};
 pub use error::{Error, Result};

@@ -72,9 +72,10 @@ pub fn packed_a_len(s: Shape, m: usize, k: usize) -> usize {
     m.next_multiple_of(s.mr) * k
 }
 
-/// Elements of one packed B block (kc x n) for `n` columns.
-pub fn packed_b_len(s: Shape, n: usize) -> usize {
-    s.kc * n.next_multiple_of(s.nr)
+/// Elements of one packed B block (kc x n) of a k-long contraction with `n` columns: the
+/// largest KC block `kc_blocks` makes of k (at most k, at most `s.kc`).
+pub fn packed_b_len(s: Shape, k: usize, n: usize) -> usize {
+    kc_blocks(s, k).next().map_or(0, |(_, kc)| kc) * n.next_multiple_of(s.nr)
 }
 
 /// Packs A (m x k, element (i, kk) at `a[i * rsa + kk * csa]`).
@@ -1026,7 +1027,7 @@ fn block_portable<T: Float>(b: Blk<'_, T>) {
 
 /// C (m x n, leading dimension ldc) += A (packed by `pack_a` with shape `s`) * B (k x n, from
 /// `b`), or C = A * B when `overwrite` (C's old contents are then never read, so the caller
-/// need not zero it). `bbuf` holds at least `packed_b_len(s, n)` elements.
+/// need not zero it). `bbuf` holds at least `packed_b_len(s, k, n)` elements.
 /// `s` must be `shape::<T>()` of the level in force (it is read once by the caller so a whole
 /// call uses one shape).
 #[allow(clippy::too_many_arguments)]
@@ -1073,7 +1074,7 @@ pub fn gemm_packed_with<T: Float>(
     mut pack: impl FnMut(usize, usize, &mut [T]),
 ) {
     debug_assert!(ap.len() >= packed_a_len(s, m, k));
-    debug_assert!(bbuf.len() >= packed_b_len(s, n));
+    debug_assert!(bbuf.len() >= packed_b_len(s, k, n));
     debug_assert!(c.len() >= (m.max(1) - 1) * ldc + n);
     let mpad = m.next_multiple_of(s.mr);
     // LOOP 3: KC blocks of k.
@@ -1292,7 +1293,7 @@ mod tests {
         };
         let mut ap = vec![T::nan(); packed_a_len(s, m, k)];
         pack_a(s, m, k, &a, k, 1, &mut ap);
-        let mut bb = vec![T::nan(); packed_b_len(s, n)];
+        let mut bb = vec![T::nan(); packed_b_len(s, k, n)];
         // C0 + AB with B in either layout, then AB alone written over a NaN-filled C (overwrite
         // must never read C).
         let ab: Vec<f64> = want.iter().zip(c0).map(|(w, c)| w - c).collect();

@@ -22,18 +22,23 @@ fn conv_into_validates_before_writing_and_matches_the_notebook_api() {
     let b: Tensor<f64> = rng.randn(&[4], 1.0, 0.0);
     let par = Parallelism::Threads(2);
     let need = conv_workspace_len::<f64>(&xs, &ws, &p, par).unwrap();
+    let need_fwd = conv_forward_workspace_len::<f64>(&xs, &ws, &p, par).unwrap();
+    let need_bwd = conv_backward_workspace_len::<f64>(&xs, &ws, &p, par).unwrap();
+    assert_eq!(need, need_fwd.max(need_bwd));
     // Output of the wrong size, workspace one element short: errors, nothing written.
     let (mut out, mut ws_buf) = (nan_buf(2 * 4 * 64 - 1), nan_buf(need));
     let e = conv_forward_into(&x, &w, &b, &p, &mut out, &mut ws_buf, par).unwrap_err();
     assert_eq!(e.arg(), "out");
     assert!(untouched(&out) && untouched(&ws_buf));
-    let (mut out, mut short) = (nan_buf(2 * 4 * 64), nan_buf(10));
+    let (mut out, mut short) = (nan_buf(2 * 4 * 64), nan_buf(need_fwd - 1));
     let e = conv_forward_into(&x, &w, &b, &p, &mut out, &mut short, par).unwrap_err();
     assert_eq!(e.arg(), "workspace");
     assert!(untouched(&out));
-    // Exact workspace is enough; output starts as NaN, so every element must be written.
+    // The exact forward workspace is enough; output starts as NaN, so every element must be
+    // written.
+    let mut fwd_ws = nan_buf(need_fwd);
+    conv_forward_into(&x, &w, &b, &p, &mut out, &mut fwd_ws, par).unwrap();
     let mut ws_buf = nan_buf(need);
-    conv_forward_into(&x, &w, &b, &p, &mut out, &mut ws_buf, par).unwrap();
     let (want, _) = conv_forward_fast(&x, &w, &b, &p).unwrap();
     assert_eq!(out, want.data());
     // Backward: bad dout, then a good call into NaN-filled buffers.
@@ -67,13 +72,14 @@ fn conv_into_validates_before_writing_and_matches_the_notebook_api() {
     )
     .unwrap_err();
     assert_eq!(e.arg(), "dw");
-    let mut short = nan_buf(need - 1);
+    let mut short = nan_buf(need_bwd - 1);
     let e = conv_backward_into(
         &x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut short, par,
     )
     .unwrap_err();
     assert_eq!(e.arg(), "workspace");
     assert!(untouched(&dx) && untouched(&dw) && untouched(&db));
+    let mut bwd_ws = nan_buf(need_bwd);
     conv_backward_into(
         &x,
         &w,
@@ -82,7 +88,7 @@ fn conv_into_validates_before_writing_and_matches_the_notebook_api() {
         &mut dx,
         &mut dw,
         &mut db,
-        &mut ws_buf,
+        &mut bwd_ws,
         par,
     )
     .unwrap();

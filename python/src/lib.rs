@@ -320,8 +320,8 @@ fn conv_fwd<'py>(
                 let mut ow = o.readwrite();
                 let os = ow.as_slice_mut()?;
                 let par = fl::Parallelism::Current;
-                let need =
-                    fl::conv_workspace_len::<T>(xv.shape(), wv.shape(), &p, par).map_err(err)?;
+                let need = fl::conv_forward_workspace_len::<T>(xv.shape(), wv.shape(), &p, par)
+                    .map_err(err)?;
                 py.detach(|| {
                     let mut ws = vec![T::default(); need];
                     fl::conv_forward_into(xv, wv, bv, &p, os, &mut ws, par).map(|_| ())
@@ -373,8 +373,8 @@ fn conv_bwd<'py>(
                 let (mut a, mut b, mut c) = (dx.readwrite(), dw.readwrite(), db.readwrite());
                 let (a, b, c) = (a.as_slice_mut()?, b.as_slice_mut()?, c.as_slice_mut()?);
                 let par = fl::Parallelism::Current;
-                let need =
-                    fl::conv_workspace_len::<T>(xv.shape(), wv.shape(), &p, par).map_err(err)?;
+                let need = fl::conv_backward_workspace_len::<T>(xv.shape(), wv.shape(), &p, par)
+                    .map_err(err)?;
                 py.detach(|| {
                     let mut ws = vec![T::default(); need];
                     fl::conv_backward_into(xv, wv, dv, &p, a, b, c, &mut ws, par)

@@ -62,7 +62,7 @@ fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
         return fwd_pad(g).len(s);
     }
     let pt = g.wo * tile_rows(g);
-    s.kc.min(g.k_rows() + 1) * pt + pg::packed_b_len(s, pt)
+    s.kc.min(g.k_rows() + 1) * pt + pg::packed_b_len(s, g.k_rows() + 1, pt)
 }
 
 /// Elements of one backward slot: the larger of what dx and dw use.
@@ -71,7 +71,7 @@ fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     let dx = if direct_dx(g, s) {
         dx_pad(g).len(s)
     } else {
-        g.k_rows() * pt + pg::packed_b_len(s, pt)
+        g.k_rows() * pt + pg::packed_b_len(s, g.fg(), pt)
     };
     dx.max(dw_src_len(g, s) + pg::b_panels_abuf_len(s, g.fg()) + pg::b_panels_bbuf_len(s))
 }
@@ -358,6 +358,15 @@ fn staged_len(g: &ConvGeom) -> usize {
 pub fn forward_workspace_len<T: Float>(g: &ConvGeom, threads: usize) -> usize {
     let s = pg::shape::<T>();
     packed_w_len(g, s) + threads.max(1) * fwd_slot_len(g, s)
+}
+
+/// `forward_workspace_len` with overflow checking (for absurd thread counts).
+pub fn forward_workspace_len_checked<T: Float>(g: &ConvGeom, threads: usize) -> Option<usize> {
+    let s = pg::shape::<T>();
+    threads
+        .max(1)
+        .checked_mul(fwd_slot_len(g, s))?
+        .checked_add(packed_w_len(g, s))
 }
 
 /// `backward_workspace_len` with overflow checking (for absurd thread counts).

@@ -29,8 +29,7 @@ impl<T: Float> ConvCache<T> {
         conv_param: &ConvParam,
     ) -> Result<Self> {
         let (x, w) = (x.into(), w.into());
-        let f = w.shape().first().copied().unwrap_or(0);
-        let geom = ConvGeom::new(x.shape(), w.shape(), &[f], conv_param)?;
+        let geom = weights_geom(x.shape(), w.shape(), conv_param)?;
         Ok(ConvCache {
             x: x.to_owned(),
             w: w.to_owned(),
@@ -169,29 +168,62 @@ pub fn conv_backward_fast<'a, T: Float>(
 }
 
 /// Workspace (elements of T) that [`conv_forward_into`] and [`conv_backward_into`] need for
-/// these shapes when run with `par` at the SIMD level in force: enough for either direction.
+/// these shapes when run with `par` at the SIMD level in force: enough for either direction
+/// (the larger of [`conv_forward_workspace_len`] and [`conv_backward_workspace_len`]).
 pub fn conv_workspace_len<T: Float>(
     x_shape: &[usize],
     w_shape: &[usize],
     conv_param: &ConvParam,
     par: Parallelism<'_>,
 ) -> Result<usize> {
-    let f = w_shape.first().copied().unwrap_or(0);
-    let g = ConvGeom::new(x_shape, w_shape, &[f], conv_param)?;
-    fast::backward_workspace_len_checked::<T>(&g, par.threads())
-        .map(|b| b.max(fast::forward_workspace_len::<T>(&g, par.threads())))
+    Ok(
+        conv_forward_workspace_len::<T>(x_shape, w_shape, conv_param, par)?.max(
+            conv_backward_workspace_len::<T>(x_shape, w_shape, conv_param, par)?,
+        ),
+    )
+}
+
+/// Exact workspace (elements of T) [`conv_forward_into`] needs for these shapes with `par` at
+/// the SIMD level in force (an inference-only caller need not size for the backward).
+pub fn conv_forward_workspace_len<T: Float>(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    conv_param: &ConvParam,
+    par: Parallelism<'_>,
+) -> Result<usize> {
+    let g = weights_geom(x_shape, w_shape, conv_param)?;
+    fast::forward_workspace_len_checked::<T>(&g, par.threads())
         .ok_or_else(|| crate::error::overflow("workspace", "workspace length"))
+}
+
+/// Exact workspace (elements of T) [`conv_backward_into`] needs for these shapes with `par` at
+/// the SIMD level in force.
+pub fn conv_backward_workspace_len<T: Float>(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    conv_param: &ConvParam,
+    par: Parallelism<'_>,
+) -> Result<usize> {
+    let g = weights_geom(x_shape, w_shape, conv_param)?;
+    fast::backward_workspace_len_checked::<T>(&g, par.threads())
+        .ok_or_else(|| crate::error::overflow("workspace", "workspace length"))
+}
+
+/// The geometry of x and w with the bias taken as (F,).
+fn weights_geom(x_shape: &[usize], w_shape: &[usize], p: &ConvParam) -> Result<ConvGeom> {
+    let f = w_shape.first().copied().unwrap_or(0);
+    ConvGeom::new(x_shape, w_shape, &[f], p)
 }
 
 fn check_buf<T>(arg: &'static str, buf: &[T], len: usize) -> Result<()> {
     expect_shape(arg, &[buf.len()], &[len])
 }
 
-fn check_ws<T>(ws: &[T], need: usize) -> Result<()> {
+fn check_ws<T>(ws: &[T], need: usize, query: &str) -> Result<()> {
     if ws.len() < need {
         return Err(crate::error::Error::shape(
             "workspace",
-            format!("at least {need} elements (conv_workspace_len)"),
+            format!("at least {need} elements ({query})"),
             format!("{} elements", ws.len()),
         ));
     }
@@ -217,6 +249,7 @@ pub fn conv_forward_into<'a, T: Float>(
     check_ws(
         workspace,
         fast::forward_workspace_len::<T>(&g, par.threads()),
+        "conv_forward_workspace_len",
     )?;
     fast::forward_into(&g, x.data(), w.data(), b.data(), out, workspace, par);
     Ok(g)
@@ -245,6 +278,7 @@ pub fn conv_backward_into<'a, T: Float>(
     check_ws(
         workspace,
         fast::backward_workspace_len::<T>(&g, par.threads()),
+        "conv_backward_workspace_len",
     )?;
     fast::backward_into(
         &g,
