@@ -191,9 +191,13 @@ pub fn conv_forward_workspace_len<T: Float>(
     conv_param: &ConvParam,
     par: Parallelism<'_>,
 ) -> Result<usize> {
-    let g = weights_geom(x_shape, w_shape, conv_param)?;
-    fast::forward_workspace_len_checked::<T>(&g, par.threads())
-        .ok_or_else(|| crate::error::overflow("workspace", "workspace length"))
+    workspace_query(
+        x_shape,
+        w_shape,
+        conv_param,
+        par,
+        fast::forward_workspace_len_checked::<T>,
+    )
 }
 
 /// Exact workspace (elements of T) [`conv_backward_into`] needs for these shapes with `par` at
@@ -204,8 +208,25 @@ pub fn conv_backward_workspace_len<T: Float>(
     conv_param: &ConvParam,
     par: Parallelism<'_>,
 ) -> Result<usize> {
-    let g = weights_geom(x_shape, w_shape, conv_param)?;
-    fast::backward_workspace_len_checked::<T>(&g, par.threads())
+    workspace_query(
+        x_shape,
+        w_shape,
+        conv_param,
+        par,
+        fast::backward_workspace_len_checked::<T>,
+    )
+}
+
+/// A workspace query: `len` of the shapes' geometry and `par`'s thread count, an error when the
+/// shapes are invalid or the length overflows.
+fn workspace_query(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    conv_param: &ConvParam,
+    par: Parallelism<'_>,
+    len: fn(&ConvGeom, usize) -> Option<usize>,
+) -> Result<usize> {
+    len(&weights_geom(x_shape, w_shape, conv_param)?, par.threads())
         .ok_or_else(|| crate::error::overflow("workspace", "workspace length"))
 }
 
