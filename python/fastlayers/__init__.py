@@ -4,7 +4,9 @@ Same names, arguments and return values as the notebooks: forward functions retu
 ``(out, cache)`` with an opaque cache object, backward functions take ``(dout, cache)``.
 float32 and float64 inputs keep their dtype; other dtypes and bad shapes or parameters raise
 ValueError. ``conv_param`` also takes 'dilation' and 'groups', ``pool_param`` 'pad' and
-'ceil_mode', ``bn_param`` 'convention' ('notebook' or 'pytorch').
+'ceil_mode', ``bn_param`` 'convention' ('notebook' or 'pytorch'). The convolution cache holds
+x and w themselves, as the notebook's does (a copy only of a non-contiguous input): changing them
+in place between forward and backward changes the backward.
 """
 
 import numpy as np
