@@ -12,11 +12,14 @@
 //!   ```
 //!
 //!   (0 in the padding), built tile by tile and packed one KC block at a time while in L2:
-//!   forward `out = [W | b] [col; 1]`; dx = col2im(W^T dout).
+//!   forward `out = [W | b] [col; 1]`; dx = col2im(W^T dout), dout read in place where that
+//!   pays (`dcol_in_place_pays`), col2im storing each dx row once at column stride 2 when one
+//!   tile covers the image (`col2im_2_store`).
 //! - dw (both): per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
-//!   chunks) `part (F x K) += dout_tile * col_tile^T`, B's tap panels packed just in time from
-//!   the padded copy or the im2col tile by register transposes; dw = `part[0] + part[1] + ...` in
-//!   chunk order. Fixed partition, fixed combine order: bitwise identical for any thread count.
+//!   chunks) `part (F x K) += dout_tile * col_tile^T`, A (dout) read in place at the AVX2 level,
+//!   B's tap panels packed just in time from the padded copy or the im2col tile by register
+//!   transposes; dw = `part[0] + part[1] + ...` in chunk order. Fixed partition, fixed combine
+//!   order: bitwise identical for any thread count.
 //! - db: f64 partial sums per chunk, inside the dw jobs, added in chunk order.
 //!
 //! Workspace: the packed weights, per thread the larger of what a path needs (padded copy, or a
