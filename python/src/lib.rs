@@ -71,34 +71,19 @@ fn view<'a, T: Element + Float>(
     TensorView::new(data, ro.shape()).map_err(err)
 }
 
-/// A numpy input borrowed without copying when C-contiguous, copied otherwise.
+/// A numpy input borrowed without copying when C-contiguous, copied (by `c_array`) otherwise.
 struct In<'py, T: Element> {
     ro: PyReadonlyArrayDyn<'py, T>,
-    copy: Option<Vec<T>>,
-    shape: Vec<usize>,
 }
 
 impl<'py, T: Element + Float> In<'py, T> {
     fn new(obj: &Bound<'py, PyAny>, name: &str, want: Dt) -> PyResult<Self> {
-        check_dtype(obj, name, want)?;
-        let arr = obj.cast::<PyArrayDyn<T>>()?;
-        let ro = arr.readonly();
-        let shape = ro.shape().to_vec();
-        // Only C order can be borrowed as NCHW; numpy's as_slice also accepts Fortran order,
-        // so check C-contiguity explicitly. Anything else is copied in logical (row-major) order.
-        let copy = if ro.is_c_contiguous() {
-            None
-        } else {
-            Some(ro.as_array().iter().copied().collect())
-        };
-        Ok(In { ro, copy, shape })
+        Ok(In {
+            ro: c_array::<T>(obj, name, want)?.readonly(),
+        })
     }
     fn view(&self) -> TensorView<'_, T> {
-        let data = match &self.copy {
-            Some(c) => c.as_slice(),
-            None => self.ro.as_slice().expect("checked C-contiguous"),
-        };
-        TensorView::new(data, &self.shape).expect("numpy shape matches its data")
+        view(&self.ro, "input").expect("c_array returns a C-contiguous array")
     }
 }
 

@@ -76,7 +76,7 @@ fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     } else {
         g.k_rows() * pt + pg::packed_b_len(s, g.fg(), pt)
     };
-    dx.max(dw_src_len(g, s) + pg::b_panels_abuf_len(s, g.fg()) + pg::b_panels_bbuf_len(s))
+    dx.max(dw_src_len(g, s) + dw_abuf_len(g, s) + pg::b_panels_bbuf_len(s))
 }
 
 /// Where dw reads the column tile from: a padded copy of the image (direct shapes) or an
@@ -89,6 +89,15 @@ fn dw_src_len(g: &ConvGeom, s: Shape) -> usize {
     }
 }
 
+/// dw's packed dout block: none where the A-in-place kernels read dout directly.
+fn dw_abuf_len(g: &ConvGeom, s: Shape) -> usize {
+    if pg::direct_available(s) {
+        0
+    } else {
+        pg::b_panels_abuf_len(s, g.fg())
+    }
+}
+
 /// The dw part of a backward slot: (column source, packed dout block, packed tap panel).
 fn dw_split<'a, T>(
     g: &ConvGeom,
@@ -96,7 +105,7 @@ fn dw_split<'a, T>(
     ws: &'a mut [T],
 ) -> (&'a mut [T], &'a mut [T], &'a mut [T]) {
     let (src, rest) = ws.split_at_mut(dw_src_len(g, s));
-    let (abuf, rest) = rest.split_at_mut(pg::b_panels_abuf_len(s, g.fg()));
+    let (abuf, rest) = rest.split_at_mut(dw_abuf_len(g, s));
     (src, abuf, &mut rest[..pg::b_panels_bbuf_len(s)])
 }
 
@@ -506,7 +515,8 @@ multiversion! {
         let p = (oh1 - oh0) * g.wo;
         let (sw, pw) = (g.p.stride.1, g.p.pad.1);
         if sw == 2 && phase_len_2(g) <= PAD_ROW / 2 {
-            if oh0 == 0 && oh1 == g.ho {
+            if col2im_stores(g) {
+                debug_assert!(oh0 == 0 && oh1 == g.ho);
                 return col2im_2_store(g, col, grp, dxn);
             }
             return col2im_2(g, col, grp, oh0, oh1, dxn);
@@ -885,21 +895,23 @@ enum DxWeights<'a, T> {
     Direct { wp: &'a [T], sa: Shape, ga: usize },
     /// W[g]^T (K x F/G) for dcol = W^T dout: its first `rows6` rows in panels of the default
     /// shape, the rest (a multiple of 5) in 5-row panels at `off5`, so no panel is padded
-    /// (`six_five_rows`); per group `ga` elements.
+    /// (`six_five_rows`); per group `ga` elements. `in_place`: whether dx's GEMM reads dout in
+    /// place (`dcol_in_place_pays`, decided once per call; the split packing goes with it).
     Im2col {
         wp: &'a [T],
         ga: usize,
         rows6: usize,
         off5: usize,
+        in_place: bool,
     },
 }
 
 /// The rows of a K-row A to pack in 6-row panels so that the rest fills 5-row panels exactly
 /// (27 = 2 x 6 + 3 x 5: the notebook's 3 x 3 x 3 taps, which 6-row panels pad to 30); `k` when
-/// that is impossible or needless (a multiple of 6). Only where the AVX2 kernels have both
-/// heights.
+/// that is impossible or needless (a multiple of 6). Only for a 6-row default shape (the
+/// AVX2 level, where the in-place kernels have both heights).
 fn six_five_rows(s: Shape, k: usize) -> usize {
-    if !pg::direct_available(s) || s.mr != 6 {
+    if s.mr != 6 {
         return k;
     }
     (0..6)
@@ -927,11 +939,9 @@ impl<'a, T: Float> DxWeights<'a, T> {
         } else {
             // Split panels only where dout is read in place (the packed path would pack each
             // B block twice).
-            let rows6 = if dcol_in_place_pays::<T>(sh, k, fg, g.pixels()) {
-                six_five_rows(sh, k)
-            } else {
-                k
-            };
+            let in_place =
+                pg::direct_available(sh) && dcol_in_place_pays::<T>(sh, k, fg, g.pixels());
+            let rows6 = if in_place { six_five_rows(sh, k) } else { k };
             let s5 = Shape { mr: 5, ..sh };
             let ga = pg::packed_a_len(sh, k, fg);
             let off5 = pg::packed_a_len(sh, rows6, fg);
@@ -950,6 +960,7 @@ impl<'a, T: Float> DxWeights<'a, T> {
                 ga,
                 rows6,
                 off5,
+                in_place,
             }
         }
     }
@@ -996,6 +1007,7 @@ fn dx_image<T: Float>(
             ga,
             rows6,
             off5,
+            in_place,
         } => {
             // dcol = W^T dout tile by tile, then col2im (which adds into dx unless it stores
             // every element).
@@ -1018,11 +1030,10 @@ fn dx_image<T: Float>(
                     // (not accumulated), so the tile needs no zeroing first.
                     let bsrc = &dn[grp * fg * p + oh0 * g.wo..];
                     // B's rows are runs of dout: read them in place (an implicit GEMM with
-                    // one pixel row of pt) when that beats packing (`dcol_in_place_pays`) and
-                    // the last row's over-read of up to NR - 1 stays inside dout.
-                    let in_place = pg::direct_available(sh)
-                        && dcol_in_place_pays::<T>(sh, k, fg, p)
-                        && (fg - 1) * p + pt.next_multiple_of(sh.nr) <= bsrc.len();
+                    // one pixel row of pt) when that beats packing (`in_place`) and the last
+                    // row's over-read of up to NR - 1 stays inside dout.
+                    let in_place =
+                        in_place && (fg - 1) * p + pt.next_multiple_of(sh.nr) <= bsrc.len();
                     for &(s, r0, m, aoff) in &parts {
                         if m == 0 {
                             continue;
@@ -1159,6 +1170,8 @@ fn dw_image<T: Float>(g: &ConvGeom, x: &[T], dout: &[T], n: usize, part: &mut [T
     let direct = direct_fwd(g, sh);
     let pd = fwd_pad(g);
     let (xs, abuf, bbuf) = dw_split(g, sh, ws);
+    // dw_split leaves out the packed dout block exactly where A is read in place.
+    debug_assert_eq!(pg::direct_available(sa), pg::direct_available(sh));
     let xn = &x[n * chw..(n + 1) * chw];
     if direct {
         pad_planes(xn, pd, xs);
