@@ -136,8 +136,8 @@ impl ConvGeom {
                 "w",
                 format!(
                     "a dilated window (HH-1)*dilation+1 x (WW-1)*dilation+1 that fits the padded input {} x {}",
-                    h.saturating_add(2 * p.pad.0),
-                    wd.saturating_add(2 * p.pad.1)
+                    h.saturating_add(p.pad.0.saturating_mul(2)),
+                    wd.saturating_add(p.pad.1.saturating_mul(2))
                 ),
                 format!(
                     "{} x {}",
@@ -323,8 +323,8 @@ impl PoolGeom {
                 ),
                 format!(
                     "{} x {}",
-                    h.saturating_add(2 * p.pad.0),
-                    w.saturating_add(2 * p.pad.1)
+                    h.saturating_add(p.pad.0.saturating_mul(2)),
+                    w.saturating_add(p.pad.1.saturating_mul(2))
                 ),
             ));
         };
