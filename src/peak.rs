@@ -50,8 +50,64 @@ fn fma_loop_f64(iters: u64) -> f64 {
     out.iter().sum()
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_loop512_f32(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(0.0); CHAINS];
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for v in acc {
+        s = _mm512_add_ps(s, v);
+    }
+    _mm512_reduce_add_ps(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_loop512_f64(iters: u64) -> f64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_pd(0.0); CHAINS];
+    let a = _mm512_set1_pd(0.999_999);
+    let b = _mm512_set1_pd(1e-7);
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_pd(*v, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_pd();
+    for v in acc {
+        s = _mm512_add_pd(s, v);
+    }
+    _mm512_reduce_add_pd(s)
+}
+
 /// Seconds for `iters` iterations of the FMA loop on this thread, and the flops it did.
 fn one_thread(f64: bool, iters: u64) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::detected() >= crate::simd::Level::Avx512 {
+        let t = Instant::now();
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        let sink = unsafe {
+            if f64 {
+                fma_loop512_f64(iters)
+            } else {
+                fma_loop512_f32(iters) as f64
+            }
+        };
+        std::hint::black_box(sink);
+        let lanes = if f64 { 8.0 } else { 16.0 };
+        return (
+            t.elapsed().as_secs_f64(),
+            iters as f64 * CHAINS as f64 * lanes * 2.0,
+        );
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::detected() >= crate::simd::Level::Avx2 {
         let t = Instant::now();
