@@ -37,13 +37,30 @@ pub struct Shape {
     pub level: Level,
 }
 
-/// The shape for an A of `m` rows: at the AVX2 level, 5-row panels when m is a multiple of 5 and
-/// not of 6 (the notebook's 25 filters fill 6-row panels to 25/30; 5-row ones exactly). A
-/// 5-row shape never packs A larger than the default one, so workspace sized with `shape` holds.
+/// Panel heights of the explicit kernels: AVX2 6 rows x 2 ymm (12 accumulators of 16),
+/// AVX-512 16 rows x 1 zmm (16 of 32). Each level also has an alternative height for A's whose
+/// row count the main one pads badly (the notebook's 25 filters: 5 x 5 at AVX2, 2 x 13 at
+/// AVX-512, against 30 and 32 rows).
+pub const AVX2_MR: usize = 6;
+/// See `AVX2_MR`.
+pub const AVX2_ALT_MR: usize = 5;
+/// See `AVX2_MR`.
+pub const AVX512_MR: usize = 16;
+/// See `AVX2_MR`.
+pub const AVX512_ALT_MR: usize = 13;
+
+/// The shape for an A of `m` rows: the level's alternative panel height where it pads m to fewer
+/// rows than the main one (AVX2: m a multiple of 5 and not of 6). The alternative never packs A
+/// larger than the default shape, so workspace sized with `shape` holds.
 pub fn shape_for_rows<T: Float>(m: usize) -> Shape {
     let s = shape::<T>();
-    if s.level == Level::Avx2 && m.is_multiple_of(5) && !m.is_multiple_of(6) {
-        Shape { mr: 5, ..s }
+    let alt = match s.level {
+        Level::Avx2 => AVX2_ALT_MR,
+        Level::Avx512 => AVX512_ALT_MR,
+        Level::Portable => return s,
+    };
+    if m.next_multiple_of(alt) < m.next_multiple_of(s.mr) {
+        Shape { mr: alt, ..s }
     } else {
         s
     }
@@ -57,10 +74,10 @@ pub fn shape<T: Float>() -> Shape {
 fn shape_at<T: Float>(level: Level) -> Shape {
     let f32 = std::mem::size_of::<T>() == 4;
     let (mr, nr, kc) = match (level, f32) {
-        (Level::Avx512, true) => (4, 64, 192),
-        (Level::Avx512, false) => (4, 32, 192),
-        (Level::Avx2, true) => (6, 16, 256),
-        (Level::Avx2, false) => (6, 8, 256),
+        (Level::Avx512, true) => (AVX512_MR, 16, 256),
+        (Level::Avx512, false) => (AVX512_MR, 8, 256),
+        (Level::Avx2, true) => (AVX2_MR, 16, 256),
+        (Level::Avx2, false) => (AVX2_MR, 8, 256),
         (Level::Portable, true) => (4, 8, 256),
         (Level::Portable, false) => (4, 4, 256),
     };
@@ -93,6 +110,8 @@ pub fn pack_a<T: Float>(
         4 => pack_a_mr::<T, 4>(s, m, k, a, rsa, csa, out),
         5 => pack_a_mr::<T, 5>(s, m, k, a, rsa, csa, out),
         6 => pack_a_mr::<T, 6>(s, m, k, a, rsa, csa, out),
+        13 => pack_a_mr::<T, 13>(s, m, k, a, rsa, csa, out),
+        16 => pack_a_mr::<T, 16>(s, m, k, a, rsa, csa, out),
         mr => unreachable!("no packing for MR = {mr}"),
     }
 }
@@ -342,9 +361,15 @@ pub(crate) struct DBlk<'a, T> {
     pub bias: &'a [T],
 }
 
-/// Whether `direct_block` has a kernel for shape `s` (AVX2 only: its explicit micro-kernels).
+/// Whether `direct_block` has a kernel for shape `s` (the explicit micro-kernels of the AVX2 and
+/// AVX-512 levels, at their main and alternative panel heights).
 pub(crate) fn direct_available(s: Shape) -> bool {
-    cfg!(target_arch = "x86_64") && s.level == Level::Avx2 && (s.mr == 5 || s.mr == 6)
+    cfg!(target_arch = "x86_64")
+        && match s.level {
+            Level::Avx2 => s.mr == AVX2_MR || s.mr == AVX2_ALT_MR,
+            Level::Avx512 => s.mr == AVX512_MR || s.mr == AVX512_ALT_MR,
+            Level::Portable => false,
+        }
 }
 
 /// Runs one implicit-GEMM KC block (see `DBlk`) with shape `s`, which must pass
@@ -352,38 +377,44 @@ pub(crate) fn direct_available(s: Shape) -> bool {
 pub(crate) fn direct_block<T: Float>(s: Shape, d: DBlk<'_, T>) {
     assert!(direct_available(s), "no direct kernel for {s:?}");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: direct_available checked that the level is Avx2, which level() reports only when
-    // the CPU has AVX2 and FMA.
+    // SAFETY: direct_available checked that the level is Avx2 or Avx512, which level() reports
+    // only when the CPU has AVX2 and FMA (and AVX-512F/VL for Avx512).
     unsafe {
-        direct_avx2(d, s.mr)
+        if s.level == Level::Avx512 {
+            direct_avx512(d, s.mr)
+        } else {
+            direct_avx2(d, s.mr)
+        }
     }
 }
 
-/// Calls the AVX2 kernel among `$f32_6`, `$f32_5`, `$f64_6`, `$f64_5` that fits element type
-/// `$T` and panel height `$mr`, on `$blk` viewed as that type.
+/// Calls the kernel among `$f32_m`, `$f32_a`, `$f64_m`, `$f64_a` (main and alternative panel
+/// height) that fits element type `$T` and panel height `$mr` (`$alt` selects the alternative),
+/// on `$blk` viewed as that type.
 #[cfg(target_arch = "x86_64")]
-macro_rules! avx2_by_type {
-    ($T:ty, $mr:expr, $blk:expr, $f32_6:path, $f32_5:path, $f64_6:path, $f64_5:path) => {{
+macro_rules! by_type {
+    ($T:ty, $mr:expr, $alt:expr, $blk:expr, $f32_6:path, $f32_5:path, $f64_6:path,
+     $f64_5:path) => {{
         use std::any::TypeId;
         if TypeId::of::<$T>() == TypeId::of::<f32>() {
             // SAFETY: T is f32 (same TypeId).
             let b = unsafe { $blk.cast::<f32>() };
-            if $mr == 5 { $f32_5(b) } else { $f32_6(b) }
+            if $mr == $alt { $f32_5(b) } else { $f32_6(b) }
         } else {
             debug_assert!(TypeId::of::<$T>() == TypeId::of::<f64>());
             // SAFETY: Float is sealed and implemented for f32 and f64 only, so T is f64 here.
             let b = unsafe { $blk.cast::<f64>() };
-            if $mr == 5 { $f64_5(b) } else { $f64_6(b) }
+            if $mr == $alt { $f64_5(b) } else { $f64_6(b) }
         }
     }};
 }
 
 /// For a block type `$Blk` (its T-typed fields: the slices `cast` and the mutable slice
 /// `cast_mut`; the rest `copy`): `$Blk::cast`, the same block viewed as another (identical)
-/// element type, and `$run(blk, mr)`, which runs the one of the four AVX2 kernels that fits T
-/// and MR.
-macro_rules! avx2_kind {
-    ($(#[$doc:meta])* $run:ident,
+/// element type, `$run(blk, mr)`, which runs the one of the four AVX2 kernels that fits T
+/// and MR, and `$run512(blk, mr)`, its AVX-512 twin.
+macro_rules! kernel_kind {
+    ($(#[$doc:meta])* $run:ident, $run512:ident,
      $Blk:ident { cast: [$($sl:ident),*], cast_mut: $m:ident, copy: [$($f:ident),*] },
      [$k32_6:ident, $k32_5:ident, $k64_6:ident, $k64_5:ident]) => {
         #[cfg(target_arch = "x86_64")]
@@ -408,30 +439,42 @@ macro_rules! avx2_kind {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         fn $run<T: Float>(b: $Blk<'_, T>, mr: usize) {
-            avx2_by_type!(T, mr, b, avx2::$k32_6, avx2::$k32_5, avx2::$k64_6, avx2::$k64_5)
+            by_type!(T, mr, AVX2_ALT_MR, b, avx2::$k32_6, avx2::$k32_5, avx2::$k64_6, avx2::$k64_5)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn $run512<T: Float>(b: $Blk<'_, T>, mr: usize) {
+            by_type!(
+                T, mr, AVX512_ALT_MR, b, avx512::$k32_6, avx512::$k32_5, avx512::$k64_6,
+                avx512::$k64_5
+            )
         }
     };
 }
 
-avx2_kind!(
+kernel_kind!(
     /// LOOP 2 and LOOP 1 for one KC block at the AVX2 level: explicit FMA micro-kernels (see
     /// `avx2`), because LLVM compiled the generic 6 x 8 f64 block to 16-18 GFLOP/s of a 48
     /// GFLOP/s core on Zen 3 (the f32 one to 75-84 of 95).
     block_avx2,
+    block_avx512,
     Blk { cast: [ap, bp], cast_mut: c, copy: [m, n, kc, ldc, set] },
-    [block_f32, block_f32_5, block_f64, block_f64_5]
+    [block_f32, block_f32_alt, block_f64, block_f64_alt]
 );
-avx2_kind!(
+kernel_kind!(
     /// One implicit-GEMM KC block at the AVX2 level.
     direct_avx2,
+    direct_avx512,
     DBlk { cast: [ap, src, bias], cast_mut: c, copy: [m, kc, off, pitch, oh, wo, ldc, set] },
-    [dblock_f32, dblock_f32_5, dblock_f64, dblock_f64_5]
+    [dblock_f32, dblock_f32_alt, dblock_f64, dblock_f64_alt]
 );
-avx2_kind!(
+kernel_kind!(
     /// One A-in-place KC block at the AVX2 level.
     a_rows_avx2,
+    a_rows_avx512,
     ABlk { cast: [a, bp], cast_mut: c, copy: [m, n, kc, lda, ldc, set] },
-    [ablock_f32, ablock_f32_5, ablock_f64, ablock_f64_5]
+    [ablock_f32, ablock_f32_alt, ablock_f64, ablock_f64_alt]
 );
 
 /// One KC block of a GEMM whose A is read in place: C (m x n, n <= NR, leading dimension ldc)
@@ -455,10 +498,14 @@ pub(crate) struct ABlk<'a, T> {
 pub(crate) fn a_rows_block<T: Float>(s: Shape, b: ABlk<'_, T>) {
     assert!(direct_available(s), "no A-in-place kernel for {s:?}");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: direct_available checked that the level is Avx2, which level() reports only when
-    // the CPU has AVX2 and FMA.
+    // SAFETY: direct_available checked that the level is Avx2 or Avx512, which level() reports
+    // only when the CPU has AVX2 and FMA (and AVX-512F/VL for Avx512).
     unsafe {
-        a_rows_avx2(b, s.mr)
+        if s.level == Level::Avx512 {
+            a_rows_avx512(b, s.mr)
+        } else {
+            a_rows_avx2(b, s.mr)
+        }
     }
 }
 
@@ -501,16 +548,6 @@ fn block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(b: Blk<'_,
     })
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-fn block_avx512<T: Float>(b: Blk<'_, T>) {
-    if std::mem::size_of::<T>() == 4 {
-        block::<T, 4, 64, true>(b)
-    } else {
-        block::<T, 4, 32, true>(b)
-    }
-}
-
 /// Reinterprets a slice of T as a slice of U.
 ///
 /// # Safety
@@ -533,358 +570,371 @@ unsafe fn cast_mut<T: 'static, U: 'static>(s: &mut [T]) -> &mut [U] {
     unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<U>(), s.len()) }
 }
 
+// The explicit micro-kernels, written once as macros and instantiated per SIMD level: MR rows
+// of NV vectors of C in MR * NV registers, NV vector loads of B and MR broadcasts of A per k.
+
+/// Writes (`set`) or adds the MR x 2 accumulators into C[rows x cols] (leading dimension
+/// ldc): a macro, not a function, so it is compiled inline into each micro-kernel (a
+/// `#[target_feature]` function cannot be `#[inline(always)]`, and as a call it cost 5%).
+macro_rules! store_acc {
+    ($acc:expr, $c:expr, $ldc:expr, $rows:expr, $cols:expr, $set:expr, $mr:expr, $t:ty,
+     $lanes:expr, $nv:expr, $load:ident, $store:ident, $add:ident) => {{
+        let (rows, cols): (usize, usize) = ($rows, $cols);
+        const MR: usize = $mr;
+        const NV: usize = $nv;
+        const NR: usize = NV * $lanes;
+        assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
+        assert!($c.len() >= (rows - 1) * $ldc + cols);
+        if cols == NR {
+            // Whole rows (all MR, or the first `rows` of a last, partial panel): vector
+            // stores.
+            for (i, row) in $acc.iter().enumerate().take(rows) {
+                let cr = &mut $c[i * $ldc..i * $ldc + NR];
+                for (v, &rv) in row.iter().enumerate() {
+                    // SAFETY: cr has exactly NR = NV * lanes elements and v < NV.
+                    unsafe {
+                        let p = cr.as_mut_ptr().add(v * $lanes);
+                        if $set {
+                            $store(p, rv);
+                        } else {
+                            $store(p, $add($load(p), rv));
+                        }
+                    }
+                }
+            }
+        } else {
+            let mut tmp = [0.0 as $t; NR];
+            for (i, row) in $acc.iter().enumerate().take(rows) {
+                for (v, &rv) in row.iter().enumerate() {
+                    // SAFETY: tmp has exactly NR = NV * lanes elements and v < NV.
+                    unsafe { $store(tmp.as_mut_ptr().add(v * $lanes), rv) };
+                }
+                for (cv, tv) in $c[i * $ldc..i * $ldc + cols].iter_mut().zip(&tmp) {
+                    *cv = if $set { *tv } else { *cv + *tv };
+                }
+            }
+        }
+    }};
+}
+
+macro_rules! kernel {
+    ($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $ablock:ident,
+     $amicro:ident, $mr:expr, $feat:literal, $t:ty, $v:ty, $lanes:expr, $nv:expr,
+     $zero:ident, $bcast:ident, $load:ident, $store:ident, $fma:ident, $add:ident) => {
+        /// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR), or = when
+        /// `set`.
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        fn $micro(
+            kc: usize,
+            a: &[$t],
+            b: &[$t],
+            c: &mut [$t],
+            ldc: usize,
+            rows: usize,
+            cols: usize,
+            set: bool,
+        ) {
+            const MR: usize = $mr;
+            const NR: usize = $nv * $lanes;
+            assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+            assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
+            assert!(c.len() >= (rows - 1) * ldc + cols);
+            let mut acc = [[$zero(); $nv]; MR];
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            for kk in 0..kc {
+                // SAFETY: kk < kc, and a holds kc * MR, b kc * NR elements (asserted
+                // above), so every read below is in bounds; loadu needs no alignment.
+                unsafe {
+                    let mut bv = [$zero(); $nv];
+                    for (v, bvv) in bv.iter_mut().enumerate() {
+                        *bvv = $load(pb.add(kk * NR + v * $lanes));
+                    }
+                    let ak = pa.add(kk * MR);
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let av = $bcast(&*ak.add(i));
+                        for (r, &b) in row.iter_mut().zip(&bv) {
+                            *r = $fma(av, b, *r);
+                        }
+                    }
+                }
+            }
+            store_acc!(
+                acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $nv, $load, $store, $add
+            );
+        }
+
+        /// The micro-kernel of the implicit GEMM: as `$micro`, but row kk of the B panel is
+        /// read in place, NR elements at `pb + off[kk]`, and with `set` the accumulators
+        /// start from `bias` (one value per row; empty means zero).
+        ///
+        /// # Safety
+        /// For every kk < kc, the NR elements from `pb + off[kk]` are inside one allocation
+        /// that is readable for the call.
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $dmicro(
+            kc: usize,
+            a: &[$t],
+            pb: *const $t,
+            off: &[usize],
+            c: &mut [$t],
+            ldc: usize,
+            rows: usize,
+            cols: usize,
+            set: bool,
+            bias: &[$t],
+        ) {
+            const MR: usize = $mr;
+            assert!(a.len() >= kc * MR && off.len() >= kc);
+            assert!((1..=MR).contains(&rows) && bias.len() <= rows);
+            let mut acc = [[$zero(); $nv]; MR];
+            if set {
+                for (row, bv) in acc.iter_mut().zip(bias) {
+                    *row = [$bcast(bv); $nv];
+                }
+            }
+            let pa = a.as_ptr();
+            for kk in 0..kc {
+                // SAFETY: kk < kc <= off.len() and a holds kc * MR elements (asserted);
+                // the B reads are in bounds by the caller's contract.
+                unsafe {
+                    let pk = pb.add(*off.get_unchecked(kk));
+                    let mut bv = [$zero(); $nv];
+                    for (v, bvv) in bv.iter_mut().enumerate() {
+                        *bvv = $load(pk.add(v * $lanes));
+                    }
+                    let ak = pa.add(kk * MR);
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let av = $bcast(&*ak.add(i));
+                        for (r, &b) in row.iter_mut().zip(&bv) {
+                            *r = $fma(av, b, *r);
+                        }
+                    }
+                }
+            }
+            store_acc!(
+                acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $nv, $load, $store, $add
+            );
+        }
+
+        /// One KC block of the implicit GEMM (see `DBlk`): every output row of `d.oh`, in
+        /// NR-wide pixel tiles, against every MR panel of A.
+        #[target_feature(enable = $feat)]
+        pub(super) fn $dblock(d: super::DBlk<'_, $t>) {
+            const MR: usize = $mr;
+            const NR: usize = $nv * $lanes;
+            let super::DBlk {
+                m,
+                kc,
+                ap,
+                src,
+                off,
+                pitch,
+                oh,
+                wo,
+                c,
+                ldc,
+                set,
+                bias,
+            } = d;
+            if m == 0 || kc == 0 || wo == 0 || oh.is_empty() {
+                return;
+            }
+            let off = &off[..kc];
+            assert!(ap.len() >= m.div_ceil(MR) * kc * MR);
+            assert!(bias.is_empty() || bias.len() >= m);
+            // Every read is at base + off[kk] + 0..NR with base <= last_base.
+            let last_base = (oh.end - 1) * pitch + (wo - 1) / NR * NR;
+            let maxoff = off.iter().copied().max().unwrap_or(0);
+            assert!(last_base + maxoff + NR <= src.len());
+            for r in oh {
+                for ow0 in (0..wo).step_by(NR) {
+                    let cols = NR.min(wo - ow0);
+                    // SAFETY: r*pitch + ow0 <= last_base <= src.len() (asserted above).
+                    let pb = unsafe { src.as_ptr().add(r * pitch + ow0) };
+                    for ip in 0..m.div_ceil(MR) {
+                        let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
+                        let bi = if bias.is_empty() {
+                            bias
+                        } else {
+                            &bias[i0..i0 + rows]
+                        };
+                        // SAFETY: pb + off[kk] + NR <= src.as_ptr() + last_base + maxoff
+                        // + NR, inside src (asserted above).
+                        unsafe {
+                            $dmicro(
+                                kc,
+                                &ap[ip * kc * MR..(ip + 1) * kc * MR],
+                                pb,
+                                off,
+                                &mut c[i0 * ldc + r * wo + ow0..],
+                                ldc,
+                                rows,
+                                cols,
+                                set,
+                                bi,
+                            )
+                        }
+                    }
+                }
+            }
+        }
+
+        /// The micro-kernel with A read in place: as `$micro`, but element (i, kk) of the
+        /// A panel is `pa[i * lda + kk]`; rows past `rows` re-read the last row (their sums
+        /// are never stored), so nothing beyond A's m rows is read.
+        ///
+        /// # Safety
+        /// For i < rows and kk < kc, `pa + i * lda + kk` is inside one allocation that is
+        /// readable for the call.
+        #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $amicro(
+            kc: usize,
+            pa: *const $t,
+            lda: usize,
+            b: &[$t],
+            c: &mut [$t],
+            ldc: usize,
+            rows: usize,
+            cols: usize,
+            set: bool,
+        ) {
+            const MR: usize = $mr;
+            const NR: usize = $nv * $lanes;
+            assert!(b.len() >= kc * NR);
+            assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
+            // SAFETY: i.min(rows - 1) < rows, a row of A (caller's contract).
+            let ar: [*const $t; MR] =
+                std::array::from_fn(|i| unsafe { pa.add(i.min(rows - 1) * lda) });
+            let mut acc = [[$zero(); $nv]; MR];
+            let pb = b.as_ptr();
+            if $nv > 1 && cols <= $lanes {
+                // A last panel of at most one vector of columns (the weight gradient's 27
+                // taps end in 3 of 8 in f64): the second vector's products are never stored,
+                // so they are not computed.
+                for kk in 0..kc {
+                    // SAFETY: as in the loop below.
+                    unsafe {
+                        let b0 = $load(pb.add(kk * NR));
+                        for (row, &ai) in acc.iter_mut().zip(&ar) {
+                            row[0] = $fma($bcast(&*ai.add(kk)), b0, row[0]);
+                        }
+                    }
+                }
+            } else {
+                for kk in 0..kc {
+                    // SAFETY: kk < kc: b holds kc * NR elements (asserted), and ar[i] + kk
+                    // is inside A by the caller's contract.
+                    unsafe {
+                        let mut bv = [$zero(); $nv];
+                        for (v, bvv) in bv.iter_mut().enumerate() {
+                            *bvv = $load(pb.add(kk * NR + v * $lanes));
+                        }
+                        for (row, &ai) in acc.iter_mut().zip(&ar) {
+                            let av = $bcast(&*ai.add(kk));
+                            for (r, &b) in row.iter_mut().zip(&bv) {
+                                *r = $fma(av, b, *r);
+                            }
+                        }
+                    }
+                }
+            }
+            store_acc!(
+                acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $nv, $load, $store, $add
+            );
+        }
+
+        /// One A-in-place KC block (see `ABlk`): the B panel against every MR rows of A.
+        #[target_feature(enable = $feat)]
+        pub(super) fn $ablock(b: super::ABlk<'_, $t>) {
+            const MR: usize = $mr;
+            let super::ABlk {
+                m,
+                n,
+                kc,
+                a,
+                lda,
+                bp,
+                c,
+                ldc,
+                set,
+            } = b;
+            if m == 0 || n == 0 || kc == 0 {
+                return;
+            }
+            assert!(n <= $nv * $lanes);
+            assert!(a.len() >= (m - 1) * lda + kc);
+            for ip in 0..m.div_ceil(MR) {
+                let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
+                // SAFETY: rows i0..i0 + rows < m of A, each kc long, are inside `a`
+                // (asserted above).
+                unsafe {
+                    $amicro(
+                        kc,
+                        a.as_ptr().add(i0 * lda),
+                        lda,
+                        bp,
+                        &mut c[i0 * ldc..],
+                        ldc,
+                        rows,
+                        n,
+                        set,
+                    )
+                }
+            }
+        }
+
+        /// LOOP 2 and LOOP 1 over one KC block.
+        #[target_feature(enable = $feat)]
+        pub(super) fn $block(b: super::Blk<'_, $t>) {
+            let (kc, ldc, set) = (b.kc, b.ldc, b.set);
+            super::panels(($mr, $nv * $lanes), b, |a, bp, ct, rows, cols| {
+                $micro(kc, a, bp, ct, ldc, rows, cols, set)
+            })
+        }
+    };
+}
+/// One `kernel!` per (block, micro-kernel, MR) in the list, all with one element type's
+/// intrinsics.
+macro_rules! kernels {
+    ($feat:literal, $t:ty, $v:ty, $lanes:expr, $nv:expr, [], $($intr:ident),*) => {};
+    ($feat:literal, $t:ty, $v:ty, $lanes:expr, $nv:expr,
+     [($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $ablock:ident,
+       $amicro:ident, $mr:expr)
+      $(, $more:tt)*],
+     $($intr:ident),*) => {
+        kernel!(
+            $block, $micro, $dblock, $dmicro, $ablock, $amicro, $mr, $feat, $t, $v, $lanes,
+            $nv, $($intr),*
+        );
+        kernels!($feat, $t, $v, $lanes, $nv, [$($more),*], $($intr),*);
+    };
+}
 /// AVX2 + FMA micro-kernels: 6 rows x 2 vectors of C in 12 ymm registers, 2 vector loads of B
 /// and 6 broadcasts of A per k (BLIS's Haswell shape), for f32 (6 x 16) and f64 (6 x 8).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Writes (`set`) or adds the MR x 2 accumulators into C[rows x cols] (leading dimension
-    /// ldc): a macro, not a function, so it is compiled inline into each micro-kernel (a
-    /// `#[target_feature]` function cannot be `#[inline(always)]`, and as a call it cost 5%).
-    macro_rules! store_acc {
-        ($acc:expr, $c:expr, $ldc:expr, $rows:expr, $cols:expr, $set:expr, $mr:expr, $t:ty,
-         $lanes:expr, $load:ident, $store:ident, $add:ident) => {{
-            let (rows, cols): (usize, usize) = ($rows, $cols);
-            const MR: usize = $mr;
-            const NR: usize = 2 * $lanes;
-            assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
-            assert!($c.len() >= (rows - 1) * $ldc + cols);
-            if cols == NR {
-                // Whole rows (all MR, or the first `rows` of a last, partial panel): vector
-                // stores.
-                for (i, row) in $acc.iter().enumerate().take(rows) {
-                    let cr = &mut $c[i * $ldc..i * $ldc + NR];
-                    // SAFETY: cr has exactly NR = 2 * lanes elements.
-                    unsafe {
-                        let p = cr.as_mut_ptr();
-                        if $set {
-                            $store(p, row[0]);
-                            $store(p.add($lanes), row[1]);
-                        } else {
-                            $store(p, $add($load(p), row[0]));
-                            $store(p.add($lanes), $add($load(p.add($lanes)), row[1]));
-                        }
-                    }
-                }
-            } else {
-                let mut tmp = [0.0 as $t; NR];
-                for (i, row) in $acc.iter().enumerate().take(rows) {
-                    // SAFETY: tmp has exactly NR = 2 * lanes elements.
-                    unsafe {
-                        $store(tmp.as_mut_ptr(), row[0]);
-                        $store(tmp.as_mut_ptr().add($lanes), row[1]);
-                    }
-                    for (cv, tv) in $c[i * $ldc..i * $ldc + cols].iter_mut().zip(&tmp) {
-                        *cv = if $set { *tv } else { *cv + *tv };
-                    }
-                }
-            }
-        }};
-    }
-
-    macro_rules! kernel {
-        ($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $ablock:ident,
-         $amicro:ident, $mr:expr, $t:ty, $v:ty, $lanes:expr, $zero:ident, $bcast:ident,
-         $load:ident, $store:ident, $fma:ident, $add:ident) => {
-            /// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR), or = when
-            /// `set`.
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            fn $micro(
-                kc: usize,
-                a: &[$t],
-                b: &[$t],
-                c: &mut [$t],
-                ldc: usize,
-                rows: usize,
-                cols: usize,
-                set: bool,
-            ) {
-                const MR: usize = $mr;
-                const NR: usize = 2 * $lanes;
-                assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-                assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
-                assert!(c.len() >= (rows - 1) * ldc + cols);
-                let mut acc = [[$zero(); 2]; MR];
-                let (pa, pb) = (a.as_ptr(), b.as_ptr());
-                for kk in 0..kc {
-                    // SAFETY: kk < kc, and a holds kc * MR, b kc * NR elements (asserted
-                    // above), so every read below is in bounds; loadu needs no alignment.
-                    unsafe {
-                        let b0 = $load(pb.add(kk * NR));
-                        let b1 = $load(pb.add(kk * NR + $lanes));
-                        let ak = pa.add(kk * MR);
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            let av = $bcast(&*ak.add(i));
-                            row[0] = $fma(av, b0, row[0]);
-                            row[1] = $fma(av, b1, row[1]);
-                        }
-                    }
-                }
-                store_acc!(
-                    acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $load, $store, $add
-                );
-            }
-
-            /// The micro-kernel of the implicit GEMM: as `$micro`, but row kk of the B panel is
-            /// read in place, NR elements at `pb + off[kk]`, and with `set` the accumulators
-            /// start from `bias` (one value per row; empty means zero).
-            ///
-            /// # Safety
-            /// For every kk < kc, the NR elements from `pb + off[kk]` are inside one allocation
-            /// that is readable for the call.
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn $dmicro(
-                kc: usize,
-                a: &[$t],
-                pb: *const $t,
-                off: &[usize],
-                c: &mut [$t],
-                ldc: usize,
-                rows: usize,
-                cols: usize,
-                set: bool,
-                bias: &[$t],
-            ) {
-                const MR: usize = $mr;
-                assert!(a.len() >= kc * MR && off.len() >= kc);
-                assert!((1..=MR).contains(&rows) && bias.len() <= rows);
-                let mut acc = [[$zero(); 2]; MR];
-                if set {
-                    for (row, bv) in acc.iter_mut().zip(bias) {
-                        let v = $bcast(bv);
-                        *row = [v, v];
-                    }
-                }
-                let pa = a.as_ptr();
-                for kk in 0..kc {
-                    // SAFETY: kk < kc <= off.len() and a holds kc * MR elements (asserted);
-                    // the B reads are in bounds by the caller's contract.
-                    unsafe {
-                        let pk = pb.add(*off.get_unchecked(kk));
-                        let b0 = $load(pk);
-                        let b1 = $load(pk.add($lanes));
-                        let ak = pa.add(kk * MR);
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            let av = $bcast(&*ak.add(i));
-                            row[0] = $fma(av, b0, row[0]);
-                            row[1] = $fma(av, b1, row[1]);
-                        }
-                    }
-                }
-                store_acc!(
-                    acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $load, $store, $add
-                );
-            }
-
-            /// One KC block of the implicit GEMM (see `DBlk`): every output row of `d.oh`, in
-            /// NR-wide pixel tiles, against every MR panel of A.
-            #[target_feature(enable = "avx2,fma")]
-            pub(super) fn $dblock(d: super::DBlk<'_, $t>) {
-                const MR: usize = $mr;
-                const NR: usize = 2 * $lanes;
-                let super::DBlk {
-                    m,
-                    kc,
-                    ap,
-                    src,
-                    off,
-                    pitch,
-                    oh,
-                    wo,
-                    c,
-                    ldc,
-                    set,
-                    bias,
-                } = d;
-                if m == 0 || kc == 0 || wo == 0 || oh.is_empty() {
-                    return;
-                }
-                let off = &off[..kc];
-                assert!(ap.len() >= m.div_ceil(MR) * kc * MR);
-                assert!(bias.is_empty() || bias.len() >= m);
-                // Every read is at base + off[kk] + 0..NR with base <= last_base.
-                let last_base = (oh.end - 1) * pitch + (wo - 1) / NR * NR;
-                let maxoff = off.iter().copied().max().unwrap_or(0);
-                assert!(last_base + maxoff + NR <= src.len());
-                for r in oh {
-                    for ow0 in (0..wo).step_by(NR) {
-                        let cols = NR.min(wo - ow0);
-                        // SAFETY: r*pitch + ow0 <= last_base <= src.len() (asserted above).
-                        let pb = unsafe { src.as_ptr().add(r * pitch + ow0) };
-                        for ip in 0..m.div_ceil(MR) {
-                            let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
-                            let bi = if bias.is_empty() {
-                                bias
-                            } else {
-                                &bias[i0..i0 + rows]
-                            };
-                            // SAFETY: pb + off[kk] + NR <= src.as_ptr() + last_base + maxoff
-                            // + NR, inside src (asserted above).
-                            unsafe {
-                                $dmicro(
-                                    kc,
-                                    &ap[ip * kc * MR..(ip + 1) * kc * MR],
-                                    pb,
-                                    off,
-                                    &mut c[i0 * ldc + r * wo + ow0..],
-                                    ldc,
-                                    rows,
-                                    cols,
-                                    set,
-                                    bi,
-                                )
-                            }
-                        }
-                    }
-                }
-            }
-
-            /// The micro-kernel with A read in place: as `$micro`, but element (i, kk) of the
-            /// A panel is `pa[i * lda + kk]`; rows past `rows` re-read the last row (their sums
-            /// are never stored), so nothing beyond A's m rows is read.
-            ///
-            /// # Safety
-            /// For i < rows and kk < kc, `pa + i * lda + kk` is inside one allocation that is
-            /// readable for the call.
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn $amicro(
-                kc: usize,
-                pa: *const $t,
-                lda: usize,
-                b: &[$t],
-                c: &mut [$t],
-                ldc: usize,
-                rows: usize,
-                cols: usize,
-                set: bool,
-            ) {
-                const MR: usize = $mr;
-                const NR: usize = 2 * $lanes;
-                assert!(b.len() >= kc * NR);
-                assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
-                // SAFETY: i.min(rows - 1) < rows, a row of A (caller's contract).
-                let ar: [*const $t; MR] =
-                    std::array::from_fn(|i| unsafe { pa.add(i.min(rows - 1) * lda) });
-                let mut acc = [[$zero(); 2]; MR];
-                let pb = b.as_ptr();
-                if cols <= $lanes {
-                    // A last panel of at most one vector of columns (the weight gradient's 27
-                    // taps end in 3 of 8 in f64): the second vector's products are never stored,
-                    // so they are not computed.
-                    for kk in 0..kc {
-                        // SAFETY: as in the loop below.
-                        unsafe {
-                            let b0 = $load(pb.add(kk * NR));
-                            for (row, &ai) in acc.iter_mut().zip(&ar) {
-                                row[0] = $fma($bcast(&*ai.add(kk)), b0, row[0]);
-                            }
-                        }
-                    }
-                } else {
-                    for kk in 0..kc {
-                        // SAFETY: kk < kc: b holds kc * NR elements (asserted), and ar[i] + kk
-                        // is inside A by the caller's contract.
-                        unsafe {
-                            let b0 = $load(pb.add(kk * NR));
-                            let b1 = $load(pb.add(kk * NR + $lanes));
-                            for (row, &ai) in acc.iter_mut().zip(&ar) {
-                                let av = $bcast(&*ai.add(kk));
-                                row[0] = $fma(av, b0, row[0]);
-                                row[1] = $fma(av, b1, row[1]);
-                            }
-                        }
-                    }
-                }
-                store_acc!(
-                    acc, c, ldc, rows, cols, set, $mr, $t, $lanes, $load, $store, $add
-                );
-            }
-
-            /// One A-in-place KC block (see `ABlk`): the B panel against every MR rows of A.
-            #[target_feature(enable = "avx2,fma")]
-            pub(super) fn $ablock(b: super::ABlk<'_, $t>) {
-                const MR: usize = $mr;
-                let super::ABlk {
-                    m,
-                    n,
-                    kc,
-                    a,
-                    lda,
-                    bp,
-                    c,
-                    ldc,
-                    set,
-                } = b;
-                if m == 0 || n == 0 || kc == 0 {
-                    return;
-                }
-                assert!(n <= 2 * $lanes);
-                assert!(a.len() >= (m - 1) * lda + kc);
-                for ip in 0..m.div_ceil(MR) {
-                    let (i0, rows) = (ip * MR, MR.min(m - ip * MR));
-                    // SAFETY: rows i0..i0 + rows < m of A, each kc long, are inside `a`
-                    // (asserted above).
-                    unsafe {
-                        $amicro(
-                            kc,
-                            a.as_ptr().add(i0 * lda),
-                            lda,
-                            bp,
-                            &mut c[i0 * ldc..],
-                            ldc,
-                            rows,
-                            n,
-                            set,
-                        )
-                    }
-                }
-            }
-
-            /// LOOP 2 and LOOP 1 over one KC block.
-            #[target_feature(enable = "avx2,fma")]
-            pub(super) fn $block(b: super::Blk<'_, $t>) {
-                let (kc, ldc, set) = (b.kc, b.ldc, b.set);
-                super::panels(($mr, 2 * $lanes), b, |a, bp, ct, rows, cols| {
-                    $micro(kc, a, bp, ct, ldc, rows, cols, set)
-                })
-            }
-        };
-    }
-    /// One `kernel!` per (block, micro-kernel, MR) in the list, all with one element type's
-    /// intrinsics.
-    macro_rules! kernels {
-        ($t:ty, $v:ty, $lanes:expr, [], $($intr:ident),*) => {};
-        ($t:ty, $v:ty, $lanes:expr,
-         [($block:ident, $micro:ident, $dblock:ident, $dmicro:ident, $ablock:ident,
-           $amicro:ident, $mr:expr)
-          $(, $more:tt)*],
-         $($intr:ident),*) => {
-            kernel!(
-                $block, $micro, $dblock, $dmicro, $ablock, $amicro, $mr, $t, $v, $lanes,
-                $($intr),*
-            );
-            kernels!($t, $v, $lanes, [$($more),*], $($intr),*);
-        };
-    }
     kernels!(
+        "avx2,fma",
         f32,
         __m256,
         8,
+        2,
         [
             (
                 block_f32, micro_f32, dblock_f32, dmicro_f32, ablock_f32, amicro_f32, 6
             ),
             (
-                block_f32_5,
-                micro_f32_5,
-                dblock_f32_5,
-                dmicro_f32_5,
-                ablock_f32_5,
-                amicro_f32_5,
+                block_f32_alt,
+                micro_f32_alt,
+                dblock_f32_alt,
+                dmicro_f32_alt,
+                ablock_f32_alt,
+                amicro_f32_alt,
                 5
             )
         ],
@@ -896,20 +946,22 @@ mod avx2 {
         _mm256_add_ps
     );
     kernels!(
+        "avx2,fma",
         f64,
         __m256d,
         4,
+        2,
         [
             (
                 block_f64, micro_f64, dblock_f64, dmicro_f64, ablock_f64, amicro_f64, 6
             ),
             (
-                block_f64_5,
-                micro_f64_5,
-                dblock_f64_5,
-                dmicro_f64_5,
-                ablock_f64_5,
-                amicro_f64_5,
+                block_f64_alt,
+                micro_f64_alt,
+                dblock_f64_alt,
+                dmicro_f64_alt,
+                ablock_f64_alt,
+                amicro_f64_alt,
                 5
             )
         ],
@@ -1017,6 +1069,83 @@ mod avx2 {
     }
 }
 
+/// AVX-512 micro-kernels: 16 rows x 1 zmm of C (16 of the 32 zmm registers), one vector load
+/// of B and 16 broadcasts of A per k (folded into the FMAs as embedded broadcasts), for f32
+/// (16 x 16) and f64 (16 x 8). One vector per row keeps NR at the AVX2 level's 16 / 8, so the
+/// direct convolution's pixel tiles still fit rows of 16 (res2, the notebook's forward) and the
+/// tap transposes serve both levels. The 13-row twins are the alternative height.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn bcast_ps(x: &f32) -> __m512 {
+        _mm512_set1_ps(*x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn bcast_pd(x: &f64) -> __m512d {
+        _mm512_set1_pd(*x)
+    }
+
+    kernels!(
+        "avx512f,avx512vl,avx2,fma",
+        f32,
+        __m512,
+        16,
+        1,
+        [
+            (
+                block_f32, micro_f32, dblock_f32, dmicro_f32, ablock_f32, amicro_f32, 16
+            ),
+            (
+                block_f32_alt,
+                micro_f32_alt,
+                dblock_f32_alt,
+                dmicro_f32_alt,
+                ablock_f32_alt,
+                amicro_f32_alt,
+                13
+            )
+        ],
+        _mm512_setzero_ps,
+        bcast_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps
+    );
+    kernels!(
+        "avx512f,avx512vl,avx2,fma",
+        f64,
+        __m512d,
+        8,
+        1,
+        [
+            (
+                block_f64, micro_f64, dblock_f64, dmicro_f64, ablock_f64, amicro_f64, 16
+            ),
+            (
+                block_f64_alt,
+                micro_f64_alt,
+                dblock_f64_alt,
+                dmicro_f64_alt,
+                ablock_f64_alt,
+                amicro_f64_alt,
+                13
+            )
+        ],
+        _mm512_setzero_pd,
+        bcast_pd,
+        _mm512_loadu_pd,
+        _mm512_storeu_pd,
+        _mm512_fmadd_pd,
+        _mm512_add_pd
+    );
+}
+
 fn block_portable<T: Float>(b: Blk<'_, T>) {
     if std::mem::size_of::<T>() == 4 {
         block::<T, 4, 8, false>(b)
@@ -1107,7 +1236,7 @@ fn run_block<T: Float>(s: Shape, blk: Blk<'_, T>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a Shape's level comes from level(), which reports Avx512 only when the
         // CPU has AVX-512F/VL, AVX2 and FMA.
-        Level::Avx512 => unsafe { block_avx512(blk) },
+        Level::Avx512 => unsafe { block_avx512(blk, s.mr) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, Avx2 only when the CPU has AVX2 and FMA.
         Level::Avx2 => unsafe { block_avx2(blk, s.mr) },
@@ -1222,7 +1351,7 @@ pub fn transpose_runs<T: Float>(s: Shape, src: &[T], bases: &[usize], len: usize
     assert!(bases.len() <= nr && out.len() >= len * nr);
     assert!(bases.iter().all(|&b| b + len <= src.len()));
     #[cfg(target_arch = "x86_64")]
-    if s.level == Level::Avx2 {
+    if s.level >= Level::Avx2 {
         use std::any::TypeId;
         if TypeId::of::<T>() == TypeId::of::<f32>() && nr == 16 {
             // SAFETY: T is f32 (same TypeId); the level is Avx2, which level() reports only
@@ -1437,10 +1566,24 @@ mod tests {
                 run::<f64>(lv, None, mnk, &a, &b, &c0, &want, 1e-13 * (scale + 1.0));
                 // f32: the inputs themselves are rounded to f32, hence the wider bound.
                 run::<f32>(lv, None, mnk, &a, &b, &c0, &want, 1e-5 * (scale + 1.0));
-                if lv == Level::Avx2 {
-                    // The 5-row panels `shape_for_rows` picks at this level.
-                    run::<f64>(lv, Some(5), mnk, &a, &b, &c0, &want, 1e-13 * (scale + 1.0));
-                    run::<f32>(lv, Some(5), mnk, &a, &b, &c0, &want, 1e-5 * (scale + 1.0));
+                // The alternative panel height `shape_for_rows` picks at each explicit level.
+                let alt = match lv {
+                    Level::Avx2 => Some(AVX2_ALT_MR),
+                    Level::Avx512 => Some(AVX512_ALT_MR),
+                    Level::Portable => None,
+                };
+                if let Some(alt) = alt {
+                    run::<f64>(
+                        lv,
+                        Some(alt),
+                        mnk,
+                        &a,
+                        &b,
+                        &c0,
+                        &want,
+                        1e-13 * (scale + 1.0),
+                    );
+                    run::<f32>(lv, Some(alt), mnk, &a, &b, &c0, &want, 1e-5 * (scale + 1.0));
                 }
             }
         }
