@@ -137,8 +137,8 @@ fn packed_w_len(g: &ConvGeom, s: Shape) -> usize {
 /// zero-padded by KH-1-ph rows and KW-1-pw columns, so dx runs through the same kernel with the
 /// flipped, transposed weights and needs no col2im.
 fn direct_fwd(g: &ConvGeom, s: Shape) -> bool {
-    // Tiles are one output row's NR pixels: a row of 8 in 16-pixel tiles would waste half.
-    pg::direct_available(s) && g.wo.next_multiple_of(s.nr) * 3 <= g.wo * 4
+    // Slots are one output row's NR / 2 pixels: a row of 8 in 16-pixel slots would waste half.
+    pg::direct_available(s) && g.wo.next_multiple_of(pg::direct_slot(s)) * 3 <= g.wo * 4
 }
 
 /// Whether dx runs direct: a stride-1, undilated convolution whose padding is less than the
@@ -152,7 +152,7 @@ fn direct_dx(g: &ConvGeom, s: Shape) -> bool {
         && g.p.pad.0 < g.kh
         && g.p.pad.1 < g.kw
         && g.cg() >= DIRECT_DX_MIN_CHANNELS
-        && g.w.next_multiple_of(s.nr) * 3 <= g.w * 4
+        && g.w.next_multiple_of(pg::direct_slot(s)) * 3 <= g.w * 4
 }
 
 /// Input channels per group from which dx runs direct.
