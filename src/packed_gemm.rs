@@ -338,12 +338,13 @@ pub(crate) struct Blk<'a, T> {
 }
 
 /// One KC block of an implicit GEMM (the direct convolution): C (m x pixels) (+)= packed A
-/// block (m x kc) * B, where B is never built: its row kk for the NR pixels starting at output
-/// (r, ow0) is read in place from `src[r * pitch + ow0 + off[kk]..][..NR]` (a padded image, so a
-/// row of B is a run of one input row). C element (i, r, ow) is at `c[i * ldc + r * wo + ow]`.
-/// With `set` the block stores `bias[i] + A B` (an empty bias is zero) and never reads C.
-/// Pixel tiles that run past `wo` read up to NR - 1 elements beyond the row (the slack the
-/// caller leaves at the end of `src`) and store only the valid columns.
+/// block (m x kc) * B, where B is never built: its row kk for the S pixels of a slot starting at
+/// output (r, ow0) is read in place from `src[r * pitch + ow0 + off[kk]..][..S]` (a padded
+/// image, so a row of B is a run of one input row; S = `direct_slot`, one vector). C element
+/// (i, r, ow) is at `c[i * ldc + r * wo + ow]`. With `set` the block stores `bias[i] + A B` (an
+/// empty bias is zero) and never reads C. A row's last slot, when it runs past `wo`, reads up to
+/// S - 1 elements beyond the row (the slack the caller leaves at the end of `src`) and stores
+/// only the valid columns.
 pub(crate) struct DBlk<'a, T> {
     pub m: usize,
     pub kc: usize,
