@@ -536,6 +536,43 @@ proptest! {
     fn norms_fast_match_reference_f32(c in norm_case()) { check_norm::<f32>(&c, 1e-6); }
 }
 
+/// Spatial batch norm and group norm with planes of 64-144 elements: the channel layouts' first
+/// pass runs sample-major from 64 on (`norm_case`'s planes are at most 36).
+fn norm_large_plane_case() -> impl Strategy<Value = NormCase> {
+    (
+        prop_oneof![Just(1u8), Just(3u8)],
+        1usize..=4,
+        1usize..=3,
+        8usize..=12,
+        8usize..=12,
+        1usize..=2,
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(kind, n, cpg, h, w, g, train, pytorch, seed)| NormCase {
+            kind,
+            n: n + usize::from(pytorch),
+            c: cpg * g,
+            h,
+            w,
+            g,
+            train,
+            pytorch,
+            seed,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn norms_on_large_planes_match_reference(c in norm_large_plane_case()) {
+        check_norm::<f64>(&c, 1e-12);
+        check_norm::<f32>(&c, 1e-6);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 

@@ -261,6 +261,60 @@ multiversion! {
 }
 
 multiversion! {
+    /// Pass 1 backward over one sample of a channel layout: per channel plane
+    /// (sum dy, sum dy * (x - mean)) into `out[2 ch..2 ch + 2]`, the same per-plane sums
+    /// `channel_dsums` adds up.
+    fn sample_dsums<T>(dy: &[T], x: &[T], hw: usize, mean: &[f64], out: &mut [f64]) {
+        for (ch, (&m, o)) in mean.iter().zip(out.chunks_exact_mut(2)).enumerate() {
+            let r = ch * hw..(ch + 1) * hw;
+            let (a, b) = sum_dy_dev(&dy[r.clone()], &x[r], m);
+            o[0] = a;
+            o[1] = b;
+        }
+    }
+}
+
+multiversion! {
+    /// Pass 1 forward over one sample of a channel layout: per channel plane the shifted sums
+    /// about `k[ch]` into `out[2 ch..2 ch + 2]`, the same per-plane sums `channel_stats` adds up.
+    fn sample_shifted<T>(x: &[T], hw: usize, k: &[T], out: &mut [f64]) {
+        for (ch, (&kc, o)) in k.iter().zip(out.chunks_exact_mut(2)).enumerate() {
+            let (a, b) = shifted_sums(&x[ch * hw..(ch + 1) * hw], kc);
+            o[0] = a;
+            o[1] = b;
+        }
+    }
+}
+
+/// Planes at least this long take the sample-major pass 1 (`plane_sums`); shorter ones (batch
+/// norm (N, D) has planes of 1) keep one job per channel, whose N x C partials would be as large
+/// as the data.
+const SAMPLE_MAJOR_MIN_HW: usize = 64;
+
+/// Per-channel totals of a pass 1 over a channel layout, computed sample-major: `per_sample(i,
+/// out)` writes sample i's per-plane pair for every channel (one job per sample, sweeping the
+/// sample's memory in order), then each channel's pair is summed over the samples in order from
+/// 0.0: the same additions in the same order as the channel-major loop, so the same bits. One
+/// job per channel read N planes of a few KB, each a separate page for the prefetcher; the
+/// sweep streams.
+fn plane_sums(
+    n: usize,
+    c: usize,
+    par: Parallelism<'_>,
+    per_sample: &(dyn Fn(usize, &mut [f64]) + Sync),
+) -> Vec<f64> {
+    let mut part = vec![0.0f64; n * 2 * c];
+    par.for_each_chunk(&mut part, 2 * c, &|i, s, _| per_sample(i, s));
+    let mut tot = vec![0.0f64; 2 * c];
+    for p in part.chunks_exact(2 * c) {
+        for (t, v) in tot.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    tot
+}
+
+multiversion! {
     /// Pass 2 backward over one sample of a channel layout: per channel (mean, k1, k2, k3).
     fn channel_sample_dx<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, ks: &[(f64, f64, f64, f64)]) {
         for (ch, &(m, k1, k2, k3)) in ks.iter().enumerate() {
@@ -309,11 +363,26 @@ pub fn train_forward<T: Float>(
 ) -> (Vec<f64>, Vec<f64>) {
     if let Some((n, c, hw)) = channel_dims(l) {
         let mut st = vec![0.0f64; 2 * c];
-        par.for_each_chunk(&mut st, 2, &|ch, s, _| {
-            let (m, v) = channel_stats(x, n, c, hw, ch);
-            s[0] = m;
-            s[1] = v;
-        });
+        if hw >= SAMPLE_MAJOR_MIN_HW {
+            // Shift of each channel: its first element, as in `channel_stats`.
+            let k: Vec<T> = (0..c).map(|ch| x[ch * hw]).collect();
+            let chw = c * hw;
+            let tot = plane_sums(n, c, par, &|i, s| {
+                sample_shifted(&x[i * chw..(i + 1) * chw], hw, &k, s)
+            });
+            let cnt = (n * hw) as f64;
+            for (ch, (s, t)) in st.chunks_exact_mut(2).zip(tot.chunks_exact(2)).enumerate() {
+                let (m, v) = moments(t[0], t[1], k[ch].to_f(), cnt);
+                s[0] = m;
+                s[1] = v;
+            }
+        } else {
+            par.for_each_chunk(&mut st, 2, &|ch, s, _| {
+                let (m, v) = channel_stats(x, n, c, hw, ch);
+                s[0] = m;
+                s[1] = v;
+            });
+        }
         let (mean, var): (Vec<f64>, Vec<f64>) = st.chunks(2).map(|s| (s[0], s[1])).unzip();
         let inv = super::inv_std_of(&var, eps);
         normalize(l, x, gamma, beta, &mean, &inv, out, par);
@@ -391,12 +460,21 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
     } = a;
     let BwdOut { dx, dgamma, dbeta } = o;
     if let Some((n, c, hw)) = channel_dims(l) {
-        let mut sums = vec![0.0f64; 2 * c];
-        par.for_each_chunk(&mut sums, 2, &|ch, s, _| {
-            let (a, b) = channel_dsums(dout, x, n, c, hw, ch, mean[ch]);
-            s[0] = a;
-            s[1] = b;
-        });
+        let sums = if hw >= SAMPLE_MAJOR_MIN_HW {
+            let chw = c * hw;
+            plane_sums(n, c, par, &|i, s| {
+                let r = i * chw..(i + 1) * chw;
+                sample_dsums(&dout[r.clone()], &x[r], hw, mean, s)
+            })
+        } else {
+            let mut sums = vec![0.0f64; 2 * c];
+            par.for_each_chunk(&mut sums, 2, &|ch, s, _| {
+                let (a, b) = channel_dsums(dout, x, n, c, hw, ch, mean[ch]);
+                s[0] = a;
+                s[1] = b;
+            });
+            sums
+        };
         let cnt = (n * hw) as f64;
         let ks: Vec<(f64, f64, f64, f64)> = (0..c)
             .map(|ch| {
