@@ -1,9 +1,9 @@
 //! Fast convolution: one packed GEMM engine fed two ways, with bounded workspace (kernels.md has
 //! the full map and the measurements).
 //!
-//! - **Direct** (`direct_fwd`, AVX2, output rows that fill the pixel tiles): B is read in place
-//!   from a zero-padded, stride-phase-split copy of the image (`Pad`), through a per-KC-block
-//!   table of tap offsets; forward `out = bias + W B`, and for stride 1 (`direct_dx`) dx as the
+//! - **Direct** (`direct_fwd`, AVX2 or AVX-512, output rows that fill the pixel slots): B is read
+//!   in place from a zero-padded, stride-phase-split copy of the image (`Pad`), through a
+//!   per-KC-block table of tap offsets; forward `out = bias + W B`, and for stride 1 (`direct_dx`) dx as the
 //!   correlation of padded dout with the flipped, transposed weights.
 //! - **im2col** (everything else): the column matrix of one image and group,
 //!
@@ -16,9 +16,9 @@
 //!   pays (`dcol_in_place_pays`), col2im storing each dx row once at column stride 2 when one
 //!   tile covers the image (`col2im_2_store`).
 //! - dw (both): per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
-//!   chunks) `part (F x K) += dout_tile * col_tile^T`, A (dout) read in place at the AVX2 level,
-//!   B's tap panels packed just in time from the padded copy or the im2col tile by register
-//!   transposes; dw = `part[0] + part[1] + ...` in chunk order. Fixed partition, fixed combine
+//!   chunks) `part (F x K) += dout_tile * col_tile^T`, A (dout) read in place at the AVX2 and
+//!   AVX-512 levels, B's tap panels packed just in time from the padded copy or the im2col tile
+//!   by register transposes; dw = `part[0] + part[1] + ...` in chunk order. Fixed partition, fixed combine
 //!   order: bitwise identical for any thread count.
 //! - db: f64 partial sums per chunk, inside the dw jobs, added in chunk order.
 //!
