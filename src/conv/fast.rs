@@ -3,8 +3,8 @@
 //!
 //! - **Direct** (`direct_fwd`, AVX2 or AVX-512, output rows that fill the pixel slots): B is read
 //!   in place from a zero-padded, stride-phase-split copy of the image (`Pad`), through a
-//!   per-KC-block table of tap offsets; forward `out = bias + W B`, and for stride 1 (`direct_dx`) dx as the
-//!   correlation of padded dout with the flipped, transposed weights.
+//!   per-KC-block table of tap offsets; forward `out = bias + W B`, and for stride 1
+//!   (`direct_dx`) dx as the correlation of padded dout with the flipped, transposed weights.
 //! - **im2col** (everything else): the column matrix of one image and group,
 //!
 //!   ```text
