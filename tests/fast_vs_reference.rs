@@ -375,14 +375,24 @@ struct NormCase {
     seed: u64,
 }
 
-fn norm_case() -> impl Strategy<Value = NormCase> {
+/// Norm cases of the layer kinds `kind` (0 batch norm, 1 spatial batch norm, 2 layer norm, 3
+/// group norm), up to `n` samples, `cpg` channels per group, planes of `hw.0 x hw.1`, up to `g`
+/// groups.
+fn norm_cases(
+    kind: impl Strategy<Value = u8>,
+    (n, cpg, g): (usize, usize, usize),
+    hw: (
+        std::ops::RangeInclusive<usize>,
+        std::ops::RangeInclusive<usize>,
+    ),
+) -> impl Strategy<Value = NormCase> {
     (
-        0u8..4,
-        1usize..=5,
-        1usize..=4,
-        1usize..=6,
-        1usize..=6,
-        1usize..=3,
+        kind,
+        1usize..=n,
+        1usize..=cpg,
+        hw.0,
+        hw.1,
+        1usize..=g,
         any::<bool>(),
         any::<bool>(),
         any::<u64>(),
@@ -398,6 +408,10 @@ fn norm_case() -> impl Strategy<Value = NormCase> {
             pytorch,
             seed,
         })
+}
+
+fn norm_case() -> impl Strategy<Value = NormCase> {
+    norm_cases(0u8..4, (5, 4, 3), (1..=6, 1..=6))
 }
 
 type Fwd<T> = fn(
@@ -539,28 +553,11 @@ proptest! {
 /// Spatial batch norm and group norm with planes of 64-144 elements: the channel layouts' first
 /// pass runs sample-major from 64 on (`norm_case`'s planes are at most 36).
 fn norm_large_plane_case() -> impl Strategy<Value = NormCase> {
-    (
+    norm_cases(
         prop_oneof![Just(1u8), Just(3u8)],
-        1usize..=4,
-        1usize..=3,
-        8usize..=12,
-        8usize..=12,
-        1usize..=2,
-        any::<bool>(),
-        any::<bool>(),
-        any::<u64>(),
+        (4, 3, 2),
+        (8..=12, 8..=12),
     )
-        .prop_map(|(kind, n, cpg, h, w, g, train, pytorch, seed)| NormCase {
-            kind,
-            n: n + usize::from(pytorch),
-            c: cpg * g,
-            h,
-            w,
-            g,
-            train,
-            pytorch,
-            seed,
-        })
 }
 
 proptest! {
