@@ -18,8 +18,8 @@
 //! - dw (both): per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
 //!   chunks) `part (F x K) += dout_tile * col_tile^T`, A (dout) read in place at the AVX2 and
 //!   AVX-512 levels, B's tap panels packed just in time from the padded copy or the im2col tile
-//!   by register transposes; dw = `part[0] + part[1] + ...` in chunk order. Fixed partition, fixed combine
-//!   order: bitwise identical for any thread count.
+//!   by register transposes; dw = `part[0] + part[1] + ...` in chunk order. Fixed partition,
+//!   fixed combine order: bitwise identical for any thread count.
 //! - db: f64 partial sums per chunk, inside the dw jobs, added in chunk order.
 //!
 //! Workspace: the packed weights, per thread the larger of what a path needs (padded copy, or a

@@ -2,8 +2,10 @@
 //!
 //! Two shapes of work cover the four layers:
 //! - channel layouts (batch norm (N, D) = (N, D, 1, 1), spatial batch norm): a statistic is a
-//!   channel spread over N planes of H*W. Pass 1 runs one job per channel over its N planes;
-//!   pass 2 sweeps each sample once, normalising (forward) or writing dx (backward).
+//!   channel spread over N planes of H*W. Pass 1 sums each plane and adds a channel's planes
+//!   in sample order: sample-major (one job per sample) for planes of 64+ elements, one job per
+//!   channel for shorter ones; pass 2 sweeps each sample once, normalising (forward) or writing
+//!   dx (backward).
 //! - group layouts (layer norm (N, D) = one group of D channels of 1 element, group norm): a
 //!   statistic is one contiguous block. One job per block does both passes while the block is in
 //!   cache: shifted sums for mean and variance, then the normalised output (or, backward, per-channel
