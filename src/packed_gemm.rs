@@ -289,10 +289,11 @@ fn pack_b_cols<T: Float>(nr: usize, kc: usize, n: usize, b: &[T], ld: usize, out
 }
 
 /// C[rows x cols] (leading dimension ldc) += A panel (kc x MR) * B panel (kc x NR), or = when
-/// `set` (C is then write-only: the caller need not zero it).
+/// `set` (C is then write-only: the caller need not zero it). The portable level's kernel: a
+/// multiply and an add, since `mul_add` without hardware FMA is a slow library call.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
+fn micro<T: Float, const MR: usize, const NR: usize>(
     kc: usize,
     a: &[T],
     b: &[T],
@@ -308,11 +309,7 @@ fn micro<T: Float, const MR: usize, const NR: usize, const FMA: bool>(
         let bk: &[T; NR] = bk.try_into().expect("NR chunk");
         for i in 0..MR {
             for j in 0..NR {
-                acc[i][j] = if FMA {
-                    ak[i].mul_add(bk[j], acc[i][j])
-                } else {
-                    ak[i] * bk[j] + acc[i][j]
-                };
+                acc[i][j] = ak[i] * bk[j] + acc[i][j];
             }
         }
     }
@@ -547,10 +544,10 @@ fn panels<T>(
 
 /// One KC block with the generic micro-kernel.
 #[inline(always)]
-fn block<T: Float, const MR: usize, const NR: usize, const FMA: bool>(b: Blk<'_, T>) {
+fn block<T: Float, const MR: usize, const NR: usize>(b: Blk<'_, T>) {
     let (kc, ldc, set) = (b.kc, b.ldc, b.set);
     panels((MR, NR), b, |a, bp, ct, rows, cols| {
-        micro::<T, MR, NR, FMA>(kc, a, bp, ct, ldc, rows, cols, set)
+        micro::<T, MR, NR>(kc, a, bp, ct, ldc, rows, cols, set)
     })
 }
 
@@ -1237,9 +1234,9 @@ mod avx512 {
 
 fn block_portable<T: Float>(b: Blk<'_, T>) {
     if std::mem::size_of::<T>() == 4 {
-        block::<T, 4, 8, false>(b)
+        block::<T, 4, 8>(b)
     } else {
-        block::<T, 4, 4, false>(b)
+        block::<T, 4, 4>(b)
     }
 }
 
