@@ -6,125 +6,102 @@ use std::time::Instant;
 /// Independent accumulator chains: FMA latency (4 cycles) x 2 FMA pipes needs 8; 12 hides more.
 const CHAINS: usize = 12;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn fma_loop_f32(iters: u64) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_set1_ps(0.0); CHAINS];
-    let a = _mm256_set1_ps(0.999_999);
-    let b = _mm256_set1_ps(1e-7);
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm256_fmadd_ps(*v, a, b);
+/// `$name(iters)`: CHAINS independent FMA chains of one vector type for `iters` rounds; returns
+/// a sum of the lanes so the work cannot be optimised away.
+macro_rules! fma_loop {
+    ($name:ident, $feat:literal, $t:ty, $lanes:expr, $set1:ident, $fmadd:ident, $add:ident,
+     $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        fn $name(iters: u64) -> $t {
+            use std::arch::x86_64::*;
+            let mut acc = [$set1(0.0); CHAINS];
+            let a = $set1(0.999_999);
+            let b = $set1(1e-7);
+            for _ in 0..iters {
+                for v in acc.iter_mut() {
+                    *v = $fmadd(*v, a, b);
+                }
+            }
+            let mut s = $set1(0.0);
+            for v in acc {
+                s = $add(s, v);
+            }
+            let mut out = [0.0 as $t; $lanes];
+            // SAFETY: `out` holds exactly one vector's lanes, one unaligned store.
+            unsafe { $store(out.as_mut_ptr(), s) };
+            out.iter().sum()
         }
-    }
-    let mut s = _mm256_setzero_ps();
-    for v in acc {
-        s = _mm256_add_ps(s, v);
-    }
-    let mut out = [0.0f32; 8];
-    // SAFETY: `out` holds 8 f32, exactly one unaligned 256-bit store.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
-    out.iter().sum()
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn fma_loop_f64(iters: u64) -> f64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_set1_pd(0.0); CHAINS];
-    let a = _mm256_set1_pd(0.999_999);
-    let b = _mm256_set1_pd(1e-7);
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm256_fmadd_pd(*v, a, b);
-        }
-    }
-    let mut s = _mm256_setzero_pd();
-    for v in acc {
-        s = _mm256_add_pd(s, v);
-    }
-    let mut out = [0.0f64; 4];
-    // SAFETY: `out` holds 4 f64, exactly one unaligned 256-bit store.
-    unsafe { _mm256_storeu_pd(out.as_mut_ptr(), s) };
-    out.iter().sum()
-}
+fma_loop!(
+    fma_f32_avx2,
+    "avx2,fma",
+    f32,
+    8,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_storeu_ps
+);
+fma_loop!(
+    fma_f64_avx2,
+    "avx2,fma",
+    f64,
+    4,
+    _mm256_set1_pd,
+    _mm256_fmadd_pd,
+    _mm256_add_pd,
+    _mm256_storeu_pd
+);
+fma_loop!(
+    fma_f32_avx512,
+    "avx512f",
+    f32,
+    16,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_storeu_ps
+);
+fma_loop!(
+    fma_f64_avx512,
+    "avx512f",
+    f64,
+    8,
+    _mm512_set1_pd,
+    _mm512_fmadd_pd,
+    _mm512_add_pd,
+    _mm512_storeu_pd
+);
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn fma_loop512_f32(iters: u64) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm512_set1_ps(0.0); CHAINS];
-    let a = _mm512_set1_ps(0.999_999);
-    let b = _mm512_set1_ps(1e-7);
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_fmadd_ps(*v, a, b);
-        }
-    }
-    let mut s = _mm512_setzero_ps();
-    for v in acc {
-        s = _mm512_add_ps(s, v);
-    }
-    _mm512_reduce_add_ps(s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn fma_loop512_f64(iters: u64) -> f64 {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm512_set1_pd(0.0); CHAINS];
-    let a = _mm512_set1_pd(0.999_999);
-    let b = _mm512_set1_pd(1e-7);
-    for _ in 0..iters {
-        for v in acc.iter_mut() {
-            *v = _mm512_fmadd_pd(*v, a, b);
-        }
-    }
-    let mut s = _mm512_setzero_pd();
-    for v in acc {
-        s = _mm512_add_pd(s, v);
-    }
-    _mm512_reduce_add_pd(s)
-}
-
-/// Seconds for `iters` iterations of the FMA loop on this thread, and the flops it did.
+/// Seconds for `iters` iterations of the FMA loop on this thread, and the flops it did: with the
+/// widest FMA the CPU has (512-bit where it has AVX-512F: on the Zen 5 the 256-bit loop measured
+/// half the machine's peak).
 fn one_thread(f64: bool, iters: u64) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::detected() >= crate::simd::Level::Avx512 {
-        let t = Instant::now();
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        let sink = unsafe {
-            if f64 {
-                fma_loop512_f64(iters)
-            } else {
-                fma_loop512_f32(iters) as f64
-            }
-        };
-        std::hint::black_box(sink);
-        let lanes = if f64 { 8.0 } else { 16.0 };
-        return (
-            t.elapsed().as_secs_f64(),
-            iters as f64 * CHAINS as f64 * lanes * 2.0,
-        );
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::detected() >= crate::simd::Level::Avx2 {
-        let t = Instant::now();
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        let sink = unsafe {
-            if f64 {
-                fma_loop_f64(iters)
-            } else {
-                fma_loop_f32(iters) as f64
-            }
-        };
-        std::hint::black_box(sink);
-        let lanes = if f64 { 4.0 } else { 8.0 };
-        return (
-            t.elapsed().as_secs_f64(),
-            iters as f64 * CHAINS as f64 * lanes * 2.0,
-        );
+    {
+        use crate::simd::{Level, detected};
+        let lv = detected();
+        if lv >= Level::Avx2 {
+            let t = Instant::now();
+            // SAFETY: each loop runs only at a level whose features the CPU has (detected()
+            // reports Avx512 only with AVX-512F, Avx2 only with AVX2 and FMA).
+            let (sink, lanes) = unsafe {
+                match (lv >= Level::Avx512, f64) {
+                    (true, true) => (fma_f64_avx512(iters), 8.0),
+                    (true, false) => (fma_f32_avx512(iters) as f64, 16.0),
+                    (false, true) => (fma_f64_avx2(iters), 4.0),
+                    (false, false) => (fma_f32_avx2(iters) as f64, 8.0),
+                }
+            };
+            std::hint::black_box(sink);
+            return (
+                t.elapsed().as_secs_f64(),
+                iters as f64 * CHAINS as f64 * lanes * 2.0,
+            );
+        }
     }
     // Portable: scalar FMA chains (a lower bound of what the machine can do).
     let t = Instant::now();
