@@ -4,7 +4,8 @@
 
 With --cs231n DIR (a directory holding cs231n/fast_layers.py and its built Cython extension),
 cs231n's own fast layers are timed on the same arrays in the same run and the ratio printed.
-Medians of --reps calls. Not run by CI.
+Each cell is warmed up (a quarter of a second, at least 3 calls), then timed: medians of --reps
+calls. Not run by CI.
 """
 
 import argparse
@@ -16,8 +17,17 @@ import numpy as np
 import fastlayers as fl
 
 
-def median_ms(fn, reps):
-    fn()
+def median_ms(fn, reps, warmup_s=0.25):
+    # Warm up first (at least 3 calls and a quarter of a second), the same for both libraries:
+    # a fresh process's first calls of a 5 MB-output cell run slower while the allocator's heap
+    # grows and the thread pool starts (measured: the first 30 conv_forward_fast calls had a
+    # median of 0.58-0.76 ms, the next 270 0.45-0.47), and cs231n's cells run after ours in the
+    # same process, when it is warm.
+    t0 = time.perf_counter()
+    calls = 0
+    while calls < 3 or time.perf_counter() - t0 < warmup_s:
+        fn()
+        calls += 1
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
