@@ -53,15 +53,21 @@ pub const AVX512_ALT_MR: usize = 5;
 /// larger than the default shape, so workspace sized with `shape` holds.
 pub fn shape_for_rows<T: Float>(m: usize) -> Shape {
     let s = shape::<T>();
-    let alt = match s.level {
-        Level::Avx2 => AVX2_ALT_MR,
-        Level::Avx512 => AVX512_ALT_MR,
-        Level::Portable => return s,
-    };
-    if m.next_multiple_of(alt) < m.next_multiple_of(s.mr) {
-        Shape { mr: alt, ..s }
-    } else {
-        s
+    match explicit_mrs(s.level) {
+        Some((_, alt)) if m.next_multiple_of(alt) < m.next_multiple_of(s.mr) => {
+            Shape { mr: alt, ..s }
+        }
+        _ => s,
+    }
+}
+
+/// (main, alternative) panel heights of a level's explicit kernels; None at the portable level,
+/// which has no explicit kernels.
+pub fn explicit_mrs(level: Level) -> Option<(usize, usize)> {
+    match level {
+        Level::Avx2 => Some((AVX2_MR, AVX2_ALT_MR)),
+        Level::Avx512 => Some((AVX512_MR, AVX512_ALT_MR)),
+        Level::Portable => None,
     }
 }
 
@@ -361,11 +367,7 @@ pub(crate) struct DBlk<'a, T> {
 /// AVX-512 levels, at their main and alternative panel heights).
 pub(crate) fn direct_available(s: Shape) -> bool {
     cfg!(target_arch = "x86_64")
-        && match s.level {
-            Level::Avx2 => s.mr == AVX2_MR || s.mr == AVX2_ALT_MR,
-            Level::Avx512 => s.mr == AVX512_MR || s.mr == AVX512_ALT_MR,
-            Level::Portable => false,
-        }
+        && explicit_mrs(s.level).is_some_and(|(main, alt)| s.mr == main || s.mr == alt)
 }
 
 /// Pixels per slot of the direct kernels: one vector (NR / 2; both explicit levels hold two
@@ -1664,12 +1666,7 @@ mod tests {
                 // f32: the inputs themselves are rounded to f32, hence the wider bound.
                 run::<f32>(lv, None, mnk, &a, &b, &c0, &want, 1e-5 * (scale + 1.0));
                 // The alternative panel height `shape_for_rows` picks at each explicit level.
-                let alt = match lv {
-                    Level::Avx2 => Some(AVX2_ALT_MR),
-                    Level::Avx512 => Some(AVX512_ALT_MR),
-                    Level::Portable => None,
-                };
-                if let Some(alt) = alt {
+                if let Some((_, alt)) = explicit_mrs(lv) {
                     run::<f64>(
                         lv,
                         Some(alt),
