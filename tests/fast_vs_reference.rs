@@ -121,6 +121,29 @@ fn direct_case() -> impl Strategy<Value = ConvCase> {
         .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
 }
 
+/// 3 x 3, stride-1 convolutions with 96-100 channels and filters per group (`WINO_MIN_CHANNELS`)
+/// and images of at least 8 x 8 outputs: the Winograd F(2x2, 3x3) forward and dx (which need a
+/// tile panel's 16 / 32 tiles; odd extents leave partial tiles); padding 3 runs the forward by
+/// Winograd and dx elsewhere.
+fn winograd_case() -> impl Strategy<Value = ConvCase> {
+    (
+        (
+            (
+                1usize..=2,
+                prop_oneof![3 => Just(1usize), 1 => Just(2usize)],
+            ),
+            (96usize..=100, 96usize..=100),
+            (8usize..=13, 8usize..=21),
+            Just((3usize, 3usize)),
+            Just((1usize, 1usize)),
+            (0usize..=3, 0usize..=3),
+            Just((1usize, 1usize)),
+        ),
+        any::<u64>(),
+    )
+        .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
+}
+
 fn check_conv<T: Float>(c: &ConvCase) {
     let mut rng = Rng::new(c.seed);
     let x: Tensor<T> = rng.randn(&c.xs, 1.0, 0.0);
@@ -203,6 +226,17 @@ proptest! {
 
     #[test]
     fn conv_fast_matches_reference_f32(c in conv_case()) { check_conv::<f32>(&c); }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn conv_winograd_matches_reference(c in winograd_case()) {
+        check_conv::<f64>(&c);
+        check_conv::<f32>(&c);
+    }
 
     #[test]
     fn conv_direct_matches_reference(c in direct_case()) {

@@ -27,6 +27,7 @@
 //! dw; all of it the caller's (`*_workspace_len` gives the exact size). The kernels allocate only
 //! O(threads) bookkeeping.
 
+use super::winograd::{self, Wino};
 use crate::packed_gemm::{self as pg, BSrc, Shape};
 use crate::parallel::{Parallelism, Slots};
 use crate::params::ConvGeom;
@@ -61,6 +62,9 @@ fn chunk_images(g: &ConvGeom, c: usize) -> std::ops::Range<usize> {
 /// Elements of one forward slot: one KC block of a column tile and its packed copy (im2col
 /// runs a KC block of rows at a time, so the block is packed while it is still in L2).
 fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
+    if let Some(wg) = wino_fwd(g, s) {
+        return wg.slot_len(s);
+    }
     if direct_fwd(g, s) {
         return fwd_pad(g).len(s);
     }
@@ -71,7 +75,9 @@ fn fwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
 /// Elements of one backward slot: the larger of what dx and dw use.
 fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     let pt = g.wo * tile_rows(g);
-    let dx = if direct_dx(g, s) {
+    let dx = if let Some(wg) = wino_dx(g, s) {
+        wg.slot_len(s)
+    } else if direct_dx(g, s) {
         dx_pad(g).len(s)
     } else {
         g.k_rows() * pt + pg::packed_b_len(s, g.fg(), pt)
@@ -114,12 +120,75 @@ fn dw_split<'a, T>(
 /// the flipped transpose (C/G x F/G*KH*KW) for the direct dx; the largest, so one size serves
 /// every path. Sized with the default shape, whose panels are never shorter than
 /// `shape_for_rows`'s.
-fn packed_w_len(g: &ConvGeom, s: Shape) -> usize {
+fn packed_w_len<T: Float>(g: &ConvGeom, s: Shape) -> usize {
     let kk = g.kh * g.kw;
+    let wino = |w: Option<Wino>| w.map_or(0, |w| w.packed_len::<T>());
     g.groups()
         * pg::packed_a_len(s, g.fg(), g.k_rows() + 1)
             .max(pg::packed_a_len(s, g.k_rows(), g.fg()))
             .max(pg::packed_a_len(s, g.cg(), g.fg() * kk))
+            .max(wino(wino_fwd(g, s)))
+            .max(wino(wino_dx(g, s)))
+}
+
+/// Channels per group (in and out) from which Winograd runs. Each transformed value feeds
+/// `cout` (input side) or comes from `cin` (output side) multiply-adds, so the transforms' share
+/// falls with the channel counts: on the Zen 5, 2 threads, res_conv (64 channels) ran the same
+/// either way (f32 5.4-5.8 ms Winograd, 5.2-6.0 direct) while res2_conv (128) gained 1.3x.
+const WINO_MIN_CHANNELS: usize = 96;
+
+/// The Winograd F(2x2, 3x3) correlation `winograd.rs` runs for a 3 x 3, stride-1, undilated
+/// convolution with enough channels, at a level with the explicit GEMM kernels, where its
+/// output has at least one NR panel of tiles and its workspace stays within one image's column
+/// matrix (K x P, the bound of every path).
+fn wino_if(g: &ConvGeom, s: Shape, wg: Wino) -> Option<Wino> {
+    let tiles = wg.ho().div_ceil(2) * wg.wo().div_ceil(2);
+    (pg::direct_available(s)
+        && g.kh == 3
+        && g.kw == 3
+        && g.p.stride == (1, 1)
+        && g.p.dilation == (1, 1)
+        && wg.cin >= WINO_MIN_CHANNELS
+        && wg.cout >= WINO_MIN_CHANNELS
+        && tiles >= s.nr
+        && wg.slot_len(s) <= g.k_rows() * g.pixels())
+    .then_some(wg)
+}
+
+/// The forward as Winograd, where it applies.
+fn wino_fwd(g: &ConvGeom, s: Shape) -> Option<Wino> {
+    let wg = Wino {
+        cin: g.cg(),
+        cout: g.fg(),
+        h: g.h,
+        w: g.w,
+        ph: g.p.pad.0,
+        pw: g.p.pad.1,
+    };
+    if g.kh != 3 || g.kw != 3 || g.p.stride != (1, 1) || g.p.dilation != (1, 1) {
+        return None;
+    }
+    wino_if(g, s, wg)
+}
+
+/// dx as Winograd (the correlation of dout padded by 2 - pad with the flipped, transposed
+/// weights; see `direct_fwd`), where it applies.
+fn wino_dx(g: &ConvGeom, s: Shape) -> Option<Wino> {
+    if g.kh != 3 || g.kw != 3 || g.p.pad.0 > 2 || g.p.pad.1 > 2 {
+        return None;
+    }
+    if g.p.stride != (1, 1) || g.p.dilation != (1, 1) {
+        return None;
+    }
+    let wg = Wino {
+        cin: g.fg(),
+        cout: g.cg(),
+        h: g.ho,
+        w: g.wo,
+        ph: 2 - g.p.pad.0,
+        pw: 2 - g.p.pad.1,
+    };
+    wino_if(g, s, wg)
 }
 
 /// The direct (implicit-GEMM) convolution, used where it applies (a SIMD level with direct
@@ -369,7 +438,7 @@ fn staged_len(g: &ConvGeom) -> usize {
 /// in force.
 pub fn forward_workspace_len<T: Float>(g: &ConvGeom, threads: usize) -> usize {
     let s = pg::shape::<T>();
-    packed_w_len(g, s) + threads.max(1) * fwd_slot_len(g, s)
+    packed_w_len::<T>(g, s) + threads.max(1) * fwd_slot_len(g, s)
 }
 
 /// `forward_workspace_len` with overflow checking (for absurd thread counts).
@@ -378,7 +447,7 @@ pub fn forward_workspace_len_checked<T: Float>(g: &ConvGeom, threads: usize) -> 
     threads
         .max(1)
         .checked_mul(fwd_slot_len(g, s))?
-        .checked_add(packed_w_len(g, s))
+        .checked_add(packed_w_len::<T>(g, s))
 }
 
 /// `backward_workspace_len` with overflow checking (for absurd thread counts).
@@ -388,13 +457,13 @@ pub fn backward_workspace_len_checked<T: Float>(g: &ConvGeom, threads: usize) ->
         .max(1)
         .checked_mul(bwd_slot_len(g, s))?
         .checked_add(staged_len(g))?
-        .checked_add(packed_w_len(g, s))
+        .checked_add(packed_w_len::<T>(g, s))
 }
 
 /// Exact workspace (elements of T) `backward_into` needs with `threads` threads.
 pub fn backward_workspace_len<T: Float>(g: &ConvGeom, threads: usize) -> usize {
     let s = pg::shape::<T>();
-    threads.max(1) * bwd_slot_len(g, s) + staged_len(g) + packed_w_len(g, s)
+    threads.max(1) * bwd_slot_len(g, s) + staged_len(g) + packed_w_len::<T>(g, s)
 }
 
 /// Row r of a group's column matrix as its tap: (channel in the group, kernel row, kernel
@@ -426,7 +495,7 @@ fn ow_range(g: &ConvGeom, j: usize) -> (usize, usize) {
 /// makes one per output row and kernel row (18K per res_conv image): the calls, not the bytes,
 /// were the cost.
 #[inline(always)]
-fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+pub(super) fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     let mut d8 = dst.chunks_exact_mut(8);
     let mut s8 = src.chunks_exact(8);
     for (d, s) in (&mut d8).zip(&mut s8) {
@@ -687,6 +756,9 @@ pub fn forward_into<T: Float>(
     debug_assert!(ws.len() >= forward_workspace_len::<T>(g, threads));
     debug_assert_eq!(out.len(), g.n * g.f * g.pixels());
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
+    if let Some(wg) = wino_fwd(g, sh) {
+        return forward_winograd(g, wg, x, w, b, out, ws, par);
+    }
     if direct_fwd(g, sh) {
         return forward_direct(g, x, w, b, out, ws, par);
     }
@@ -697,7 +769,7 @@ pub fn forward_into<T: Float>(
     // Row panels fitted to F/G (5-row panels for 25 filters); never larger than `sh`'s packing,
     // so the workspace sized with `sh` holds it.
     let sa = pg::shape_for_rows::<T>(fg);
-    let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
+    let (wp, ws) = ws.split_at_mut(packed_w_len::<T>(g, sh));
     let ga = pg::packed_a_len(sa, fg, k1);
     debug_assert!(g.groups() * ga <= wp.len());
     for grp in 0..g.groups() {
@@ -747,6 +819,47 @@ pub fn forward_into<T: Float>(
     });
 }
 
+/// The forward as Winograd F(2x2, 3x3) (see `wino_fwd`), per image.
+#[allow(clippy::too_many_arguments)]
+fn forward_winograd<T: Float>(
+    g: &ConvGeom,
+    wg: Wino,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    out: &mut [T],
+    ws: &mut [T],
+    par: Parallelism<'_>,
+) {
+    let sh = pg::shape::<T>();
+    let (p, fg, cg, chw) = (g.pixels(), g.fg(), g.cg(), g.c * g.h * g.w);
+    let (wp, ws) = ws.split_at_mut(packed_w_len::<T>(g, sh));
+    let gl = wg.packed_len::<T>();
+    for grp in 0..g.groups() {
+        let wgr = &w[grp * fg * cg * 9..(grp + 1) * fg * cg * 9];
+        let k =
+            |o: usize, i: usize| -> [T; 9] { std::array::from_fn(|t| wgr[(o * cg + i) * 9 + t]) };
+        winograd::pack_weights(&wg, k, &mut wp[grp * gl..(grp + 1) * gl]);
+    }
+    let wp = &*wp;
+    let slots = Slots::new(ws, par.threads(), fwd_slot_len(g, sh));
+    par.for_each_chunk(out, g.f * p, &|n, on, slot| {
+        slots.with(slot, |ws| {
+            let xn = &x[n * chw..(n + 1) * chw];
+            for grp in 0..g.groups() {
+                winograd::conv_image(
+                    &wg,
+                    &wp[grp * gl..(grp + 1) * gl],
+                    &xn[grp * cg * g.h * g.w..],
+                    &mut on[grp * fg * p..(grp + 1) * fg * p],
+                    &b[grp * fg..(grp + 1) * fg],
+                    ws,
+                );
+            }
+        });
+    });
+}
+
 /// The forward as a direct convolution (see `direct_fwd`), per image.
 #[allow(clippy::too_many_arguments)]
 fn forward_direct<T: Float>(
@@ -761,7 +874,7 @@ fn forward_direct<T: Float>(
     let sh = pg::shape::<T>();
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
     let sa = pg::shape_for_rows::<T>(fg);
-    let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
+    let (wp, ws) = ws.split_at_mut(packed_w_len::<T>(g, sh));
     let ga = pg::packed_a_len(sa, fg, k);
     for grp in 0..g.groups() {
         let wg = &w[grp * fg * k..(grp + 1) * fg * k];
@@ -817,7 +930,7 @@ pub fn backward_into<T: Float>(
     let sh = pg::shape::<T>();
     debug_assert!(ws.len() >= backward_workspace_len::<T>(g, threads));
     let (k, chw) = (g.k_rows(), g.c * g.h * g.w);
-    let (wp, ws) = ws.split_at_mut(packed_w_len(g, sh));
+    let (wp, ws) = ws.split_at_mut(packed_w_len::<T>(g, sh));
     let (ws, staged) = ws.split_at_mut(threads.max(1) * bwd_slot_len(g, sh));
     let staged = &mut staged[..staged_len(g)];
     let slots = Slots::new(ws, threads, bwd_slot_len(g, sh));
@@ -890,6 +1003,9 @@ pub fn backward_into<T: Float>(
 
 /// The weights as dx's GEMM wants them, packed once per call.
 enum DxWeights<'a, T> {
+    /// Winograd's U for the flipped, transposed weights (see `wino_dx`): per group `gl`
+    /// elements.
+    Winograd { wp: &'a [T], wg: Wino, gl: usize },
     /// Flipped and transposed for the direct correlation (see `direct_fwd`): per group a
     /// (C/G x F/G*KH*KW) block of `sa`'s packing, `ga` elements each.
     Direct { wp: &'a [T], sa: Shape, ga: usize },
@@ -924,6 +1040,18 @@ impl<'a, T: Float> DxWeights<'a, T> {
     fn pack(g: &ConvGeom, w: &[T], wp: &'a mut [T]) -> Self {
         let (k, fg, cg, kk) = (g.k_rows(), g.fg(), g.cg(), g.kh * g.kw);
         let sh = pg::shape::<T>();
+        if let Some(wg) = wino_dx(g, sh) {
+            let gl = wg.packed_len::<T>();
+            for grp in 0..g.groups() {
+                // Kernel (out c, in f) = W[grp*fg + f][c] rotated by 180 degrees.
+                let wgr = &w[grp * fg * cg * kk..(grp + 1) * fg * cg * kk];
+                let k = |c: usize, f: usize| -> [T; 9] {
+                    std::array::from_fn(|t| wgr[(f * cg + c) * 9 + 8 - t])
+                };
+                winograd::pack_weights(&wg, k, &mut wp[grp * gl..(grp + 1) * gl]);
+            }
+            return DxWeights::Winograd { wp, wg, gl };
+        }
         if direct_dx(g, sh) {
             let sa = pg::shape_for_rows::<T>(cg);
             let kd = fg * kk;
@@ -980,6 +1108,19 @@ fn dx_image<T: Float>(
     let fp = g.f * p;
     let dn = &dout[n * fp..(n + 1) * fp];
     match *dxw {
+        DxWeights::Winograd { wp, wg, gl } => {
+            let hw = g.h * g.w;
+            for grp in 0..g.groups() {
+                winograd::conv_image(
+                    &wg,
+                    &wp[grp * gl..(grp + 1) * gl],
+                    &dn[grp * fg * p..],
+                    &mut dxn[grp * cg * hw..(grp + 1) * cg * hw],
+                    &[],
+                    ws,
+                );
+            }
+        }
         DxWeights::Direct { wp, sa, ga } => {
             // The full correlation of padded dout with the flipped weights, stored into dx.
             let pd = dx_pad(g);

@@ -3,6 +3,7 @@
 
 pub mod fast;
 pub mod reference;
+mod winograd;
 
 use crate::error::{Result, expect_shape};
 use crate::parallel::Parallelism;
