@@ -5,6 +5,8 @@
 //!   in place from a zero-padded, stride-phase-split copy of the image (`Pad`), through a
 //!   per-KC-block table of tap offsets; forward `out = bias + W B`, and for stride 1
 //!   (`direct_dx`) dx as the correlation of padded dout with the flipped, transposed weights.
+//! - **Winograd F(2x2, 3x3)** (`wino_fwd`, `wino_dx`; `winograd.rs`): 3 x 3 stride-1
+//!   convolutions with 96+ channels per group, forward and dx, 16 GEMMs on transformed tiles.
 //! - **im2col** (everything else): the column matrix of one image and group,
 //!
 //!   ```text
