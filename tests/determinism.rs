@@ -71,6 +71,13 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
         ([3, 16, 6, 16], [4, 16, 3, 3], p),
         par,
     ));
+    // A conv on the Winograd path (3 x 3, stride 1, 96 channels and filters, 8 x 8 tiles),
+    // forward and dx, with N = 5.
+    outs.extend(conv_bits::<T>(
+        &mut rng,
+        ([5, 96, 16, 16], [96, 96, 3, 3], p),
+        par,
+    ));
     // Pooling, overlapping.
     let pp = PoolParam::new(3, 3, 2).with_pad(1, 1);
     outs.extend(pool_bits::<T>(&mut rng, [3, 5, 9, 10], pp, par));
