@@ -119,8 +119,8 @@ fn dw_split<'a, T>(
 
 /// Packed weights: every group's (F/G x (K + 1)) block for the im2col forward (the bias as an
 /// extra column; the direct forward packs F/G x K), its transpose (K x F/G) for the im2col dx, or
-/// the flipped transpose (C/G x F/G*KH*KW) for the direct dx; the largest, so one size serves
-/// every path. Sized with the default shape, whose panels are never shorter than
+/// the flipped transpose (C/G x F/G*KH*KW) for the direct dx, or Winograd's 16 transformed
+/// matrices (forward or dx); the largest, so one size serves every path. Sized with the default shape, whose panels are never shorter than
 /// `shape_for_rows`'s.
 fn packed_w_len<T: Float>(g: &ConvGeom, s: Shape) -> usize {
     let kk = g.kh * g.kw;
@@ -139,17 +139,18 @@ fn packed_w_len<T: Float>(g: &ConvGeom, s: Shape) -> usize {
 /// either way (f32 5.4-5.8 ms Winograd, 5.2-6.0 direct) while res2_conv (128) gained 1.3x.
 const WINO_MIN_CHANNELS: usize = 96;
 
-/// The Winograd F(2x2, 3x3) correlation `winograd.rs` runs for a 3 x 3, stride-1, undilated
-/// convolution with enough channels, at a level with the explicit GEMM kernels, where its
-/// output has at least one NR panel of tiles and its workspace stays within one image's column
-/// matrix (K x P, the bound of every path).
+/// Whether the convolution is the kind Winograd F(2x2, 3x3) computes: 3 x 3, stride 1,
+/// undilated.
+fn wino_kind(g: &ConvGeom) -> bool {
+    g.kh == 3 && g.kw == 3 && g.p.stride == (1, 1) && g.p.dilation == (1, 1)
+}
+
+/// `wg` (a correlation of a `wino_kind` convolution) where Winograd pays and fits: enough
+/// channels, a level with the explicit GEMM kernels, at least one NR panel of tiles, and a
+/// workspace within one image's column matrix (K x P, the bound of every path).
 fn wino_if(g: &ConvGeom, s: Shape, wg: Wino) -> Option<Wino> {
     let tiles = wg.ho().div_ceil(2) * wg.wo().div_ceil(2);
     (pg::direct_available(s)
-        && g.kh == 3
-        && g.kw == 3
-        && g.p.stride == (1, 1)
-        && g.p.dilation == (1, 1)
         && wg.cin >= WINO_MIN_CHANNELS
         && wg.cout >= WINO_MIN_CHANNELS
         && tiles >= s.nr
@@ -159,6 +160,9 @@ fn wino_if(g: &ConvGeom, s: Shape, wg: Wino) -> Option<Wino> {
 
 /// The forward as Winograd, where it applies.
 fn wino_fwd(g: &ConvGeom, s: Shape) -> Option<Wino> {
+    if !wino_kind(g) {
+        return None;
+    }
     let wg = Wino {
         cin: g.cg(),
         cout: g.fg(),
@@ -167,19 +171,13 @@ fn wino_fwd(g: &ConvGeom, s: Shape) -> Option<Wino> {
         ph: g.p.pad.0,
         pw: g.p.pad.1,
     };
-    if g.kh != 3 || g.kw != 3 || g.p.stride != (1, 1) || g.p.dilation != (1, 1) {
-        return None;
-    }
     wino_if(g, s, wg)
 }
 
 /// dx as Winograd (the correlation of dout padded by 2 - pad with the flipped, transposed
 /// weights; see `direct_fwd`), where it applies.
 fn wino_dx(g: &ConvGeom, s: Shape) -> Option<Wino> {
-    if g.kh != 3 || g.kw != 3 || g.p.pad.0 > 2 || g.p.pad.1 > 2 {
-        return None;
-    }
-    if g.p.stride != (1, 1) || g.p.dilation != (1, 1) {
+    if !wino_kind(g) || g.p.pad.0 > 2 || g.p.pad.1 > 2 {
         return None;
     }
     let wg = Wino {

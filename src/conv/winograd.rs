@@ -27,8 +27,8 @@ use crate::packed_gemm::{self as pg, BSrc, Shape};
 use crate::scalar::Float;
 use crate::simd::multiversion;
 
-/// Target elements of one block's V and M together (tile rows are blocked to this): 256 KB of
-/// f32, so the block, the packed B panel and a U[xi] stay in a 1 MB L2.
+/// Target elements of one block's V and M together (tile rows are blocked to this): 512 KB of
+/// f32, half the Zen 5's 1 MB L2 (64K and 256K measured the same on res2_conv, 2 threads).
 const BLOCK_ELEMS: usize = 128 * 1024;
 
 /// Fewest tiles a block holds (when the image has them): the GEMM's N, a few NR panels.
@@ -98,6 +98,7 @@ impl Wino {
 pub(super) fn pack_weights<T: Float>(wg: &Wino, k: impl Fn(usize, usize) -> [T; 9], out: &mut [T]) {
     let (sa, ul) = (wg.a_shape::<T>(), wg.u_len::<T>());
     let (mr, mpad) = (sa.mr, wg.cout.next_multiple_of(sa.mr));
+    assert!(mr <= MAX_MR, "no level has panels of {mr} rows");
     let out = &mut out[..16 * ul];
     if mpad != wg.cout {
         // The padding rows of the last panel are zero.
@@ -152,8 +153,8 @@ pub(super) fn pack_weights<T: Float>(wg: &Wino, k: impl Fn(usize, usize) -> [T; 
     }
 }
 
-/// The tallest A panel of any level.
-const MAX_MR: usize = 8;
+/// The tallest A panel of any level (the AVX-512 level's).
+const MAX_MR: usize = pg::AVX512_MR;
 
 /// One image: `out` (cout x ho x wo) = the correlation of `x` (cin x h x w) with the packed
 /// weights `up`, plus `bias` (one per output plane, or empty). Every element of `out` is
