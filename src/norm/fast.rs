@@ -159,11 +159,84 @@ fn moments(s1: f64, s2: f64, k: f64, cnt: f64) -> (f64, f64) {
     (k + m, (s2 / cnt - m * m).max(0.0))
 }
 
+/// Whether the element-wise pass of a call that touches `bytes` (inputs and output) writes
+/// with non-temporal stores: when the tensors exceed the last-level cache (see
+/// `simd::streaming_threshold`), a normal store first reads the output line from memory and then
+/// evicts a line of the inputs that the next pass or call will read again. Measured on the Zen 5
+/// (32 MB L3), batch norm backward, in-process alternating runs, 2 threads: f64 (48 MB) 0.93 ->
+/// 0.80-0.88 ms; f32 (24 MB, cache-resident) 0.30 -> 0.36 ms with streaming, hence the threshold.
+fn streaming(bytes: usize) -> bool {
+    crate::simd::level() >= crate::simd::Level::Avx2 && bytes > crate::simd::streaming_threshold()
+}
+
+/// `out[i] = f(i)` for every i, with non-temporal stores where `nt` (32-byte `_mm256_stream`
+/// stores on the aligned middle; the caller then runs `fence`). Same values as plain stores.
+#[inline(always)]
+fn write_run<T: Float>(out: &mut [T], nt: bool, f: impl Fn(usize) -> T) {
+    let n = out.len();
+    #[cfg(target_arch = "x86_64")]
+    if nt {
+        use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
+        const U: usize = 32;
+        let e = U / std::mem::size_of::<T>();
+        let head = out.as_ptr().align_offset(U).min(n);
+        let end = head + (n - head) / e * e;
+        for (i, o) in out[..head].iter_mut().enumerate() {
+            *o = f(i);
+        }
+        let mut i = head;
+        while i < end {
+            let mut t = [T::zero(); 8];
+            for (l, v) in t[..e].iter_mut().enumerate() {
+                *v = f(i + l);
+            }
+            let dst = out[i..i + e].as_mut_ptr();
+            debug_assert!(crate::simd::level() >= crate::simd::Level::Avx2);
+            debug_assert_eq!(dst as usize % U, 0);
+            // SAFETY: `streaming` (the only source of `nt`) checked that the CPU has AVX2;
+            // `dst` is `out[i..i + e]`, in bounds (slicing checked it), 32 bytes (e elements of
+            // T) and 32-byte aligned (`head` aligned the start, each step adds 32 bytes); `t`
+            // holds at least 32 bytes (8 elements of 4 or 8).
+            unsafe {
+                _mm256_stream_si256(
+                    dst.cast::<__m256i>(),
+                    _mm256_loadu_si256(t.as_ptr().cast::<__m256i>()),
+                )
+            };
+            i += e;
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(end) {
+            *o = f(i);
+        }
+        return;
+    }
+    let _ = nt;
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = f(i);
+    }
+}
+
+/// Orders a job's non-temporal stores before whatever the job's completion publishes (they are
+/// weakly ordered, and rayon's join is only a release of normal stores).
+#[inline(always)]
+fn fence(nt: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if nt {
+        // SAFETY: SSE is part of the x86_64 baseline.
+        unsafe { std::arch::x86_64::_mm_sfence() };
+    }
+    let _ = nt;
+}
+
 /// out = (x - m) * a + b, in T with the split mean.
 #[inline(always)]
-fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64) {
+fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64, nt: bool) {
     let (hi, lo) = split::<T>(m);
     let (a, b) = (T::from_f(a), T::from_f(b));
+    if nt {
+        let x = &x[..out.len()];
+        return write_run(out, true, |i| ((x[i] - hi) - lo) * a + b);
+    }
     for (o, &v) in out.iter_mut().zip(x) {
         *o = ((v - hi) - lo) * a + b;
     }
@@ -171,9 +244,13 @@ fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64) {
 
 /// dx = k1 * dy + k2 * (x - m) + k3, in T with the split mean.
 #[inline(always)]
-fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64)) {
+fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64), nt: bool) {
     let (hi, lo) = split::<T>(m);
     let (k1, k2, k3) = (T::from_f(k.0), T::from_f(k.1), T::from_f(k.2));
+    if nt {
+        let (dy, x) = (&dy[..dx.len()], &x[..dx.len()]);
+        return write_run(dx, true, |i| k1 * dy[i] + k2 * ((x[i] - hi) - lo) + k3);
+    }
     for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
         *o = k1 * d + k2 * ((v - hi) - lo) + k3;
     }
@@ -215,36 +292,39 @@ multiversion! {
 
 multiversion! {
     /// Pass 2 over one sample of a channel layout: every channel plane gets its own (m, a, b).
-    fn channel_sample_affine<T>(x: &[T], out: &mut [T], hw: usize, mab: &[(f64, f64, f64)]) {
+    fn channel_sample_affine<T>(x: &[T], out: &mut [T], hw: usize, mab: &[(f64, f64, f64)], nt: bool) {
         for (ch, &(m, a, b)) in mab.iter().enumerate() {
-            affine_run(&x[ch * hw..(ch + 1) * hw], &mut out[ch * hw..(ch + 1) * hw], m, a, b);
+            affine_run(&x[ch * hw..(ch + 1) * hw], &mut out[ch * hw..(ch + 1) * hw], m, a, b, nt);
         }
+        fence(nt);
     }
 }
 
 multiversion! {
     /// One group layout block, forward: stats, then normalise channel by channel.
     /// Returns (mean, var).
-    fn group_forward<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], eps: f64) -> (f64, f64) {
+    fn group_forward<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], eps: f64, nt: bool) -> (f64, f64) {
         let k = x[0];
         let (s1, s2) = shifted_sums(x, k);
         let (mean, var) = moments(s1, s2, k.to_f(), x.len() as f64);
         let inv = 1.0 / (var + eps).sqrt();
         for (ci, (gm, bt)) in gamma.iter().zip(beta).enumerate() {
             let r = ci * hw..(ci + 1) * hw;
-            affine_run(&x[r.clone()], &mut out[r], mean, gm.to_f() * inv, bt.to_f());
+            affine_run(&x[r.clone()], &mut out[r], mean, gm.to_f() * inv, bt.to_f(), nt);
         }
+        fence(nt);
         (mean, var)
     }
 }
 
 multiversion! {
     /// One group layout block normalised with given statistics.
-    fn group_affine<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], mean: f64, inv: f64) {
+    fn group_affine<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], mean: f64, inv: f64, nt: bool) {
         for (ci, (gm, bt)) in gamma.iter().zip(beta).enumerate() {
             let r = ci * hw..(ci + 1) * hw;
-            affine_run(&x[r.clone()], &mut out[r], mean, gm.to_f() * inv, bt.to_f());
+            affine_run(&x[r.clone()], &mut out[r], mean, gm.to_f() * inv, bt.to_f(), nt);
         }
+        fence(nt);
     }
 }
 
@@ -318,18 +398,19 @@ fn plane_sums(
 
 multiversion! {
     /// Pass 2 backward over one sample of a channel layout: per channel (mean, k1, k2, k3).
-    fn channel_sample_dx<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, ks: &[(f64, f64, f64, f64)]) {
+    fn channel_sample_dx<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, ks: &[(f64, f64, f64, f64)], nt: bool) {
         for (ch, &(m, k1, k2, k3)) in ks.iter().enumerate() {
             let r = ch * hw..(ch + 1) * hw;
-            dx_run(&dy[r.clone()], &x[r.clone()], &mut dx[r], m, (k1, k2, k3));
+            dx_run(&dy[r.clone()], &x[r.clone()], &mut dx[r], m, (k1, k2, k3), nt);
         }
+        fence(nt);
     }
 }
 
 multiversion! {
     /// One group layout block, backward: per-channel sums into `sums` ((sum dy, sum dy*(x-m))
     /// per channel), then dx for the block.
-    fn group_backward<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, gamma: &[T], mean: f64, inv: f64, batch: bool, sums: &mut [f64]) {
+    fn group_backward<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, gamma: &[T], mean: f64, inv: f64, batch: bool, sums: &mut [f64], nt: bool) {
         let cnt = x.len() as f64;
         let (mut sdx, mut sdxx) = (0.0, 0.0);
         for (ci, gm) in gamma.iter().enumerate() {
@@ -348,8 +429,9 @@ multiversion! {
         };
         for (ci, gm) in gamma.iter().enumerate() {
             let r = ci * hw..(ci + 1) * hw;
-            dx_run(&dy[r.clone()], &x[r.clone()], &mut dx[r], mean, (inv * gm.to_f(), k2, k3));
+            dx_run(&dy[r.clone()], &x[r.clone()], &mut dx[r], mean, (inv * gm.to_f(), k2, k3), nt);
         }
+        fence(nt);
     }
 }
 
@@ -391,11 +473,13 @@ pub fn train_forward<T: Float>(
         (mean, var)
     } else {
         let (groups, cg, hw, g) = group_dims(l);
+        let nt = streaming(2 * std::mem::size_of_val(x));
         let mut st = vec![0.0f64; 2 * groups];
         par.for_each_chunk2(out, cg * hw, &mut st, 2, &|gi, o, s, _| {
             let c0 = (gi % g) * cg;
             let blk = &x[gi * cg * hw..(gi + 1) * cg * hw];
-            let (m, v) = group_forward(blk, o, hw, &gamma[c0..c0 + cg], &beta[c0..c0 + cg], eps);
+            let (gm, bt) = (&gamma[c0..c0 + cg], &beta[c0..c0 + cg]);
+            let (m, v) = group_forward(blk, o, hw, gm, bt, eps, nt);
             s[0] = m;
             s[1] = v;
         });
@@ -403,9 +487,16 @@ pub fn train_forward<T: Float>(
     }
 }
 
-/// Per-sample chunking of a channel layout's sweep: whole samples when planes are small.
-fn sample_chunk(c: usize, hw: usize) -> usize {
-    if hw >= 1024 { hw } else { c * hw }
+/// Chunking of a channel layout's element-wise sweep (pass 2; any partition gives the same
+/// bits): whole samples, unless planes are large and there are too few samples to spread over
+/// the threads (fewer than 8 per thread), then planes. Whole samples measured 5-10% faster than
+/// plane jobs on the bn shape (N = 32, 4 KB planes), on one thread too.
+fn sample_chunk(n: usize, c: usize, hw: usize, threads: usize) -> usize {
+    if hw >= 1024 && n < 8 * threads {
+        hw
+    } else {
+        c * hw
+    }
 }
 
 /// Forward with fixed statistics (batch norm test mode, and pass 2 of train mode).
@@ -420,19 +511,21 @@ pub fn normalize<T: Float>(
     out: &mut [T],
     par: Parallelism<'_>,
 ) {
-    if let Some((_, c, hw)) = channel_dims(l) {
+    if let Some((n, c, hw)) = channel_dims(l) {
         let mab: Vec<(f64, f64, f64)> = (0..c)
             .map(|ch| (mean[ch], gamma[ch].to_f() * inv_std[ch], beta[ch].to_f()))
             .collect();
-        let chunk = sample_chunk(c, hw);
+        let chunk = sample_chunk(n, c, hw, par.threads());
+        let nt = streaming(2 * std::mem::size_of_val(x));
         par.for_each_chunk(out, chunk, &|i, o, _| {
             let start = i * chunk;
             let ch0 = (start / hw) % c;
             let nch = chunk / hw;
-            channel_sample_affine(&x[start..start + chunk], o, hw, &mab[ch0..ch0 + nch]);
+            channel_sample_affine(&x[start..start + chunk], o, hw, &mab[ch0..ch0 + nch], nt);
         });
     } else {
         let (_, cg, hw, g) = group_dims(l);
+        let nt = streaming(2 * std::mem::size_of_val(x));
         par.for_each_chunk(out, cg * hw, &|gi, o, _| {
             let c0 = (gi % g) * cg;
             let blk = &x[gi * cg * hw..(gi + 1) * cg * hw];
@@ -444,6 +537,7 @@ pub fn normalize<T: Float>(
                 &beta[c0..c0 + cg],
                 mean[gi],
                 inv_std[gi],
+                nt,
             );
         });
     }
@@ -497,16 +591,18 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
                 }
             })
             .collect();
-        let chunk = sample_chunk(c, hw);
+        let chunk = sample_chunk(n, c, hw, par.threads());
+        let nt = streaming(3 * std::mem::size_of_val(x));
         par.for_each_chunk(dx, chunk, &|i, d, _| {
             let start = i * chunk;
             let ch0 = (start / hw) % c;
             let nch = chunk / hw;
             let r = start..start + chunk;
-            channel_sample_dx(&dout[r.clone()], &x[r], d, hw, &ks[ch0..ch0 + nch]);
+            channel_sample_dx(&dout[r.clone()], &x[r], d, hw, &ks[ch0..ch0 + nch], nt);
         });
     } else {
         let (groups, cg, hw, g) = group_dims(l);
+        let nt = streaming(3 * std::mem::size_of_val(x));
         let mut sums = vec![0.0f64; groups * 2 * cg];
         par.for_each_chunk2(dx, cg * hw, &mut sums, 2 * cg, &|gi, d, s, _| {
             let c0 = (gi % g) * cg;
@@ -521,6 +617,7 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
                 inv_std[gi],
                 batch,
                 s,
+                nt,
             );
         });
         // dgamma[c] = sum_n sum dy*(x-m) * inv, dbeta[c] = sum_n sum dy, over samples in order.
