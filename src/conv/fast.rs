@@ -84,7 +84,11 @@ fn bwd_slot_len(g: &ConvGeom, s: Shape) -> usize {
     } else {
         g.k_rows() * pt + pg::packed_b_len(s, g.fg(), pt)
     };
-    dx.max(dw_src_len(g, s) + dw_abuf_len(g, s) + pg::b_panels_bbuf_len(s))
+    let dw = match wino_dw(g, s) {
+        Some(wg) => wg.dw_slot_len(s),
+        None => dw_src_len(g, s) + dw_abuf_len(g, s) + pg::b_panels_bbuf_len(s),
+    };
+    dx.max(dw)
 }
 
 /// Where dw reads the column tile from: a padded copy of the image (direct shapes) or an
@@ -172,6 +176,12 @@ fn wino_fwd(g: &ConvGeom, s: Shape) -> Option<Wino> {
         pw: g.p.pad.1,
     };
     wino_if(g, s, wg)
+}
+
+/// dw as Winograd (the forward's tiles run backwards; see `winograd::dw_image`), where the
+/// forward would be Winograd and its per-thread workspace fits the same bound.
+fn wino_dw(g: &ConvGeom, s: Shape) -> Option<Wino> {
+    wino_fwd(g, s).filter(|wg| wg.dw_slot_len(s) <= g.k_rows() * g.pixels())
 }
 
 /// dx as Winograd (the correlation of dout padded by 2 - pad with the flipped, transposed
@@ -429,9 +439,18 @@ fn direct_conv<T: Float>(
     }
 }
 
-/// dw partials: one F x K copy per image chunk.
-fn staged_len(g: &ConvGeom) -> usize {
-    dw_chunks(g) * g.f * g.k_rows()
+/// Elements of one image chunk's dw partial: F x K, or for Winograd dw each group's dU (16 x
+/// F/G x C/G; 16/9 of F x K).
+fn dw_part_len(g: &ConvGeom, s: Shape) -> usize {
+    match wino_dw(g, s) {
+        Some(wg) => g.groups() * wg.du_len(),
+        None => g.f * g.k_rows(),
+    }
+}
+
+/// dw partials: one per image chunk.
+fn staged_len(g: &ConvGeom, s: Shape) -> usize {
+    dw_chunks(g) * dw_part_len(g, s)
 }
 
 /// Exact workspace (elements of T) `forward_into` needs with `threads` threads at the SIMD level
@@ -456,14 +475,14 @@ pub fn backward_workspace_len_checked<T: Float>(g: &ConvGeom, threads: usize) ->
     threads
         .max(1)
         .checked_mul(bwd_slot_len(g, s))?
-        .checked_add(staged_len(g))?
+        .checked_add(staged_len(g, s))?
         .checked_add(packed_w_len::<T>(g, s))
 }
 
 /// Exact workspace (elements of T) `backward_into` needs with `threads` threads.
 pub fn backward_workspace_len<T: Float>(g: &ConvGeom, threads: usize) -> usize {
     let s = pg::shape::<T>();
-    threads.max(1) * bwd_slot_len(g, s) + staged_len(g) + packed_w_len::<T>(g, s)
+    threads.max(1) * bwd_slot_len(g, s) + staged_len(g, s) + packed_w_len::<T>(g, s)
 }
 
 /// Row r of a group's column matrix as its tap: (channel in the group, kernel row, kernel
@@ -929,10 +948,10 @@ pub fn backward_into<T: Float>(
     let threads = par.threads();
     let sh = pg::shape::<T>();
     debug_assert!(ws.len() >= backward_workspace_len::<T>(g, threads));
-    let (k, chw) = (g.k_rows(), g.c * g.h * g.w);
+    let chw = g.c * g.h * g.w;
     let (wp, ws) = ws.split_at_mut(packed_w_len::<T>(g, sh));
     let (ws, staged) = ws.split_at_mut(threads.max(1) * bwd_slot_len(g, sh));
-    let staged = &mut staged[..staged_len(g)];
+    let staged = &mut staged[..staged_len(g, sh)];
     let slots = Slots::new(ws, threads, bwd_slot_len(g, sh));
     let dxw = DxWeights::pack(g, w, wp);
     let dxw = &dxw;
@@ -947,7 +966,8 @@ pub fn backward_into<T: Float>(
     }
     // Per chunk: its partial dw, its f64 partial db, and (fused) its images' dx.
     let mut dbp = vec![0.0f64; chunks * g.f];
-    let fk = g.f * k;
+    let fk = dw_part_len(g, sh);
+    let wdw = wino_dw(g, sh);
     let mut jobs = Vec::with_capacity(chunks);
     let (mut dx_rest, mut db_rest, mut st_rest) = (&mut dx[..], &mut dbp[..], &mut staged[..]);
     for c in 0..chunks {
@@ -976,7 +996,21 @@ pub fn backward_into<T: Float>(
                         ws,
                     );
                 }
-                dw_image(g, x, dout, n, part, ws);
+                match &wdw {
+                    Some(wg) => {
+                        let (cg, fg, hw, p) = (g.cg(), g.fg(), g.h * g.w, g.pixels());
+                        for grp in 0..g.groups() {
+                            winograd::dw_image(
+                                wg,
+                                &x[n * chw + grp * cg * hw..n * chw + (grp + 1) * cg * hw],
+                                &dout[(n * g.f + grp * fg) * p..(n * g.f + (grp + 1) * fg) * p],
+                                &mut part[grp * wg.du_len()..(grp + 1) * wg.du_len()],
+                                ws,
+                            );
+                        }
+                    }
+                    None => dw_image(g, x, dout, n, part, ws),
+                }
                 let dn = &dout[n * g.f * g.pixels()..(n + 1) * g.f * g.pixels()];
                 for (s, row) in dbc.iter_mut().zip(dn.chunks_exact(g.pixels().max(1))) {
                     *s += crate::norm::fast::sum_f64(row);
@@ -984,12 +1018,30 @@ pub fn backward_into<T: Float>(
             }
         })
     });
-    // dw and db: the chunks' partials added in chunk order.
-    let (first, rest) = staged.split_at(fk);
-    dw.copy_from_slice(first);
-    for part in rest.chunks_exact(fk) {
-        for (d, v) in dw.iter_mut().zip(part) {
-            *d += *v;
+    // dw and db: the chunks' partials added in chunk order (for Winograd, the dU partials,
+    // then transformed).
+    if let Some(wg) = &wdw {
+        let (first, rest) = staged.split_at_mut(fk);
+        for part in rest.chunks_exact(fk) {
+            for (d, v) in first.iter_mut().zip(part) {
+                *d += *v;
+            }
+        }
+        let (ul, wl) = (wg.du_len(), wg.cout * wg.cin * 9);
+        for grp in 0..g.groups() {
+            winograd::dw_from_du(
+                wg,
+                &first[grp * ul..(grp + 1) * ul],
+                &mut dw[grp * wl..(grp + 1) * wl],
+            );
+        }
+    } else {
+        let (first, rest) = staged.split_at(fk);
+        dw.copy_from_slice(first);
+        for part in rest.chunks_exact(fk) {
+            for (d, v) in dw.iter_mut().zip(part) {
+                *d += *v;
+            }
         }
     }
     for (f, d) in db.iter_mut().enumerate() {

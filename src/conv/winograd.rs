@@ -18,6 +18,11 @@
 //! tile rows, so V and M stay in L2) the work is: input transform, 16 packed GEMMs, output
 //! transform (plus bias). The transforms are additions only; the GEMM is the packed engine's.
 //!
+//! The weight gradient runs the same tiles backwards (`dw_image`): with W = A dY A^T (dY the
+//! 2 x 2 tile of dout, zero outside the output), `dU[xi] (cout x cin) += W[xi] (cout x tiles) *
+//! V[xi]^T (tiles x cin)` summed over every tile of every image, then `dw = G^T dU G` per
+//! (output, input) pair (`dw_from_du`, in f64).
+//!
 //! Accuracy: B^T and A^T have entries 0 and +-1, G's are 0, 1 and 1/2 (exact in binary), so the
 //! rounding differs from the direct sum by the transforms' few extra additions: an f32 output
 //! carries a few more ulps of the sum of |terms| than the direct path (the bound the property
@@ -76,6 +81,16 @@ impl Wino {
     pub fn slot_len(&self, s: Shape) -> usize {
         let t = self.tb() * self.tw();
         16 * t * (self.cin + self.cout) + self.scratch_len() + pg::packed_b_len(s, self.cin, t)
+    }
+    /// Workspace of one image's weight-gradient pass (per thread): V and W of a block, the
+    /// scratch rows, one packed B panel.
+    pub fn dw_slot_len(&self, s: Shape) -> usize {
+        let t = self.tb() * self.tw();
+        16 * t * (self.cin + self.cout) + self.scratch_len() + pg::b_panels_bbuf_len(s)
+    }
+    /// Elements of a dU (16 x cout x cin).
+    pub fn du_len(&self) -> usize {
+        16 * self.cout * self.cin
     }
     /// The panel shape of the packed U.
     pub fn a_shape<T: Float>(&self) -> Shape {
@@ -207,6 +222,89 @@ pub(super) fn conv_image<T: Float>(
             );
         }
         output_transform(m, wg.cout, (ho, wo), (ty0, ty1), tw, out, bias);
+    }
+}
+
+/// One image's weight gradient added into `du` (16 x cout x cin, `du_len`): `du[xi] += W[xi]
+/// V[xi]^T` over the image's tiles, W = A dY A^T the transformed tiles of `dout` (cout x ho x
+/// wo), V the input transform of `x` (cin x h x w). `ws` holds `dw_slot_len` elements.
+pub(super) fn dw_image<T: Float>(wg: &Wino, x: &[T], dout: &[T], du: &mut [T], ws: &mut [T]) {
+    let (th, tw, tb) = (wg.th(), wg.tw(), wg.tb());
+    let (ho, wo) = (wg.ho(), wg.wo());
+    assert!(x.len() >= wg.cin * wg.h * wg.w && dout.len() >= wg.cout * ho * wo);
+    assert!(du.len() >= wg.du_len());
+    let s = pg::shape_for_rows::<T>(wg.cout);
+    let tmax = tb * tw;
+    let (v, rest) = ws.split_at_mut(16 * wg.cin * tmax);
+    let (wt, rest) = rest.split_at_mut(16 * wg.cout * tmax);
+    let (scratch, bbuf) = rest.split_at_mut(wg.scratch_len());
+    let (cin, cout) = (wg.cin, wg.cout);
+    for ty0 in (0..th).step_by(tb) {
+        let ty1 = (ty0 + tb).min(th);
+        let nt = (ty1 - ty0) * tw;
+        input_transform(
+            x,
+            cin,
+            (wg.h, wg.w),
+            (wg.ph, wg.pw),
+            (ty0, ty1),
+            tw,
+            v,
+            scratch,
+        );
+        dout_transform(dout, cout, (ho, wo), (ty0, ty1), tw, wt);
+        for xi in 0..16 {
+            let vx = &v[xi * cin * nt..(xi + 1) * cin * nt];
+            // B (tiles x cin) is V[xi]^T: a panel's column jj is input j0 + jj's row of V.
+            let pack_b = |k0: usize, kc: usize, j0: usize, out: &mut [T]| {
+                let mut bases = [0usize; pg::MAX_NR];
+                let nb = s.nr.min(cin - j0);
+                for (jj, b) in bases[..nb].iter_mut().enumerate() {
+                    *b = (j0 + jj) * nt + k0;
+                }
+                pg::transpose_runs(s, vx, &bases[..nb], kc, out);
+            };
+            pg::gemm_b_panels_a_rows(
+                s,
+                cout,
+                cin,
+                nt,
+                (&wt[xi * cout * nt..(xi + 1) * cout * nt], nt),
+                &mut du[xi * cout * cin..(xi + 1) * cout * cin],
+                cin,
+                bbuf,
+                false,
+                pack_b,
+            );
+        }
+    }
+}
+
+/// `dw[o][i]` (3 x 3, row-major, in `dw[(o * cin + i) * 9..]`) = G^T dU[.][o][i] G, in f64 from
+/// the 16 values of `du` (16 x cout x cin).
+pub(super) fn dw_from_du<T: Float>(wg: &Wino, du: &[T], dw: &mut [T]) {
+    let (cin, cout) = (wg.cin, wg.cout);
+    let plane = cout * cin;
+    assert!(du.len() >= 16 * plane && dw.len() >= 9 * plane);
+    // G^T's rows: (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1).
+    let gt = |a: [f64; 4]| {
+        [
+            a[0] + 0.5 * (a[1] + a[2]),
+            0.5 * (a[1] - a[2]),
+            0.5 * (a[1] + a[2]) + a[3],
+        ]
+    };
+    for oi in 0..plane {
+        let u = |a: usize, b: usize| du[(4 * a + b) * plane + oi].to_f();
+        // q = G^T dU (3 x 4), column by column; then q G, row by row.
+        let cols: [[f64; 3]; 4] = std::array::from_fn(|b| gt([u(0, b), u(1, b), u(2, b), u(3, b)]));
+        let out = &mut dw[oi * 9..oi * 9 + 9];
+        for r in 0..3 {
+            let row = gt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
+            for (c, v) in row.iter().enumerate() {
+                out[3 * r + c] = T::from_f(*v);
+            }
+        }
     }
 }
 
@@ -355,6 +453,83 @@ multiversion! {
                             out[o..o + 2 * LANES].copy_from_slice(&y);
                         } else {
                             out[o..o + nc].copy_from_slice(&y[..nc]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// W[xi][f][t] = (A dY A^T)[xi] for the tiles of tile rows ty0..ty1, dY the tile's 2 x 2
+    /// block of dout plane f (zero outside ho x wo); t and the row stride as in
+    /// `input_transform`. A's rows are (1, 0), (1, 1), (1, -1), (0, -1).
+    fn dout_transform<T>(
+        dout: &[T],
+        cout: usize,
+        howo: (usize, usize),
+        tys: (usize, usize),
+        tw: usize,
+        w: &mut [T],
+    ) {
+        let ((ho, wo), (ty0, ty1)) = (howo, tys);
+        let nt = (ty1 - ty0) * tw;
+        for f in 0..cout {
+            let plane = &dout[f * ho * wo..(f + 1) * ho * wo];
+            for ty in 0..ty1 - ty0 {
+                for tx0 in (0..tw).step_by(LANES) {
+                    let n = LANES.min(tw - tx0);
+                    // y[i][q][l]: dout row 2 ty + i, column 2 (tx0 + l) + q.
+                    let mut y = [[[T::zero(); LANES]; 2]; 2];
+                    for (i, yi) in y.iter_mut().enumerate() {
+                        let row = 2 * (ty0 + ty) + i;
+                        if row >= ho {
+                            continue;
+                        }
+                        let c0 = 2 * tx0;
+                        let src = &plane[row * wo..(row + 1) * wo];
+                        if c0 + 2 * LANES <= wo {
+                            // Stride-2 runs of the plane's row, read in place.
+                            let r = &src[c0..c0 + 2 * LANES];
+                            for l in 0..LANES {
+                                yi[0][l] = r[2 * l];
+                                yi[1][l] = r[2 * l + 1];
+                            }
+                        } else {
+                            for l in 0..LANES {
+                                for q in 0..2 {
+                                    if let Some(&v) = src.get(c0 + 2 * l + q) {
+                                        yi[q][l] = v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // t[a][q] = (A dY)[a][q], then W[a][b] = (t A^T)[a][b].
+                    let mut vals = [[T::zero(); LANES]; 16];
+                    for l in 0..LANES {
+                        let (y0, y1) = ([y[0][0][l], y[0][1][l]], [y[1][0][l], y[1][1][l]]);
+                        let t = [
+                            y0,
+                            [y0[0] + y1[0], y0[1] + y1[1]],
+                            [y0[0] - y1[0], y0[1] - y1[1]],
+                            [-y1[0], -y1[1]],
+                        ];
+                        for (a, ta) in t.iter().enumerate() {
+                            vals[4 * a][l] = ta[0];
+                            vals[4 * a + 1][l] = ta[0] + ta[1];
+                            vals[4 * a + 2][l] = ta[0] - ta[1];
+                            vals[4 * a + 3][l] = -ta[1];
+                        }
+                    }
+                    let base = f * nt + ty * tw + tx0;
+                    for (xi, vals) in vals.iter().enumerate() {
+                        let at = xi * cout * nt + base;
+                        if n == LANES {
+                            w[at..at + LANES].copy_from_slice(vals);
+                        } else {
+                            w[at..at + n].copy_from_slice(&vals[..n]);
                         }
                     }
                 }
