@@ -171,14 +171,14 @@ fn detect_llc() -> Option<usize> {
 static STREAM_MIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
 
 /// Bytes (inputs plus output) above which the normalisation layers' element-wise passes write
-/// their output with non-temporal stores, which bypass the caches: by default half the
-/// last-level cache (never, where the CPU does not report one). Results are the same either way.
-/// Half, not all: the L3 is shared with the other cores (and, on a VM, other tenants), and on
-/// the Zen 5 the forwards touching exactly 32 MB (f64 batch and group norm) ran 20-25% faster
-/// streaming, while those touching 16 MB (f32) ran the same.
+/// their output with non-temporal stores, which bypass the caches: by default the last-level
+/// cache size (never, where the CPU does not report one). Results are the same either way.
+/// On the Zen 5 (32 MB L3) the f64 backwards (48 MB) ran 15-25% faster streaming; the f32
+/// backwards (24 MB) ran the same in-process but slower in the bench binary, and the f64
+/// forwards (exactly 32 MB) faster with half the L3 as threshold: left at the full L3.
 pub fn streaming_threshold() -> usize {
     match STREAM_MIN.load(Ordering::Relaxed) {
-        usize::MAX => last_level_cache_bytes().map_or(usize::MAX, |c| c / 2),
+        usize::MAX => last_level_cache_bytes().unwrap_or(usize::MAX),
         b => b,
     }
 }
