@@ -1018,31 +1018,26 @@ pub fn backward_into<T: Float>(
             }
         })
     });
-    // dw and db: the chunks' partials added in chunk order (for Winograd, the dU partials,
-    // then transformed).
-    if let Some(wg) = &wdw {
-        let (first, rest) = staged.split_at_mut(fk);
-        for part in rest.chunks_exact(fk) {
-            for (d, v) in first.iter_mut().zip(part) {
-                *d += *v;
+    // dw and db: the chunks' partials added in chunk order into the first (for Winograd these
+    // are dU, then transformed).
+    let (first, rest) = staged.split_at_mut(fk);
+    for part in rest.chunks_exact(fk) {
+        for (d, v) in first.iter_mut().zip(part) {
+            *d += *v;
+        }
+    }
+    match &wdw {
+        Some(wg) => {
+            let (ul, wl) = (wg.du_len(), wg.cout * wg.cin * 9);
+            for grp in 0..g.groups() {
+                winograd::dw_from_du(
+                    wg,
+                    &first[grp * ul..(grp + 1) * ul],
+                    &mut dw[grp * wl..(grp + 1) * wl],
+                );
             }
         }
-        let (ul, wl) = (wg.du_len(), wg.cout * wg.cin * 9);
-        for grp in 0..g.groups() {
-            winograd::dw_from_du(
-                wg,
-                &first[grp * ul..(grp + 1) * ul],
-                &mut dw[grp * wl..(grp + 1) * wl],
-            );
-        }
-    } else {
-        let (first, rest) = staged.split_at(fk);
-        dw.copy_from_slice(first);
-        for part in rest.chunks_exact(fk) {
-            for (d, v) in dw.iter_mut().zip(part) {
-                *d += *v;
-            }
-        }
+        None => dw.copy_from_slice(first),
     }
     for (f, d) in db.iter_mut().enumerate() {
         *d = T::from_f(

@@ -169,13 +169,14 @@ fn streaming(bytes: usize) -> bool {
     crate::simd::level() >= crate::simd::Level::Avx2 && bytes > crate::simd::streaming_threshold()
 }
 
-/// `out[i] = f(i)` for every i, with non-temporal stores where `nt` (32-byte `_mm256_stream`
-/// stores on the aligned middle; the caller then runs `fence`). Same values as plain stores.
+/// `out[i] = f(i)` for every i with non-temporal stores (32-byte `_mm256_stream` stores on the
+/// aligned middle; the caller then runs `fence`), for callers that `streaming` allowed. Same
+/// values as plain stores.
 #[inline(always)]
-fn write_run<T: Float>(out: &mut [T], nt: bool, f: impl Fn(usize) -> T) {
-    let n = out.len();
+fn stream_run<T: Float>(out: &mut [T], f: impl Fn(usize) -> T) {
     #[cfg(target_arch = "x86_64")]
-    if nt {
+    {
+        let n = out.len();
         use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
         const U: usize = 32;
         let e = U / std::mem::size_of::<T>();
@@ -193,7 +194,7 @@ fn write_run<T: Float>(out: &mut [T], nt: bool, f: impl Fn(usize) -> T) {
             let dst = out[i..i + e].as_mut_ptr();
             debug_assert!(crate::simd::level() >= crate::simd::Level::Avx2);
             debug_assert_eq!(dst as usize % U, 0);
-            // SAFETY: `streaming` (the only source of `nt`) checked that the CPU has AVX2;
+            // SAFETY: callers run this only where `streaming` said so, which checked AVX2;
             // `dst` is `out[i..i + e]`, in bounds (slicing checked it), 32 bytes (e elements of
             // T) and 32-byte aligned (`head` aligned the start, each step adds 32 bytes); `t`
             // holds at least 32 bytes (8 elements of 4 or 8).
@@ -208,9 +209,9 @@ fn write_run<T: Float>(out: &mut [T], nt: bool, f: impl Fn(usize) -> T) {
         for (i, o) in out.iter_mut().enumerate().skip(end) {
             *o = f(i);
         }
-        return;
     }
-    let _ = nt;
+    // `streaming` is false off x86_64; plain stores keep this compiling there.
+    #[cfg(not(target_arch = "x86_64"))]
     for (i, o) in out.iter_mut().enumerate() {
         *o = f(i);
     }
@@ -235,7 +236,7 @@ fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64, nt: bool
     let (a, b) = (T::from_f(a), T::from_f(b));
     if nt {
         let x = &x[..out.len()];
-        return write_run(out, true, |i| ((x[i] - hi) - lo) * a + b);
+        return stream_run(out, |i| ((x[i] - hi) - lo) * a + b);
     }
     for (o, &v) in out.iter_mut().zip(x) {
         *o = ((v - hi) - lo) * a + b;
@@ -249,7 +250,7 @@ fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64),
     let (k1, k2, k3) = (T::from_f(k.0), T::from_f(k.1), T::from_f(k.2));
     if nt {
         let (dy, x) = (&dy[..dx.len()], &x[..dx.len()]);
-        return write_run(dx, true, |i| k1 * dy[i] + k2 * ((x[i] - hi) - lo) + k3);
+        return stream_run(dx, |i| k1 * dy[i] + k2 * ((x[i] - hi) - lo) + k3);
     }
     for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
         *o = k1 * d + k2 * ((v - hi) - lo) + k3;
