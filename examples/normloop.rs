@@ -1,4 +1,4 @@
-//! Loops one normalisation call on the bench's bn / gn shape ((32, 64, 32, 32), G = 8) for
+//! Loops one normalisation call on the bench's bn / gn shape (`bench::NORM_SHAPE`, `GN_GROUPS`) for
 //! `perf record` or in-process timing, and prints the median call time.
 //! `cargo run --release --example normloop -- gnf|gnb|bnf|bnb f32|f64 THREADS SECONDS [STREAM_MB]`
 //! (STREAM_MB sets `simd::set_streaming_threshold`).
@@ -6,8 +6,8 @@ use fastlayers::*;
 use std::time::Instant;
 
 fn run<T: Float>(op: &str, par: Parallelism<'_>, secs: f64) {
-    let xs = [32usize, 64, 32, 32];
-    let c = 64;
+    let xs = bench::NORM_SHAPE;
+    let c = xs[1];
     let mut rng = Rng::new(3);
     let x: Tensor<T> = rng.randn(&xs, 4.0, 10.0);
     let gamma: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
@@ -18,10 +18,18 @@ fn run<T: Float>(op: &str, par: Parallelism<'_>, secs: f64) {
     let mut bn = BnParam::train();
     let gp = NormParam::default();
     let bst = batchnorm_forward_into(true, &x, &gamma, &beta, &mut bn, &mut out, par).unwrap();
-    let gst = spatial_groupnorm_forward_into(&x, &gamma, &beta, 8, &gp, &mut out, par).unwrap();
+    let gst =
+        spatial_groupnorm_forward_into(&x, &gamma, &beta, bench::GN_GROUPS, &gp, &mut out, par)
+            .unwrap();
     let mut call = || match op {
         "gnf" => drop(spatial_groupnorm_forward_into(
-            &x, &gamma, &beta, 8, &gp, &mut out, par,
+            &x,
+            &gamma,
+            &beta,
+            bench::GN_GROUPS,
+            &gp,
+            &mut out,
+            par,
         )),
         "gnb" => drop(norm_backward_into(
             &x, &gamma, &gst, &dout, &mut dx, &mut dg, &mut dbt, par,
