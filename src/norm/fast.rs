@@ -268,7 +268,9 @@ fn prefetch_lines<T>(v: &[T]) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         let step = (64 / std::mem::size_of::<T>()).max(1);
         for i in (0..v.len()).step_by(step) {
-            // SAFETY: `v[i]` is in bounds; a prefetch never faults and changes no value.
+            debug_assert!(i < v.len());
+            // SAFETY: `v[i]` is in bounds (the range above); a prefetch never faults and changes
+            // no value.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(i).cast::<i8>()) };
         }
     }
