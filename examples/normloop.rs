@@ -6,13 +6,8 @@ use fastlayers::*;
 use std::time::Instant;
 
 fn run<T: Float>(op: &str, par: Parallelism<'_>, secs: f64) {
-    let xs = bench::NORM_SHAPE;
-    let c = xs[1];
-    let mut rng = Rng::new(3);
-    let x: Tensor<T> = rng.randn(&xs, 4.0, 10.0);
-    let gamma: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
-    let beta: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
-    let dout: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let c = bench::NORM_SHAPE[1];
+    let (x, gamma, beta, dout) = bench::norm_inputs::<T>(&mut Rng::new(3));
     let (mut out, mut dx) = (vec![T::zero(); x.len()], vec![T::zero(); x.len()]);
     let (mut dg, mut dbt) = (vec![T::zero(); c], vec![T::zero(); c]);
     let mut bn = BnParam::train();

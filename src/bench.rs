@@ -61,6 +61,17 @@ pub const POOL_SHAPES: [(&str, [usize; 4], usize, usize); 3] = [
 pub const NORM_SHAPE: [usize; 4] = [32, 64, 32, 32];
 pub const GN_GROUPS: usize = 8;
 
+/// The norm rows' inputs on `NORM_SHAPE`: (x with mean 10 and spread 4, gamma, beta, dout), drawn
+/// in that order from `rng`.
+pub fn norm_inputs<T: Float>(rng: &mut Rng) -> (Tensor<T>, Tensor<T>, Tensor<T>, Tensor<T>) {
+    let c = NORM_SHAPE[1];
+    let x = rng.randn(&NORM_SHAPE, 4.0, 10.0);
+    let gamma = rng.randn(&[c], 1.0, 0.0);
+    let beta = rng.randn(&[c], 1.0, 0.0);
+    let dout = rng.randn(&NORM_SHAPE, 1.0, 0.0);
+    (x, gamma, beta, dout)
+}
+
 /// Options of `fastlayers bench`.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -265,12 +276,8 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
             emit(row("pool_bwd", name, ms, naive, None));
         }
     }
-    let xs = NORM_SHAPE;
-    let c = xs[1];
-    let x: Tensor<T> = rng.randn(&xs, 4.0, 10.0);
-    let gamma: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
-    let beta: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
-    let dout: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let c = NORM_SHAPE[1];
+    let (x, gamma, beta, dout) = norm_inputs::<T>(&mut rng);
     let (mut out, mut dx) = (vec![T::zero(); x.len()], vec![T::zero(); x.len()]);
     let (mut dg, mut dbt) = (vec![T::zero(); c], vec![T::zero(); c]);
     let mut bn = BnParam::train();
