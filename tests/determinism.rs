@@ -150,6 +150,14 @@ fn check_threads<T: Float>() {
         pool.install(|| run_all::<T>(Parallelism::Current)) == base,
         "differs in Current"
     );
+    assert!(
+        pool.install(|| run_all::<T>(Parallelism::Pool(&pool))) == base,
+        "differs in a caller's pool, called from one of its threads"
+    );
+    assert!(
+        run_all::<T>(Parallelism::Current) == base,
+        "differs in Current, called from outside any pool"
+    );
 }
 
 #[test]
