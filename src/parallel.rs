@@ -133,13 +133,11 @@ impl Parallelism<'_> {
         }
         let helpers = self.threads() - 1;
         match self {
-            Parallelism::Sequential => unreachable!("handled above"),
             Parallelism::Current if rayon::current_thread_index().is_some() => stolen(items, f),
-            Parallelism::Current | Parallelism::Threads(_) => {
-                with_caller(&pool_of(helpers), helpers, items, f)
-            }
             Parallelism::Pool(p) if p.current_thread_index().is_some() => stolen(items, f),
             Parallelism::Pool(p) => with_caller(p, helpers, items, f),
+            // Threads(n), or Current from outside any pool (Sequential returned above).
+            _ => with_caller(&pool_of(helpers), helpers, items, f),
         }
     }
 }
