@@ -254,6 +254,7 @@ pub fn relu_grad<T: Float>(x: T, d: T) -> T {
     if x > T::zero() { d } else { T::zero() }
 }
 
+/// ReLU forward: out = max(x, 0) (NaN propagates), and the cache (x).
 pub fn relu_forward<'a, T: Float>(
     x: impl Into<TensorView<'a, T>>,
 ) -> Result<(Tensor<T>, ReluCache<T>)> {
@@ -262,6 +263,7 @@ pub fn relu_forward<'a, T: Float>(
     Ok((out, ReluCache { x: x.to_owned() }))
 }
 
+/// ReLU backward: dx = dout where x > 0, else 0.
 pub fn relu_backward<'a, T: Float>(
     dout: impl Into<TensorView<'a, T>>,
     cache: &ReluCache<T>,

@@ -13,13 +13,17 @@ use crate::tensor::{Tensor, TensorView};
 /// The notebook's `dropout_param`: `p` = probability of KEEPING a unit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutParam {
+    /// Probability of keeping a unit, in (0, 1] (inverted dropout: kept units are scaled by
+    /// 1/p at train time; test mode is the identity).
     pub p: f64,
+    /// Train (drop and rescale) or test (identity).
     pub mode: Mode,
     /// Fixes the mask (gradient checks); None draws a fresh seed per call.
     pub seed: Option<u64>,
 }
 
 impl DropoutParam {
+    /// Train mode keeping units with probability `p`.
     pub fn train(p: f64, seed: Option<u64>) -> Self {
         DropoutParam {
             p,
@@ -27,6 +31,7 @@ impl DropoutParam {
             seed,
         }
     }
+    /// Test mode (the identity).
     pub fn test(p: f64) -> Self {
         DropoutParam {
             p,
@@ -44,6 +49,7 @@ pub struct DropoutCache<T> {
 }
 
 impl<T> DropoutCache<T> {
+    /// The mask: 1/p where a unit was kept, 0 where dropped; None in test mode.
     pub fn mask(&self) -> Option<&[T]> {
         self.mask.as_deref()
     }
@@ -67,6 +73,7 @@ pub fn mask_value<T: Float>(seed: u64, i: usize, p: f64) -> T {
     }
 }
 
+/// Inverted dropout forward: out = x * mask (train), out = x (test), and the cache.
 pub fn dropout_forward<'a, T: Float>(
     x: impl Into<TensorView<'a, T>>,
     dropout_param: &DropoutParam,
@@ -100,6 +107,7 @@ pub fn dropout_forward<'a, T: Float>(
     }
 }
 
+/// Dropout backward: dx = dout * mask (train), dx = dout (test).
 pub fn dropout_backward<'a, T: Float>(
     dout: impl Into<TensorView<'a, T>>,
     cache: &DropoutCache<T>,

@@ -11,37 +11,56 @@ pub enum Error {
     /// An array's shape (rank or extents) is not the one the call needs.
     #[error("{arg}: expected shape {expected}, found {found}")]
     Shape {
+        /// The argument (or parameter) at fault, as the signature or the notebook names it.
         arg: &'static str,
+        /// What the call needs.
         expected: String,
+        /// What it was given.
         found: String,
     },
     /// A scalar parameter is out of its domain (zero stride, p outside (0, 1], ...).
     #[error("{arg}: expected {expected}, found {found}")]
     Param {
+        /// The argument (or parameter) at fault, as the signature or the notebook names it.
         arg: &'static str,
+        /// What the call needs.
         expected: String,
+        /// What it was given.
         found: String,
     },
     /// A label is not a valid class index.
     #[error("{arg}: expected every label in 0..{classes}, found {label} at index {index}")]
     Label {
+        /// The argument (or parameter) at fault, as the signature or the notebook names it.
         arg: &'static str,
+        /// Position of the first bad label.
         index: usize,
+        /// Its value.
         label: usize,
+        /// Number of classes (scores' columns).
         classes: usize,
     },
     /// A cache handed to a backward pass does not belong to this layer or these shapes.
     #[error("{arg}: expected {expected}, found {found}")]
     Cache {
+        /// The argument (or parameter) at fault, as the signature or the notebook names it.
         arg: &'static str,
+        /// What the call needs.
         expected: String,
+        /// What it was given.
         found: String,
     },
     /// Size arithmetic (element counts, padded extents, workspace bytes) overflows usize.
     #[error("{arg}: size arithmetic overflows ({what})")]
-    Overflow { arg: &'static str, what: String },
+    Overflow {
+        /// The argument whose size overflows.
+        arg: &'static str,
+        /// Which quantity.
+        what: String,
+    },
 }
 
+/// The result of every fallible call of the crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {

@@ -5,7 +5,7 @@ use crate::scalar::Float;
 
 /// A strided matrix operand: element (i, j) at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-pub struct Mat<'a, T> {
+pub(crate) struct Mat<'a, T> {
     pub data: &'a [T],
     pub rs: usize,
     pub cs: usize,
@@ -23,7 +23,7 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 /// C (m x n, row-major with row stride `ldc`) = alpha * A (m x k) * B (k x n) + beta * C.
 /// With beta == 0, C's previous contents are ignored (may be anything, NaN included).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm<T: Float>(
+pub(crate) fn gemm<T: Float>(
     m: usize,
     k: usize,
     n: usize,
@@ -106,7 +106,7 @@ pub fn gemm<T: Float>(
 }
 
 /// Row-major operand helper: an r x c matrix with leading dimension `ld`.
-pub fn rm<T>(data: &[T], ld: usize) -> Mat<'_, T> {
+pub(crate) fn rm<T>(data: &[T], ld: usize) -> Mat<'_, T> {
     Mat {
         data,
         rs: ld,
@@ -115,7 +115,7 @@ pub fn rm<T>(data: &[T], ld: usize) -> Mat<'_, T> {
 }
 
 /// The transpose of a row-major r x c matrix with leading dimension `ld`, as a c x r operand.
-pub fn tr<T>(data: &[T], ld: usize) -> Mat<'_, T> {
+pub(crate) fn tr<T>(data: &[T], ld: usize) -> Mat<'_, T> {
     Mat {
         data,
         rs: 1,

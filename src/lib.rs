@@ -23,60 +23,107 @@
 //!
 //! Bad input never panics: every entry point returns an [`Error`] naming the argument, what was
 //! expected and what was found.
+//!
+//! ## Naming
+//!
+//! - `*_naive`: the reference kernel (obvious loops, accumulated in f64).
+//! - The notebook's bare name (`conv_forward_fast`, `batchnorm_forward`, `affine_forward`, ...):
+//!   the fast kernel, allocating its outputs and returning `(out, cache)` / the gradients. Where
+//!   the notebook itself has no `_fast` twin (batch norm, affine, ...) the bare name is the fast
+//!   kernel and `*_naive` the reference.
+//! - Plans ([`ConvPlan`], [`PoolPlan`], [`NormPlan`]): the framework API. Built once from shapes
+//!   and parameters, they validate once, choose the algorithm once (ask them which and why with
+//!   `{:?}`), and run `forward_into` / `backward_into` with one argument order everywhere:
+//!   inputs, parameters, outputs (typed views), workspace, [`Parallelism`]. Nothing is written
+//!   into an output when a call returns `Err`.
+//!
+//! ## Invariants no caller can break
+//!
+//! Every value a kernel trusts is built by validation, never by hand. These do not compile:
+//!
+//! ```compile_fail,E0451
+//! // A geometry the validation never saw (its fields are private; ConvGeom::new validates).
+//! let g = fastlayers::ConvGeom { n: 1, c: 0, h: 1, w: 1, f: 1, kh: 1, kw: 1, ho: 1, wo: 1,
+//!     p: fastlayers::ConvParam::new(1, 0) };
+//! ```
+//!
+//! ```compile_fail,E0451
+//! // Statistics for a backward: only a forward builds them (a group count of 0 once reached
+//! // a division here).
+//! let s = fastlayers::NormStats { batch_stats: true, mean: vec![], inv_std: vec![] };
+//! ```
+//!
+//! ```compile_fail,E0603
+//! // The GEMM's block shape, which names the SIMD level its kernels run, is crate-private: a
+//! // hand-built one once ran AVX-512 instructions on a CPU without them.
+//! use fastlayers::packed_gemm::Shape;
+//! ```
+//!
+//! ```compile_fail,E0603
+//! // The proof that the CPU has a level's features: only detection builds one.
+//! use fastlayers::cpu::Isa;
+//! ```
 
 // Kernels index several arrays with one loop counter; iterator chains would hide the index
 // contracts the comments state.
 #![allow(clippy::needless_range_loop)]
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod affine;
-pub mod bench;
-pub mod check;
-pub mod conv;
-pub mod dropout;
-pub mod error;
-pub mod gemm;
-pub mod gradcheck;
-pub mod loss;
-pub mod norm;
-pub mod packed_gemm;
-pub mod parallel;
-pub mod params;
-pub mod peak;
-pub mod pool;
-pub mod rng;
-pub mod scalar;
-pub mod simd;
-pub mod tensor;
+// The public surface is what `pub use` below names, plus `cpu`; every module is private.
+mod affine;
+mod conv;
+pub mod cpu;
+mod dropout;
+mod error;
+mod gemm;
+mod gradcheck;
+mod loss;
+mod norm;
+mod packed_gemm;
+mod parallel;
+mod params;
+mod peak;
+mod pool;
+mod rng;
+mod scalar;
+mod tensor;
+mod tuning;
 
 pub use affine::{
     AffineCache, ReluCache, affine_backward, affine_backward_naive, affine_forward,
     affine_forward_naive, relu_backward, relu_forward,
 };
 pub use conv::{
-    ConvCache, conv_backward_fast, conv_backward_into, conv_backward_naive,
-    conv_backward_workspace_len, conv_forward_fast, conv_forward_into, conv_forward_naive,
-    conv_forward_workspace_len, conv_workspace_len,
+    ConvAlgorithm, ConvCache, ConvDirection, ConvPlan, conv_backward_fast, conv_backward_naive,
+    conv_forward_fast, conv_forward_naive,
 };
 pub use dropout::{DropoutCache, DropoutParam, dropout_backward, dropout_forward};
 pub use error::{Error, Result};
 pub use gradcheck::{eval_numerical_gradient, eval_numerical_gradient_array, rel_error};
 pub use loss::{softmax_loss, svm_loss};
 pub use norm::{
-    BnParam, Convention, Mode, NormCache, NormLayout, NormParam, NormStats, batchnorm_backward,
-    batchnorm_backward_alt, batchnorm_backward_alt_naive, batchnorm_backward_naive,
-    batchnorm_forward, batchnorm_forward_into, batchnorm_forward_naive, layernorm_backward,
-    layernorm_backward_naive, layernorm_forward, layernorm_forward_into, layernorm_forward_naive,
-    norm_backward_into, spatial_batchnorm_backward, spatial_batchnorm_backward_naive,
-    spatial_batchnorm_forward, spatial_batchnorm_forward_naive, spatial_groupnorm_backward,
-    spatial_groupnorm_backward_naive, spatial_groupnorm_forward, spatial_groupnorm_forward_into,
-    spatial_groupnorm_forward_naive,
+    BnParam, Convention, Mode, NormCache, NormKind, NormParam, NormParams, NormPlan, NormStats,
+    batchnorm_backward, batchnorm_backward_alt, batchnorm_backward_alt_naive,
+    batchnorm_backward_naive, batchnorm_forward, batchnorm_forward_naive, layernorm_backward,
+    layernorm_backward_naive, layernorm_forward, layernorm_forward_naive,
+    spatial_batchnorm_backward, spatial_batchnorm_backward_naive, spatial_batchnorm_forward,
+    spatial_batchnorm_forward_naive, spatial_groupnorm_backward, spatial_groupnorm_backward_naive,
+    spatial_groupnorm_forward, spatial_groupnorm_forward_naive,
 };
 pub use parallel::Parallelism;
 pub use params::{ConvGeom, ConvParam, PoolGeom, PoolParam};
 pub use pool::{
-    PoolCache, max_pool_backward_fast, max_pool_backward_into, max_pool_backward_naive,
-    max_pool_forward_fast, max_pool_forward_into, max_pool_forward_naive,
+    PoolCache, PoolPath, PoolPlan, max_pool_backward_fast, max_pool_backward_naive,
+    max_pool_forward_fast, max_pool_forward_naive,
 };
 pub use rng::Rng;
 pub use scalar::Float;
 pub use tensor::{Tensor, TensorView, TensorViewMut};
+
+/// Hooks for the benchmark and the crate's own tests: not part of the API, no stability promise.
+#[doc(hidden)]
+pub mod hooks {
+    pub use crate::peak::measure_gflops;
+    pub use crate::tuning::{set_streaming_threshold, streaming_threshold};
+}

@@ -14,56 +14,62 @@
 //! - A: for each KC block, for each MR panel: `kc x MR`, element (i, kk) at `kk * MR + i`;
 //! - B: for each NR panel: `kc x NR`, element (kk, j) at `kk * NR + j`.
 
+use crate::cpu::{Isa, Level};
 use crate::scalar::Float;
-use crate::simd::{Level, level};
-
-/// Shape of a packed GEMM for `level` (which must be one the CPU has).
-pub fn shape_for<T: Float>(level: Level) -> Shape {
-    let s = shape::<T>();
-    if s.level == level {
-        s
-    } else {
-        shape_at::<T>(level)
-    }
-}
 
 /// Register block and KC for one level and element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
-    pub mr: usize,
-    pub nr: usize,
-    pub kc: usize,
-    /// The level whose kernel this shape belongs to (only ever one the CPU has).
-    pub level: Level,
+pub(crate) struct Shape {
+    /// Rows of a packed A panel (the micro-kernel's register block height).
+    pub(crate) mr: usize,
+    /// Columns of a packed B panel (the register block width).
+    pub(crate) nr: usize,
+    /// Depth of one packed block of the contraction.
+    pub(crate) kc: usize,
+    /// The proof that the CPU runs this shape's kernels: private, so a Shape's level is only
+    /// ever one `Isa::current()` vouched for (changing mr, nr or kc cannot reach an instruction
+    /// the CPU lacks: the kernels check their panel heights, see `direct_available`).
+    isa: Isa,
+}
+
+impl Shape {
+    /// The same level and blocking with panels of `mr` rows (the kernels check the heights they
+    /// have: see `direct_available`).
+    #[inline(always)]
+    pub(crate) fn with_mr(self, mr: usize) -> Shape {
+        Shape { mr, ..self }
+    }
+    /// The SIMD level of this shape's kernels (one the CPU has).
+    #[inline(always)]
+    pub(crate) fn level(&self) -> Level {
+        self.isa.level()
+    }
 }
 
 /// Panel heights of the explicit kernels: AVX2 6 rows x 2 ymm (12 accumulators of 16),
 /// AVX-512 8 rows x 2 zmm (16 of 32). Each level also has an alternative height, 5, for A's whose
 /// row count the main one pads badly (the notebook's 25 filters: 5 x 5 rows, against 30 or 32).
-pub const AVX2_MR: usize = 6;
+pub(crate) const AVX2_MR: usize = 6;
 /// See `AVX2_MR`.
-pub const AVX2_ALT_MR: usize = 5;
+pub(crate) const AVX2_ALT_MR: usize = 5;
 /// See `AVX2_MR`.
-pub const AVX512_MR: usize = 8;
+pub(crate) const AVX512_MR: usize = 8;
 /// See `AVX2_MR`.
-pub const AVX512_ALT_MR: usize = 5;
+pub(crate) const AVX512_ALT_MR: usize = 5;
 
 /// The shape for an A of `m` rows: the level's alternative panel height where it pads m to fewer
 /// rows than the main one (AVX2: m a multiple of 5 and not of 6). The alternative never packs A
 /// larger than the default shape, so workspace sized with `shape` holds.
-pub fn shape_for_rows<T: Float>(m: usize) -> Shape {
-    let s = shape::<T>();
-    match explicit_mrs(s.level) {
-        Some((_, alt)) if m.next_multiple_of(alt) < m.next_multiple_of(s.mr) => {
-            Shape { mr: alt, ..s }
-        }
+pub(crate) fn rows_shape(s: Shape, m: usize) -> Shape {
+    match explicit_mrs(s.level()) {
+        Some((_, alt)) if m.next_multiple_of(alt) < m.next_multiple_of(s.mr) => s.with_mr(alt),
         _ => s,
     }
 }
 
 /// (main, alternative) panel heights of a level's explicit kernels; None at the portable level,
 /// which has no explicit kernels.
-pub fn explicit_mrs(level: Level) -> Option<(usize, usize)> {
+pub(crate) fn explicit_mrs(level: Level) -> Option<(usize, usize)> {
     match level {
         Level::Avx2 => Some((AVX2_MR, AVX2_ALT_MR)),
         Level::Avx512 => Some((AVX512_MR, AVX512_ALT_MR)),
@@ -72,12 +78,13 @@ pub fn explicit_mrs(level: Level) -> Option<(usize, usize)> {
 }
 
 /// The block shape the current SIMD level uses for T.
-pub fn shape<T: Float>() -> Shape {
-    shape_at::<T>(level())
+pub(crate) fn shape<T: Float>() -> Shape {
+    shape_at::<T>(Isa::current())
 }
 
-fn shape_at<T: Float>(level: Level) -> Shape {
+fn shape_at<T: Float>(isa: Isa) -> Shape {
     let f32 = std::mem::size_of::<T>() == 4;
+    let level = isa.level();
     let (mr, nr, kc) = match (level, f32) {
         (Level::Avx512, true) => (AVX512_MR, 32, 256),
         (Level::Avx512, false) => (AVX512_MR, 16, 256),
@@ -86,23 +93,23 @@ fn shape_at<T: Float>(level: Level) -> Shape {
         (Level::Portable, true) => (4, 8, 256),
         (Level::Portable, false) => (4, 4, 256),
     };
-    Shape { mr, nr, kc, level }
+    Shape { mr, nr, kc, isa }
 }
 
 /// Elements of A (m x k) packed.
-pub fn packed_a_len(s: Shape, m: usize, k: usize) -> usize {
+pub(crate) fn packed_a_len(s: Shape, m: usize, k: usize) -> usize {
     m.next_multiple_of(s.mr) * k
 }
 
 /// Elements of one packed B block (kc x n) of a k-long contraction with `n` columns: the
 /// largest KC block `kc_blocks` makes of k (at most k, at most `s.kc`).
-pub fn packed_b_len(s: Shape, k: usize, n: usize) -> usize {
+pub(crate) fn packed_b_len(s: Shape, k: usize, n: usize) -> usize {
     kc_blocks(s, k).next().map_or(0, |(_, kc)| kc) * n.next_multiple_of(s.nr)
 }
 
 /// Packs A (m x k, element (i, kk) at `a[i * rsa + kk * csa]`).
 #[allow(clippy::too_many_arguments)]
-pub fn pack_a<T: Float>(
+pub(crate) fn pack_a<T: Float>(
     s: Shape,
     m: usize,
     k: usize,
@@ -122,7 +129,7 @@ pub fn pack_a<T: Float>(
 
 /// Packs A (m x k) given element by element: `get(i, kk)`. For small matrices built from parts
 /// (the convolution's weights with the bias as an extra column), packed once per call.
-pub fn pack_a_with<T: Float>(
+pub(crate) fn pack_a_with<T: Float>(
     s: Shape,
     m: usize,
     k: usize,
@@ -135,7 +142,7 @@ pub fn pack_a_with<T: Float>(
 /// Packs A (m x k) whose column kk starts at `a[col(kk)]`, rows `rs` apart: element (i, kk) at
 /// `a[col(kk) + i * rs]`. `col` runs once per column (the data gradient's flipped weights need a
 /// division to find a column; per element it was 2% of a res2 backward, on one thread).
-pub fn pack_a_cols<T: Float>(
+pub(crate) fn pack_a_cols<T: Float>(
     s: Shape,
     m: usize,
     k: usize,
@@ -148,10 +155,10 @@ pub fn pack_a_cols<T: Float>(
 }
 
 /// Largest KC of any shape (tables of one entry per column of a KC block live on the stack).
-pub const MAX_KC: usize = 256;
+pub(crate) const MAX_KC: usize = 256;
 
 /// Largest NR of any shape.
-pub const MAX_NR: usize = 64;
+pub(crate) const MAX_NR: usize = 64;
 
 /// The packing walk of `pack_a_with` and `pack_a_cols`: per KC block, `col(kk)` once per column,
 /// then element (i, kk) is `get(col(kk), i)` (0 in the rows past m).
@@ -223,16 +230,18 @@ fn pack_a_mr<T: Float, const MR: usize>(
 
 /// Where B (k x n) comes from.
 #[derive(Clone, Copy)]
-pub enum BSrc<'a, T> {
+pub(crate) enum BSrc<'a, T> {
     /// Row-major: element (kk, j) at `data[kk * ld + j]`.
     Rows { data: &'a [T], ld: usize },
     /// Column-major (B transposed in memory): element (kk, j) at `data[j * ld + kk]`.
+    // Only the unit tests read B column-major; the kernels always pass rows.
+    #[cfg_attr(not(test), allow(dead_code))]
     Cols { data: &'a [T], ld: usize },
 }
 
 /// Packs a row-major kc x n block (leading dimension ld) into NR panels: for callers of
 /// `gemm_packed_with` that build each block of B in a buffer first.
-pub fn pack_b_rows_into<T: Float>(
+pub(crate) fn pack_b_rows_into<T: Float>(
     s: Shape,
     kc: usize,
     n: usize,
@@ -367,7 +376,7 @@ pub(crate) struct DBlk<'a, T> {
 /// AVX-512 levels, at their main and alternative panel heights).
 pub(crate) fn direct_available(s: Shape) -> bool {
     cfg!(target_arch = "x86_64")
-        && explicit_mrs(s.level).is_some_and(|(main, alt)| s.mr == main || s.mr == alt)
+        && explicit_mrs(s.level()).is_some_and(|(main, alt)| s.mr == main || s.mr == alt)
 }
 
 /// Pixels per slot of the direct kernels: one vector (NR / 2; both explicit levels hold two
@@ -385,7 +394,7 @@ pub(crate) fn direct_block<T: Float>(s: Shape, d: DBlk<'_, T>) {
     // SAFETY: direct_available checked that the level is Avx2 or Avx512, which level() reports
     // only when the CPU has AVX2 and FMA (and AVX-512F/VL for Avx512).
     unsafe {
-        if s.level == Level::Avx512 {
+        if s.level() == Level::Avx512 {
             direct_avx512(d, s.mr)
         } else {
             direct_avx2(d, s.mr)
@@ -506,7 +515,7 @@ pub(crate) fn a_rows_block<T: Float>(s: Shape, b: ABlk<'_, T>) {
     // SAFETY: direct_available checked that the level is Avx2 or Avx512, which level() reports
     // only when the CPU has AVX2 and FMA (and AVX-512F/VL for Avx512).
     unsafe {
-        if s.level == Level::Avx512 {
+        if s.level() == Level::Avx512 {
             a_rows_avx512(b, s.mr)
         } else {
             a_rows_avx2(b, s.mr)
@@ -877,9 +886,10 @@ macro_rules! kernel {
             const NR: usize = $nv * $lanes;
             assert!(b.len() >= kc * NR);
             assert!((1..=MR).contains(&rows) && (1..=NR).contains(&cols));
-            // SAFETY: i.min(rows - 1) < rows, a row of A (caller's contract).
-            let ar: [*const $t; MR] =
-                std::array::from_fn(|i| unsafe { pa.add(i.min(rows - 1) * lda) });
+            let ar: [*const $t; MR] = std::array::from_fn(|i| {
+                // SAFETY: i.min(rows - 1) < rows, a row of A (caller's contract).
+                unsafe { pa.add(i.min(rows - 1) * lda) }
+            });
             let mut acc = [[$zero(); $nv]; MR];
             let pb = b.as_ptr();
             if $nv > 1 && cols <= $lanes {
@@ -1248,7 +1258,7 @@ fn block_portable<T: Float>(b: Blk<'_, T>) {
 /// `s` must be `shape::<T>()` of the level in force (it is read once by the caller so a whole
 /// call uses one shape).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_packed_a<T: Float>(
+pub(crate) fn gemm_packed_a<T: Float>(
     s: Shape,
     m: usize,
     n: usize,
@@ -1269,7 +1279,7 @@ pub fn gemm_packed_a<T: Float>(
 /// split into equal blocks of at most `s.kc` (576 -> 3 x 192 rather than 256 + 256 + 64), so no
 /// block runs a short k loop with a full C update. Packing A and the GEMM both walk these, so the
 /// packed A layout matches.
-pub fn kc_blocks(s: Shape, k: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn kc_blocks(s: Shape, k: usize) -> impl Iterator<Item = (usize, usize)> {
     let kcb = k.div_ceil(k.div_ceil(s.kc).max(1)).max(1);
     (0..k).step_by(kcb).map(move |k0| (k0, kcb.min(k - k0)))
 }
@@ -1278,7 +1288,7 @@ pub fn kc_blocks(s: Shape, k: usize) -> impl Iterator<Item = (usize, usize)> {
 /// writes rows k0..k0+kc of B into `out` in the packed layout (use `pack_b_rows_into`). The
 /// convolution generates each block's im2col rows right there, so they stay in L2.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_packed_with<T: Float>(
+pub(crate) fn gemm_packed_with<T: Float>(
     s: Shape,
     m: usize,
     n: usize,
@@ -1320,7 +1330,7 @@ pub fn gemm_packed_with<T: Float>(
 
 /// One KC block with the kernel of `s.level`.
 fn run_block<T: Float>(s: Shape, blk: Blk<'_, T>) {
-    match s.level {
+    match s.level() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a Shape's level comes from level(), which reports Avx512 only when the
         // CPU has AVX-512F/VL, AVX2 and FMA.
@@ -1333,12 +1343,12 @@ fn run_block<T: Float>(s: Shape, blk: Blk<'_, T>) {
 }
 
 /// Elements of the A buffer `gemm_b_panels` needs for m rows.
-pub fn b_panels_abuf_len(s: Shape, m: usize) -> usize {
+pub(crate) fn b_panels_abuf_len(s: Shape, m: usize) -> usize {
     m.next_multiple_of(s.mr) * s.kc
 }
 
 /// Elements of the B buffer `gemm_b_panels` needs (one packed panel).
-pub fn b_panels_bbuf_len(s: Shape) -> usize {
+pub(crate) fn b_panels_bbuf_len(s: Shape) -> usize {
     s.kc * s.nr
 }
 
@@ -1350,7 +1360,7 @@ pub fn b_panels_bbuf_len(s: Shape) -> usize {
 /// against every A panel while it is in L1, and the A block (m x KC) stays in L2 — for an A of
 /// few rows and a B of many columns (the weight gradient: filters x kernel taps).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_b_panels<T: Float>(
+pub(crate) fn gemm_b_panels<T: Float>(
     s: Shape,
     m: usize,
     n: usize,
@@ -1394,7 +1404,7 @@ pub fn gemm_b_panels<T: Float>(
 /// per KC block; `s` must pass `direct_available`. For the weight gradient, whose A (dout) has
 /// rows contiguous over the contraction.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_b_panels_a_rows<T: Float>(
+pub(crate) fn gemm_b_panels_a_rows<T: Float>(
     s: Shape,
     m: usize,
     n: usize,
@@ -1435,12 +1445,18 @@ pub fn gemm_b_panels_a_rows<T: Float>(
 /// `len` rows of one packed B panel (the weight gradient packs kernel taps this way). At the
 /// explicit levels it goes through 8 x 8 (f32) / 4 x 4 (f64) register transposes, 16 (f32) / 8
 /// (f64) columns at a time.
-pub fn transpose_runs<T: Float>(s: Shape, src: &[T], bases: &[usize], len: usize, out: &mut [T]) {
+pub(crate) fn transpose_runs<T: Float>(
+    s: Shape,
+    src: &[T],
+    bases: &[usize],
+    len: usize,
+    out: &mut [T],
+) {
     let nr = s.nr;
     assert!(bases.len() <= nr && out.len() >= len * nr);
     assert!(bases.iter().all(|&b| b + len <= src.len()));
     #[cfg(target_arch = "x86_64")]
-    if s.level >= Level::Avx2 {
+    if s.level() >= Level::Avx2 {
         use std::any::TypeId;
         let f32 = TypeId::of::<T>() == TypeId::of::<f32>();
         let w = if f32 { 16 } else { 8 };
@@ -1487,7 +1503,7 @@ fn transpose_scalar<T: Float>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simd::{detected, force_level};
+    use crate::cpu::{detected_simd_level as detected, force_simd_level as force_level};
 
     fn naive(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
         for i in 0..m {
@@ -1514,7 +1530,7 @@ mod tests {
         let (a, b) = (t(a), t(b));
         let bt: Vec<T> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
         let s = shape::<T>();
-        assert_eq!(s.level, lv);
+        assert_eq!(s.level(), lv);
         let s = Shape {
             mr: mr.unwrap_or(s.mr),
             ..s
@@ -1691,7 +1707,7 @@ mod tests {
     fn transpose_runs_matches_definition() {
         fn check<T: Float>(lv: Level, rng: &mut crate::Rng) {
             let s = shape::<T>();
-            assert_eq!(s.level, lv);
+            assert_eq!(s.level(), lv);
             let src: Vec<T> = (0..500).map(|_| T::from_f(rng.normal())).collect();
             for (runs, len) in [
                 (s.nr, 16),

@@ -4,6 +4,7 @@
 //! the number of threads, and combines partial results in a fixed order. Results are therefore
 //! bitwise identical under any `Parallelism`.
 
+use crate::tuning::{CALLER_SPIN, PAR_MIN_ELEMS};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -53,11 +54,6 @@ fn pool_of(n: usize) -> Arc<ThreadPool> {
         })
         .clone()
 }
-
-/// Below this many elements touched, a kernel runs on the calling thread: waking a pool costs
-/// tens of microseconds (measured on the Zen 3 VM: nb_pool, 307K elements, took 0.09 ms on one
-/// thread and 0.10-0.22 ms on two), more than splitting such a problem saves.
-pub(crate) const PAR_MIN_ELEMS: usize = 512 * 1024;
 
 impl<'a> Parallelism<'a> {
     /// `self`, or `Sequential` when the call touches fewer than `PAR_MIN_ELEMS` elements.
@@ -150,11 +146,6 @@ fn stolen<I: Send>(items: Vec<I>, f: &(dyn Fn(I, usize) + Sync)) {
         .for_each(|i| f(i, rayon::current_thread_index().unwrap_or(0)));
 }
 
-/// How long the calling thread spins for the last helper before it sleeps in rayon's wait: the
-/// wake-up it saves costs tens of microseconds here; a helper still busy after this is running
-/// a long job, next to which a wake-up is small.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
-
 /// The items shared by the calling thread (slot 0) and `helpers` jobs on `pool` (slots
 /// 1..=helpers). Each thread takes its own contiguous share of the items
 /// front to back (so the hardware prefetchers see one stream per thread, as with rayon's
@@ -239,7 +230,7 @@ impl Share {
 }
 
 /// `work(slot)` on `helpers` jobs spawned in `s` and on the calling thread; returns once every
-/// helper has finished or after `SPIN` (the scope's end waits for the rest).
+/// helper has finished or after `CALLER_SPIN` (the scope's end waits for the rest).
 fn share<'s>(
     s: &rayon::Scope<'s>,
     work: &'s (dyn Fn(usize) + Sync),
@@ -254,7 +245,7 @@ fn share<'s>(
     }
     work(0);
     let t = std::time::Instant::now();
-    while done.load(Ordering::Acquire) < helpers && t.elapsed() < SPIN {
+    while done.load(Ordering::Acquire) < helpers && t.elapsed() < CALLER_SPIN {
         std::hint::spin_loop();
     }
 }

@@ -30,18 +30,22 @@ impl ConvParam {
             groups: 1,
         }
     }
+    /// Separate vertical and horizontal strides.
     pub fn with_stride(mut self, sh: usize, sw: usize) -> Self {
         self.stride = (sh, sw);
         self
     }
+    /// Separate vertical and horizontal padding.
     pub fn with_pad(mut self, ph: usize, pw: usize) -> Self {
         self.pad = (ph, pw);
         self
     }
+    /// Spacing between kernel taps (1 = dense).
     pub fn with_dilation(mut self, dh: usize, dw: usize) -> Self {
         self.dilation = (dh, dw);
         self
     }
+    /// Channel groups (groups == C == F: depthwise).
     pub fn with_groups(mut self, groups: usize) -> Self {
         self.groups = groups;
         self
@@ -66,19 +70,20 @@ fn window_out(input: usize, k: usize, stride: usize, pad: usize, dil: usize) -> 
 }
 
 /// Validated convolution geometry: x (N, C, H, W), w (F, C/groups, KH, KW), b (F,),
-/// out (N, F, HO, WO).
+/// out (N, F, HO, WO). Only [`ConvGeom::new`] builds one (the fields are private), so every
+/// geometry a kernel sees passed validation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub f: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub p: ConvParam,
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) f: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+    pub(crate) p: ConvParam,
 }
 
 impl ConvGeom {
@@ -163,32 +168,39 @@ impl ConvGeom {
         checked_numel("workspace", &[c, kh, kw, ho, wo])?;
         Ok(g)
     }
+    /// x's shape (N, C, H, W).
     pub fn x_shape(&self) -> [usize; 4] {
         [self.n, self.c, self.h, self.w]
     }
+    /// w's shape (F, C/groups, HH, WW).
     pub fn w_shape(&self) -> [usize; 4] {
         [self.f, self.c / self.p.groups, self.kh, self.kw]
     }
+    /// The output's shape (N, F, H', W').
     pub fn out_shape(&self) -> [usize; 4] {
         [self.n, self.f, self.ho, self.wo]
     }
-    pub fn groups(&self) -> usize {
+    /// The parameters the geometry was validated with.
+    pub fn param(&self) -> &ConvParam {
+        &self.p
+    }
+    pub(crate) fn groups(&self) -> usize {
         self.p.groups
     }
     /// Input channels per group.
-    pub fn cg(&self) -> usize {
+    pub(crate) fn cg(&self) -> usize {
         self.c / self.p.groups
     }
     /// Filters per group.
-    pub fn fg(&self) -> usize {
+    pub(crate) fn fg(&self) -> usize {
         self.f / self.p.groups
     }
     /// Rows of one group's column matrix: C/groups * KH * KW.
-    pub fn k_rows(&self) -> usize {
+    pub(crate) fn k_rows(&self) -> usize {
         self.cg() * self.kh * self.kw
     }
     /// Output pixels per image: HO * WO.
-    pub fn pixels(&self) -> usize {
+    pub(crate) fn pixels(&self) -> usize {
         self.ho * self.wo
     }
     /// Multiply-adds * 2 of the forward pass.
@@ -197,14 +209,14 @@ impl ConvGeom {
     }
     /// Input row for output row `oh` and kernel row `i`, or None in the padding.
     #[inline(always)]
-    pub fn in_row(&self, oh: usize, i: usize) -> Option<usize> {
+    pub(crate) fn in_row(&self, oh: usize, i: usize) -> Option<usize> {
         (oh * self.p.stride.0 + i * self.p.dilation.0)
             .checked_sub(self.p.pad.0)
             .filter(|&r| r < self.h)
     }
     /// Input column for output column `ow` and kernel column `j`, or None in the padding.
     #[inline(always)]
-    pub fn in_col(&self, ow: usize, j: usize) -> Option<usize> {
+    pub(crate) fn in_col(&self, ow: usize, j: usize) -> Option<usize> {
         (ow * self.p.stride.1 + j * self.p.dilation.1)
             .checked_sub(self.p.pad.1)
             .filter(|&c| c < self.w)
@@ -215,7 +227,9 @@ impl ConvGeom {
 /// padding and ceil_mode follow PyTorch's `max_pool2d`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolParam {
+    /// Window height.
     pub pool_height: usize,
+    /// Window width.
     pub pool_width: usize,
     /// (vertical, horizontal) step between windows.
     pub stride: (usize, usize),
@@ -228,6 +242,7 @@ pub struct PoolParam {
 }
 
 impl PoolParam {
+    /// The notebook's `{'pool_height', 'pool_width', 'stride'}`: no padding, floor rounding.
     pub fn new(pool_height: usize, pool_width: usize, stride: usize) -> Self {
         PoolParam {
             pool_height,
@@ -237,14 +252,17 @@ impl PoolParam {
             ceil_mode: false,
         }
     }
+    /// Separate vertical and horizontal strides.
     pub fn with_stride(mut self, sh: usize, sw: usize) -> Self {
         self.stride = (sh, sw);
         self
     }
+    /// Separate vertical and horizontal padding.
     pub fn with_pad(mut self, ph: usize, pw: usize) -> Self {
         self.pad = (ph, pw);
         self
     }
+    /// Round the output extent up (PyTorch's `ceil_mode`).
     pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
         self.ceil_mode = ceil_mode;
         self
@@ -270,19 +288,22 @@ fn pool_out(input: usize, k: usize, stride: usize, pad: usize, ceil: bool) -> Op
     Some(out)
 }
 
-/// Validated pooling geometry: x (N, C, H, W), out (N, C, HO, WO).
+/// Validated pooling geometry: x (N, C, H, W), out (N, C, HO, WO). Only [`PoolGeom::new`]
+/// builds one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolGeom {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub p: PoolParam,
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+    pub(crate) p: PoolParam,
 }
 
 impl PoolGeom {
+    /// Checks x's shape against the parameters (every output window holds a real element; plane
+    /// offsets fit the u32 argmax indices).
     pub fn new(x: &[usize], p: &PoolParam) -> Result<Self> {
         expect_rank("x", x, 4, "(N, C, H, W)")?;
         checked_numel("x", x)?;
@@ -340,15 +361,21 @@ impl PoolGeom {
         checked_numel("out", &g.out_shape())?;
         Ok(g)
     }
+    /// x's shape (N, C, H, W).
     pub fn x_shape(&self) -> [usize; 4] {
         [self.n, self.c, self.h, self.w]
     }
+    /// The output's (and argmax's) shape (N, C, H', W').
     pub fn out_shape(&self) -> [usize; 4] {
         [self.n, self.c, self.ho, self.wo]
     }
+    /// The parameters the geometry was validated with.
+    pub fn param(&self) -> &PoolParam {
+        &self.p
+    }
     /// Input rows covered by output row `oh`, clipped to the real input (padding dropped).
     #[inline(always)]
-    pub fn rows(&self, oh: usize) -> std::ops::Range<usize> {
+    pub(crate) fn rows(&self, oh: usize) -> std::ops::Range<usize> {
         let start = oh * self.p.stride.0;
         let lo = start.saturating_sub(self.p.pad.0);
         let hi = (start + self.p.pool_height)
@@ -358,7 +385,7 @@ impl PoolGeom {
     }
     /// Input columns covered by output column `ow`, clipped to the real input.
     #[inline(always)]
-    pub fn cols(&self, ow: usize) -> std::ops::Range<usize> {
+    pub(crate) fn cols(&self, ow: usize) -> std::ops::Range<usize> {
         let start = ow * self.p.stride.1;
         let lo = start.saturating_sub(self.p.pad.1);
         let hi = (start + self.p.pool_width)

@@ -82,7 +82,7 @@ fma_loop!(
 fn one_thread(f64: bool, iters: u64) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::simd::{Level, detected};
+        use crate::cpu::{Level, detected_simd_level as detected};
         let lv = detected();
         if lv >= Level::Avx2 {
             let t = Instant::now();

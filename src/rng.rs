@@ -27,6 +27,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator (splitmix64) whose stream is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Rng {
             state: seed,
@@ -42,6 +43,7 @@ impl Rng {
             .unwrap_or(0);
         Rng::new(RandomState::new().hash_one(t))
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix64(self.state)

@@ -27,7 +27,9 @@ pub trait Float:
     const NAME: &'static str;
     /// Unit roundoff of the type (2^-24 for f32, 2^-53 for f64).
     const UNIT_ROUNDOFF: f64;
+    /// The nearest value of the type (f64 -> f32 rounds to nearest).
     fn from_f(v: f64) -> Self;
+    /// The value as f64 (exact).
     fn to_f(self) -> f64;
     /// `if c { a } else { b }` as a bit-mask blend: no branch, so the compiler cannot turn a
     /// data-dependent choice into a mispredicted jump.

@@ -80,30 +80,38 @@ impl<T: Copy> Tensor<T> {
 }
 
 impl<T> Tensor<T> {
+    /// The shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// The elements, row-major.
     pub fn data(&self) -> &[T] {
         &self.data
     }
+    /// The elements, row-major, for writing.
     pub fn data_mut(&mut self) -> &mut [T] {
         &mut self.data
     }
+    /// Number of elements.
     pub fn len(&self) -> usize {
         self.data.len()
     }
+    /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
+    /// The elements, row-major, without a copy.
     pub fn into_vec(self) -> Vec<T> {
         self.data
     }
+    /// A borrowed view.
     pub fn view(&self) -> TensorView<'_, T> {
         TensorView {
             data: &self.data,
             shape: &self.shape,
         }
     }
+    /// A mutable borrowed view (an output buffer).
     pub fn view_mut(&mut self) -> TensorViewMut<'_, T> {
         TensorViewMut {
             data: &mut self.data,
@@ -113,6 +121,7 @@ impl<T> Tensor<T> {
 }
 
 impl<T: Float> Tensor<T> {
+    /// An array of `shape` filled with zeros.
     pub fn zeros(shape: &[usize]) -> Result<Self> {
         Self::full(shape, T::zero())
     }
@@ -185,18 +194,23 @@ impl<'a, T> TensorView<'a, T> {
             shape: a.shape(),
         })
     }
+    /// The shape.
     pub fn shape(&self) -> &'a [usize] {
         self.shape
     }
+    /// The elements, row-major.
     pub fn data(&self) -> &'a [T] {
         self.data
     }
+    /// Number of elements.
     pub fn len(&self) -> usize {
         self.data.len()
     }
+    /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
+    /// An owned copy.
     pub fn to_owned(&self) -> Tensor<T>
     where
         T: Copy,
@@ -206,6 +220,7 @@ impl<'a, T> TensorView<'a, T> {
             shape: self.shape.to_vec(),
         }
     }
+    /// The same elements as an ndarray view (no copy).
     pub fn as_ndarray(&self) -> ArrayViewD<'a, T> {
         ArrayViewD::from_shape(IxDyn(self.shape), self.data)
             .expect("invariant: data length equals the product of the shape")
@@ -218,18 +233,31 @@ impl<'a, T> TensorViewMut<'a, T> {
         check_len("data", data.len(), shape)?;
         Ok(TensorViewMut { data, shape })
     }
+    /// The shape.
     pub fn shape(&self) -> &'a [usize] {
         self.shape
     }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// The elements, row-major.
     pub fn data(&self) -> &[T] {
         self.data
     }
+    /// The elements, row-major, for writing.
     pub fn data_mut(&mut self) -> &mut [T] {
         self.data
     }
+    /// The borrowed elements.
     pub fn into_data(self) -> &'a mut [T] {
         self.data
     }
+    /// A shared view of the same elements.
     pub fn as_view(&self) -> TensorView<'_, T> {
         TensorView {
             data: self.data,

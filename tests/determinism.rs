@@ -19,18 +19,26 @@ fn conv_bits<T: Float>(
     let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
     let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
     let b: Tensor<T> = rng.randn(&[ws[0]], 1.0, 0.0);
-    let mut wsb = vec![T::zero(); conv_workspace_len::<T>(&xs, &ws, &p, par).unwrap()];
-    let g = ConvGeom::new(&xs, &ws, &[ws[0]], &p).unwrap();
-    let mut out = vec![T::zero(); g.out_shape().iter().product()];
-    conv_forward_into(&x, &w, &b, &p, &mut out, &mut wsb, par).unwrap();
+    let plan = ConvPlan::<T>::new(&xs, &ws, &p).unwrap();
+    let mut wsb = vec![T::zero(); plan.workspace_len(par).unwrap()];
+    let g = *plan.geom();
+    let mut out = Tensor::zeros(&g.out_shape()).unwrap();
+    plan.forward_into(&x, &w, &b, &mut out, &mut wsb, par)
+        .unwrap();
     let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
     let (mut dx, mut dw, mut db) = (
-        vec![T::zero(); x.len()],
-        vec![T::zero(); w.len()],
-        vec![T::zero(); ws[0]],
+        Tensor::zeros(&xs).unwrap(),
+        Tensor::zeros(&ws).unwrap(),
+        Tensor::zeros(&[ws[0]]).unwrap(),
     );
-    conv_backward_into(&x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut wsb, par).unwrap();
-    [bits(&out), bits(&dx), bits(&dw), bits(&db)]
+    plan.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut wsb, par)
+        .unwrap();
+    [
+        bits(out.data()),
+        bits(dx.data()),
+        bits(dw.data()),
+        bits(db.data()),
+    ]
 }
 
 /// A max pool's forward and backward outputs (random x, dout) computed with `par`.
@@ -41,14 +49,17 @@ fn pool_bits<T: Float>(
     par: Parallelism<'_>,
 ) -> [Vec<u64>; 2] {
     let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
-    let gp = PoolGeom::new(x.shape(), &pp).unwrap();
+    let plan = PoolPlan::<T>::new(x.shape(), &pp).unwrap();
+    let gp = *plan.geom();
     let n: usize = gp.out_shape().iter().product();
-    let (mut o, mut idx) = (vec![T::zero(); n], vec![0u32; n]);
-    max_pool_forward_into(&x, &pp, &mut o, &mut idx, par).unwrap();
+    let (mut o, mut idx) = (Tensor::zeros(&gp.out_shape()).unwrap(), vec![0u32; n]);
+    plan.forward_into(&x, &mut o, &mut idx, &mut [], par)
+        .unwrap();
     let dout: Tensor<T> = rng.randn(&gp.out_shape(), 1.0, 0.0);
-    let mut dxp = vec![T::zero(); x.len()];
-    max_pool_backward_into(&dout, &idx, x.shape(), &pp, &mut dxp, par).unwrap();
-    [bits(&o), bits(&dxp)]
+    let mut dxp = Tensor::zeros(x.shape()).unwrap();
+    plan.backward_into(&dout, &idx, &mut dxp, &mut [], par)
+        .unwrap();
+    [bits(o.data()), bits(dxp.data())]
 }
 
 /// Every fast kernel's outputs, computed with `par`.
@@ -94,38 +105,68 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
     let gm: Tensor<T> = rng.randn(&[6], 1.0, 0.0);
     let bt: Tensor<T> = rng.randn(&[6], 1.0, 0.0);
     let dout: Tensor<T> = rng.randn(x.shape(), 1.0, 0.0);
-    let mut o = vec![T::zero(); x.len()];
-    let (mut dx, mut dg, mut dbt) = (
-        vec![T::zero(); x.len()],
-        vec![T::zero(); 6],
-        vec![T::zero(); 6],
-    );
-    let st =
-        batchnorm_forward_into(true, &x, &gm, &bt, &mut BnParam::train(), &mut o, par).unwrap();
-    norm_backward_into(&x, &gm, &st, &dout, &mut dx, &mut dg, &mut dbt, par).unwrap();
-    outs.extend([
-        bits(&o),
-        bits(&dx),
-        bits(&dg),
-        bits(&dbt),
-        bits(&st.mean),
-        bits(&st.inv_std),
-    ]);
-    let st = spatial_groupnorm_forward_into(&x, &gm, &bt, 3, &NormParam::default(), &mut o, par)
-        .unwrap();
-    norm_backward_into(&x, &gm, &st, &dout, &mut dx, &mut dg, &mut dbt, par).unwrap();
-    outs.extend([bits(&o), bits(&dx), bits(&dg), bits(&dbt)]);
+    // One forward and backward through a NormPlan; the outputs' and statistics' bits.
+    let norm = |kind: NormKind,
+                x: &Tensor<T>,
+                g: &Tensor<T>,
+                b: &Tensor<T>,
+                dout: &Tensor<T>,
+                params: NormParams<'_, T>|
+     -> Vec<Vec<u64>> {
+        let plan = NormPlan::<T>::new(kind, x.shape()).unwrap();
+        let c = plan.channels();
+        let mut o = Tensor::zeros(x.shape()).unwrap();
+        let mut dx = Tensor::zeros(x.shape()).unwrap();
+        let (mut dg, mut db) = (Tensor::zeros(&[c]).unwrap(), Tensor::zeros(&[c]).unwrap());
+        let st = plan
+            .forward_into(x, g, b, params, &mut o, &mut [], par)
+            .unwrap();
+        plan.backward_into(x, g, &st, dout, &mut dx, &mut dg, &mut db, &mut [], par)
+            .unwrap();
+        vec![
+            bits(o.data()),
+            bits(dx.data()),
+            bits(dg.data()),
+            bits(db.data()),
+            bits(st.mean()),
+            bits(st.inv_std()),
+        ]
+    };
+    outs.extend(norm(
+        NormKind::SpatialBatchNorm,
+        &x,
+        &gm,
+        &bt,
+        &dout,
+        (&mut BnParam::train()).into(),
+    ));
+    outs.extend(norm(
+        NormKind::GroupNorm { groups: 3 },
+        &x,
+        &gm,
+        &bt,
+        &dout,
+        NormParam::default().into(),
+    ));
     let x2 = x.clone().reshape(&[7, 990]).unwrap();
     let d2 = dout.clone().reshape(&[7, 990]).unwrap();
     let g2: Tensor<T> = rng.randn(&[990], 1.0, 0.0);
-    let (mut dg2, mut db2) = (vec![T::zero(); 990], vec![T::zero(); 990]);
-    let st = layernorm_forward_into(&x2, &g2, &g2, &NormParam::default(), &mut o, par).unwrap();
-    norm_backward_into(&x2, &g2, &st, &d2, &mut dx, &mut dg2, &mut db2, par).unwrap();
-    outs.extend([bits(&o), bits(&dx), bits(&dg2), bits(&db2)]);
-    let st =
-        batchnorm_forward_into(false, &x2, &g2, &g2, &mut BnParam::train(), &mut o, par).unwrap();
-    norm_backward_into(&x2, &g2, &st, &d2, &mut dx, &mut dg2, &mut db2, par).unwrap();
-    outs.extend([bits(&o), bits(&dx), bits(&dg2), bits(&db2)]);
+    outs.extend(norm(
+        NormKind::LayerNorm,
+        &x2,
+        &g2,
+        &g2,
+        &d2,
+        NormParam::default().into(),
+    ));
+    outs.extend(norm(
+        NormKind::BatchNorm,
+        &x2,
+        &g2,
+        &g2,
+        &d2,
+        (&mut BnParam::train()).into(),
+    ));
     outs
 }
 

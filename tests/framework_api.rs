@@ -1,9 +1,13 @@
-//! The no-allocation framework entry points: validation before any write, exact workspace
-//! queries, and agreement with the notebook-style API.
+//! The plans (the framework API): validation before any write, exact workspace queries,
+//! agreement with the notebook-style API, and the invariants callers can no longer break.
 
 mod common;
 
 use fastlayers::*;
+
+fn nan_t(shape: &[usize]) -> Tensor<f64> {
+    Tensor::full(shape, f64::NAN).unwrap()
+}
 
 fn nan_buf(n: usize) -> Vec<f64> {
     vec![f64::NAN; n]
@@ -14,90 +18,147 @@ fn untouched(v: &[f64]) -> bool {
 }
 
 #[test]
-fn conv_into_validates_before_writing_and_matches_the_notebook_api() {
+fn conv_plan_validates_before_writing_and_matches_the_notebook_api() {
     let mut rng = Rng::new(1);
     let (xs, ws, p) = ([2, 3, 8, 8], [4, 3, 3, 3], ConvParam::new(1, 1));
     let x: Tensor<f64> = rng.randn(&xs, 1.0, 0.0);
     let w: Tensor<f64> = rng.randn(&ws, 1.0, 0.0);
     let b: Tensor<f64> = rng.randn(&[4], 1.0, 0.0);
     let par = Parallelism::Threads(2);
-    let need = conv_workspace_len::<f64>(&xs, &ws, &p, par).unwrap();
-    let need_fwd = conv_forward_workspace_len::<f64>(&xs, &ws, &p, par).unwrap();
-    let need_bwd = conv_backward_workspace_len::<f64>(&xs, &ws, &p, par).unwrap();
+    let plan = ConvPlan::<f64>::new(&xs, &ws, &p).unwrap();
+    let need = plan.workspace_len(par).unwrap();
+    let need_fwd = plan.forward_workspace_len(par).unwrap();
+    let need_bwd = plan.backward_workspace_len(par).unwrap();
     assert_eq!(need, need_fwd.max(need_bwd));
-    // Output of the wrong size, workspace one element short: errors, nothing written.
-    let (mut out, mut ws_buf) = (nan_buf(2 * 4 * 64 - 1), nan_buf(need));
-    let e = conv_forward_into(&x, &w, &b, &p, &mut out, &mut ws_buf, par).unwrap_err();
+    // Output of the wrong shape, workspace one element short: errors, nothing written.
+    let (mut out, mut ws_buf) = (nan_t(&[2, 4, 8, 7]), nan_buf(need));
+    let e = plan
+        .forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
+        .unwrap_err();
     assert_eq!(e.arg(), "out");
-    assert!(untouched(&out) && untouched(&ws_buf));
-    let (mut out, mut short) = (nan_buf(2 * 4 * 64), nan_buf(need_fwd - 1));
-    let e = conv_forward_into(&x, &w, &b, &p, &mut out, &mut short, par).unwrap_err();
+    assert!(untouched(out.data()) && untouched(&ws_buf));
+    let (mut out, mut short) = (nan_t(&[2, 4, 8, 8]), nan_buf(need_fwd - 1));
+    let e = plan
+        .forward_into(&x, &w, &b, &mut out, &mut short, par)
+        .unwrap_err();
     assert_eq!(e.arg(), "workspace");
-    assert!(untouched(&out));
+    assert!(untouched(out.data()));
+    // x of another shape than the plan's.
+    let x2: Tensor<f64> = rng.randn(&[3, 3, 8, 8], 1.0, 0.0);
+    let e = plan
+        .forward_into(&x2, &w, &b, &mut out, &mut ws_buf, par)
+        .unwrap_err();
+    assert_eq!(e.arg(), "x");
     // The exact forward workspace is enough; output starts as NaN, so every element must be
     // written.
     let mut fwd_ws = nan_buf(need_fwd);
-    conv_forward_into(&x, &w, &b, &p, &mut out, &mut fwd_ws, par).unwrap();
-    let mut ws_buf = nan_buf(need);
+    plan.forward_into(&x, &w, &b, &mut out, &mut fwd_ws, par)
+        .unwrap();
     let (want, _) = conv_forward_fast(&x, &w, &b, &p).unwrap();
-    assert_eq!(out, want.data());
+    assert_eq!(out.data(), want.data());
     // Backward: bad dout, then a good call into NaN-filled buffers.
     let dout: Tensor<f64> = rng.randn(&[2, 4, 8, 8], 1.0, 0.0);
-    let (mut dx, mut dw, mut db) = (nan_buf(x.len()), nan_buf(w.len()), nan_buf(4));
+    let (mut dx, mut dw, mut db) = (nan_t(&xs), nan_t(&ws), nan_t(&[4]));
     let bad: Tensor<f64> = rng.randn(&[2, 4, 8, 7], 1.0, 0.0);
-    let e = conv_backward_into(
-        &x,
-        &w,
-        &bad,
-        &p,
-        &mut dx,
-        &mut dw,
-        &mut db,
-        &mut ws_buf,
-        par,
-    )
-    .unwrap_err();
+    let e = plan
+        .backward_into(&x, &w, &bad, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
+        .unwrap_err();
     assert_eq!(e.arg(), "dout");
-    assert!(untouched(&dx) && untouched(&dw) && untouched(&db));
-    let e = conv_backward_into(
-        &x,
-        &w,
-        &dout,
-        &p,
-        &mut dx,
-        &mut dw[..10],
-        &mut db,
-        &mut ws_buf,
-        par,
-    )
-    .unwrap_err();
+    assert!(untouched(dx.data()) && untouched(dw.data()) && untouched(db.data()));
+    let mut dw_bad = nan_t(&[4, 3, 3, 2]);
+    let e = plan
+        .backward_into(
+            &x,
+            &w,
+            &dout,
+            &mut dx,
+            &mut dw_bad,
+            &mut db,
+            &mut ws_buf,
+            par,
+        )
+        .unwrap_err();
     assert_eq!(e.arg(), "dw");
     let mut short = nan_buf(need_bwd - 1);
-    let e = conv_backward_into(
-        &x, &w, &dout, &p, &mut dx, &mut dw, &mut db, &mut short, par,
-    )
-    .unwrap_err();
+    let e = plan
+        .backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut short, par)
+        .unwrap_err();
     assert_eq!(e.arg(), "workspace");
-    assert!(untouched(&dx) && untouched(&dw) && untouched(&db));
+    assert!(untouched(dx.data()) && untouched(dw.data()) && untouched(db.data()));
     let mut bwd_ws = nan_buf(need_bwd);
-    conv_backward_into(
-        &x,
-        &w,
-        &dout,
-        &p,
-        &mut dx,
-        &mut dw,
-        &mut db,
-        &mut bwd_ws,
-        par,
-    )
-    .unwrap();
+    plan.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut bwd_ws, par)
+        .unwrap();
     let (_, cache) = conv_forward_fast(&x, &w, &b, &p).unwrap();
     let (ex, ew, eb) = conv_backward_fast(&dout, &cache).unwrap();
-    assert_eq!(
-        (dx.as_slice(), dw.as_slice(), db.as_slice()),
-        (ex.data(), ew.data(), eb.data())
-    );
+    assert_eq!((&dx, &dw, &db), (&ex, &ew, &eb));
+}
+
+#[test]
+fn conv_plan_choice_is_stable_and_says_why() {
+    // The same shape gives the same plan on every call, from any thread, and `Debug` names the
+    // choice for each direction.
+    let shapes = [
+        ([16, 128, 16, 16], [128, 128, 3, 3], ConvParam::new(1, 1)),
+        ([100, 3, 31, 31], [25, 3, 3, 3], ConvParam::new(2, 1)),
+        (
+            [2, 6, 9, 11],
+            [4, 3, 5, 3],
+            ConvParam::new(1, 2).with_groups(2),
+        ),
+    ];
+    for (xs, ws, p) in shapes {
+        let a = ConvPlan::<f32>::new(&xs, &ws, &p).unwrap();
+        let d = format!("{a:?}");
+        for _ in 0..3 {
+            assert_eq!(
+                format!("{:?}", ConvPlan::<f32>::new(&xs, &ws, &p).unwrap()),
+                d
+            );
+        }
+        let from_threads: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(move || format!("{:?}", ConvPlan::<f32>::new(&xs, &ws, &p).unwrap()))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            from_threads.iter().all(|t| *t == d),
+            "{from_threads:?} vs {d}"
+        );
+        for dir in [
+            ConvDirection::Forward,
+            ConvDirection::DataGrad,
+            ConvDirection::WeightGrad,
+        ] {
+            assert!(d.contains(&format!("{:?} (", a.algorithm(dir))), "{d}");
+        }
+    }
+}
+
+#[test]
+fn conv_plan_refuses_an_algorithm_that_cannot_run() {
+    // Winograd computes 3 x 3 stride-1 convolutions only; im2col runs everything.
+    let plan = ConvPlan::<f64>::new(&[2, 3, 8, 8], &[4, 3, 5, 5], &ConvParam::new(2, 1)).unwrap();
+    let e = plan
+        .with_algorithm(ConvDirection::Forward, ConvAlgorithm::Winograd)
+        .unwrap_err();
+    assert_eq!(e.arg(), "algorithm");
+    // dx runs direct only for stride 1.
+    let e = plan
+        .with_algorithm(ConvDirection::DataGrad, ConvAlgorithm::Direct)
+        .unwrap_err();
+    assert_eq!(e.arg(), "algorithm");
+    for dir in [
+        ConvDirection::Forward,
+        ConvDirection::DataGrad,
+        ConvDirection::WeightGrad,
+    ] {
+        let p = plan.with_algorithm(dir, ConvAlgorithm::Im2col).unwrap();
+        assert_eq!(p.algorithm(dir), ConvAlgorithm::Im2col);
+        assert!(format!("{p:?}").contains("forced"));
+    }
 }
 
 #[test]
@@ -122,66 +183,116 @@ fn conv_cache_new_is_the_forwards_cache() {
 }
 
 #[test]
-fn pool_into_checks_argmax_indices() {
+fn pool_plan_checks_argmax_indices() {
     let mut rng = Rng::new(2);
     let x: Tensor<f64> = rng.randn(&[2, 2, 4, 4], 1.0, 0.0);
     let p = PoolParam::new(2, 2, 2);
     let par = Parallelism::Sequential;
-    let (mut out, mut idx) = (nan_buf(16), vec![0u32; 16]);
+    let plan = PoolPlan::<f64>::new(x.shape(), &p).unwrap();
+    assert_eq!(plan.path(), PoolPath::TwoByTwo);
+    let (mut out, mut idx) = (nan_t(&[2, 2, 2, 2]), vec![0u32; 16]);
+    let mut short = nan_t(&[2, 2, 2, 1]);
     assert_eq!(
-        max_pool_forward_into(&x, &p, &mut out[..15], &mut idx, par)
+        plan.forward_into(&x, &mut short, &mut idx, &mut [], par)
             .unwrap_err()
             .arg(),
         "out"
     );
-    assert!(untouched(&out));
-    max_pool_forward_into(&x, &p, &mut out, &mut idx, par).unwrap();
+    assert!(untouched(short.data()));
+    plan.forward_into(&x, &mut out, &mut idx, &mut [], par)
+        .unwrap();
     let dout: Tensor<f64> = rng.randn(&[2, 2, 2, 2], 1.0, 0.0);
-    let mut dx = nan_buf(64);
+    let mut dx = nan_t(&[2, 2, 4, 4]);
     let mut corrupt = idx.clone();
     corrupt[5] = 16; // outside a 4x4 plane
-    let e = max_pool_backward_into(&dout, &corrupt, &[2, 2, 4, 4], &p, &mut dx, par).unwrap_err();
+    let e = plan
+        .backward_into(&dout, &corrupt, &mut dx, &mut [], par)
+        .unwrap_err();
     assert_eq!(e.arg(), "argmax");
-    assert!(untouched(&dx));
-    max_pool_backward_into(&dout, &idx, &[2, 2, 4, 4], &p, &mut dx, par).unwrap();
+    assert!(untouched(dx.data()));
+    plan.backward_into(&dout, &idx, &mut dx, &mut [], par)
+        .unwrap();
     let (_, cache) = max_pool_forward_naive(&x, &p).unwrap();
-    assert_eq!(dx, max_pool_backward_naive(&dout, &cache).unwrap().data());
+    assert_eq!(dx, max_pool_backward_naive(&dout, &cache).unwrap());
+    // A path that does not apply is refused; the generic one always applies.
+    let e = PoolPlan::<f64>::new(x.shape(), &PoolParam::new(3, 3, 1))
+        .unwrap()
+        .with_path(PoolPath::TwoByTwo)
+        .unwrap_err();
+    assert_eq!(e.arg(), "path");
+    assert_eq!(
+        plan.with_path(PoolPath::Generic).unwrap().path(),
+        PoolPath::Generic
+    );
 }
 
 #[test]
-fn norm_into_validates_and_matches() {
+fn norm_plan_validates_and_matches() {
     let mut rng = Rng::new(3);
     let x: Tensor<f64> = rng.randn(&[3, 4, 2, 5], 2.0, 1.0);
     let g: Tensor<f64> = rng.randn(&[4], 1.0, 0.0);
     let par = Parallelism::Threads(2);
-    let mut out = nan_buf(x.len());
+    let plan = NormPlan::<f64>::new(NormKind::SpatialBatchNorm, x.shape()).unwrap();
+    let mut out = nan_t(x.shape());
     let mut bn = BnParam::train();
     let before = bn.clone();
-    let e = batchnorm_forward_into(true, &x, &g, &g, &mut bn, &mut out[..7], par).unwrap_err();
+    let mut short = nan_t(&[3, 4, 2, 4]);
+    let e = plan
+        .forward_into(&x, &g, &g, &mut bn, &mut short, &mut [], par)
+        .unwrap_err();
     assert_eq!(e.arg(), "out");
     assert!(
-        untouched(&out) && bn == before,
+        untouched(short.data()) && bn == before,
         "nothing written on error, bn_param included"
     );
-    let st = batchnorm_forward_into(true, &x, &g, &g, &mut bn, &mut out, par).unwrap();
+    // The wrong kind of parameters for the layer.
+    let e = plan
+        .forward_into(&x, &g, &g, NormParam::default(), &mut out, &mut [], par)
+        .unwrap_err();
+    assert_eq!(e.arg(), "params");
+    assert!(untouched(out.data()));
+    let st = plan
+        .forward_into(&x, &g, &g, &mut bn, &mut out, &mut [], par)
+        .unwrap();
     let (want, cache) = spatial_batchnorm_forward(&x, &g, &g, &mut BnParam::train()).unwrap();
-    assert_eq!(out, want.data());
-    assert_eq!(st.mean, cache.mean());
+    assert_eq!(out, want);
+    assert_eq!(st.mean(), cache.mean());
+    assert_eq!(st.kind(), NormKind::SpatialBatchNorm);
     let dout: Tensor<f64> = rng.randn(x.shape(), 1.0, 0.0);
-    let (mut dx, mut dg, mut db) = (nan_buf(x.len()), nan_buf(4), nan_buf(4));
-    let mut wrong = st.clone();
-    wrong.mean.pop();
-    assert_eq!(
-        norm_backward_into(&x, &g, &wrong, &dout, &mut dx, &mut dg, &mut db, par)
-            .unwrap_err()
-            .arg(),
-        "stats"
-    );
-    assert!(untouched(&dx));
-    norm_backward_into(&x, &g, &st, &dout, &mut dx, &mut dg, &mut db, par).unwrap();
+    let (mut dx, mut dg, mut db) = (nan_t(x.shape()), nan_t(&[4]), nan_t(&[4]));
+    plan.backward_into(&x, &g, &st, &dout, &mut dx, &mut dg, &mut db, &mut [], par)
+        .unwrap();
     let (ex, eg, eb) = spatial_batchnorm_backward(&dout, &cache).unwrap();
-    assert_eq!(
-        (dx.as_slice(), dg.as_slice(), db.as_slice()),
-        (ex.data(), eg.data(), eb.data())
-    );
+    assert_eq!((&dx, &dg, &db), (&ex, &eg, &eb));
+}
+
+#[test]
+fn norm_stats_from_another_plan_are_refused() {
+    // Formerly a caller could hand norm_backward_into hand-built statistics (group count 0
+    // reached a division, a count not dividing C was accepted). Now only a forward builds
+    // NormStats, and a backward accepts only its own plan's.
+    let mut rng = Rng::new(4);
+    let x: Tensor<f64> = rng.randn(&[2, 6, 3, 3], 1.0, 0.0);
+    let g: Tensor<f64> = rng.randn(&[6], 1.0, 0.0);
+    let par = Parallelism::Sequential;
+    for groups in [0, 4] {
+        let e = NormPlan::<f64>::new(NormKind::GroupNorm { groups }, x.shape()).unwrap_err();
+        assert_eq!(e.arg(), "G");
+    }
+    let gn3 = NormPlan::<f64>::new(NormKind::GroupNorm { groups: 3 }, x.shape()).unwrap();
+    let gn2 = NormPlan::<f64>::new(NormKind::GroupNorm { groups: 2 }, x.shape()).unwrap();
+    let bn = NormPlan::<f64>::new(NormKind::SpatialBatchNorm, x.shape()).unwrap();
+    let mut out = nan_t(x.shape());
+    let st = gn3
+        .forward_into(&x, &g, &g, NormParam::default(), &mut out, &mut [], par)
+        .unwrap();
+    let dout: Tensor<f64> = rng.randn(x.shape(), 1.0, 0.0);
+    for other in [gn2, bn] {
+        let (mut dx, mut dg, mut db) = (nan_t(x.shape()), nan_t(&[6]), nan_t(&[6]));
+        let e = other
+            .backward_into(&x, &g, &st, &dout, &mut dx, &mut dg, &mut db, &mut [], par)
+            .unwrap_err();
+        assert_eq!(e.arg(), "stats");
+        assert!(untouched(dx.data()) && untouched(dg.data()) && untouched(db.data()));
+    }
 }

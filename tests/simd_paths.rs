@@ -5,7 +5,10 @@
 mod common;
 
 use common::*;
-use fastlayers::simd::{Level, detected, force_level, level};
+use fastlayers::cpu::{
+    SimdLevel as Level, detected_simd_level as detected, force_simd_level as force_level,
+    simd_level as level,
+};
 use fastlayers::*;
 
 fn check_all_kernels() {

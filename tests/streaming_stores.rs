@@ -3,7 +3,8 @@
 //! outside it. The path is chosen by a process-wide size threshold, so this binary holds one
 //! test function that sets it (0: always stream; `usize::MAX - 1`: never).
 
-use fastlayers::simd::{Level, level, set_streaming_threshold, streaming_threshold};
+use fastlayers::cpu::{SimdLevel as Level, simd_level as level};
+use fastlayers::hooks::{set_streaming_threshold, streaming_threshold};
 use fastlayers::*;
 
 /// Output of one forward and one backward call, written at offset `off` of NaN-filled buffers
@@ -34,24 +35,44 @@ fn run<T: Float>(layer: Layer, shape: &[usize], off: usize, par: Parallelism<'_>
     let nan = T::from_f(f64::NAN);
     let mut out = vec![nan; n + 2 + off];
     let mut dx = vec![nan; n + 2 + off];
-    let (mut dg, mut db) = (vec![nan; d], vec![nan; d]);
-    let o = &mut out[1 + off..1 + off + n];
-    let stats = match layer {
-        Layer::Bn => {
-            batchnorm_forward_into(false, &x, &gamma, &beta, &mut BnParam::train(), o, par)
-        }
-        Layer::SpatialBn => {
-            batchnorm_forward_into(true, &x, &gamma, &beta, &mut BnParam::train(), o, par)
-        }
-        Layer::Ln => layernorm_forward_into(&x, &gamma, &beta, &NormParam::default(), o, par),
-        Layer::Gn(g) => {
-            spatial_groupnorm_forward_into(&x, &gamma, &beta, g, &NormParam::default(), o, par)
-        }
-    }
+    let (mut dg, mut db) = (
+        Tensor::full(&[d], nan).unwrap(),
+        Tensor::full(&[d], nan).unwrap(),
+    );
+    let mut bn = BnParam::train();
+    let o = TensorViewMut::new(&mut out[1 + off..1 + off + n], shape).unwrap();
+    let (kind, params): (NormKind, NormParams<'_, T>) = match layer {
+        Layer::Bn => (NormKind::BatchNorm, NormParams::Batch(&mut bn)),
+        Layer::SpatialBn => (NormKind::SpatialBatchNorm, NormParams::Batch(&mut bn)),
+        Layer::Ln => (NormKind::LayerNorm, NormParam::default().into()),
+        Layer::Gn(g) => (
+            NormKind::GroupNorm { groups: g },
+            NormParam::default().into(),
+        ),
+    };
+    let plan = NormPlan::<T>::new(kind, shape).unwrap();
+    let stats = plan
+        .forward_into(&x, &gamma, &beta, params, o, &mut [], par)
+        .unwrap();
+    let dxs = TensorViewMut::new(&mut dx[1 + off..1 + off + n], shape).unwrap();
+    plan.backward_into(
+        &x,
+        &gamma,
+        &stats,
+        &dout,
+        dxs,
+        &mut dg,
+        &mut db,
+        &mut [],
+        par,
+    )
     .unwrap();
-    let dxs = &mut dx[1 + off..1 + off + n];
-    norm_backward_into(&x, &gamma, &stats, &dout, dxs, &mut dg, &mut db, par).unwrap();
-    Run { out, dx, dg, db }
+    Run {
+        out,
+        dx,
+        dg: dg.into_vec(),
+        db: db.into_vec(),
+    }
 }
 
 fn same_bits<T: Float>(what: &str, a: &[T], b: &[T]) {

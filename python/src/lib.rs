@@ -300,16 +300,17 @@ fn conv_fwd<'py>(
             if fast {
                 // Into a fresh numpy array through the framework entry point: the cache keeps
                 // references, so nothing is copied.
-                let g = fl::ConvGeom::new(xv.shape(), wv.shape(), bv.shape(), &p).map_err(err)?;
-                let o = new_array::<T>(py, &g.out_shape());
+                let plan = fl::ConvPlan::<T>::new(xv.shape(), wv.shape(), &p).map_err(err)?;
+                let oshape = plan.geom().out_shape();
+                let o = new_array::<T>(py, &oshape);
                 let mut ow = o.readwrite();
                 let os = ow.as_slice_mut()?;
                 let par = fl::Parallelism::Current;
-                let need = fl::conv_forward_workspace_len::<T>(xv.shape(), wv.shape(), &p, par)
-                    .map_err(err)?;
+                let need = plan.forward_workspace_len(par).map_err(err)?;
                 py.detach(|| {
                     let mut ws = vec![T::default(); need];
-                    fl::conv_forward_into(xv, wv, bv, &p, os, &mut ws, par).map(|_| ())
+                    let ov = fl::TensorViewMut::new(os, &oshape)?;
+                    plan.forward_into(xv, wv, bv, ov, &mut ws, par)
                 })
                 .map_err(err)?;
                 drop(ow);
@@ -358,11 +359,15 @@ fn conv_bwd<'py>(
                 let (mut a, mut b, mut c) = (dx.readwrite(), dw.readwrite(), db.readwrite());
                 let (a, b, c) = (a.as_slice_mut()?, b.as_slice_mut()?, c.as_slice_mut()?);
                 let par = fl::Parallelism::Current;
-                let need = fl::conv_backward_workspace_len::<T>(xv.shape(), wv.shape(), &p, par)
-                    .map_err(err)?;
+                let plan = fl::ConvPlan::<T>::new(xv.shape(), wv.shape(), &p).map_err(err)?;
+                let need = plan.backward_workspace_len(par).map_err(err)?;
+                let fs = [f];
                 py.detach(|| {
                     let mut ws = vec![T::default(); need];
-                    fl::conv_backward_into(xv, wv, dv, &p, a, b, c, &mut ws, par)
+                    let a = fl::TensorViewMut::new(a, xv.shape())?;
+                    let b = fl::TensorViewMut::new(b, wv.shape())?;
+                    let c = fl::TensorViewMut::new(c, &fs)?;
+                    plan.backward_into(xv, wv, dv, a, b, c, &mut ws, par)
                 })
                 .map_err(err)?;
             }

@@ -2,6 +2,9 @@
 dtype and bad-input checks. Gradients are checked with the notebooks' own numpy
 eval_numerical_gradient_array (written out here, independent of the module)."""
 
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -49,38 +52,47 @@ def norm_err(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-CONV_CORRECT = np.array([[[[-0.08759809, -0.10987781], [-0.18387192, -0.2109216]],
-                          [[0.21027089, 0.21661097], [0.22847626, 0.23004637]],
-                          [[0.50813986, 0.54309974], [0.64082444, 0.67101435]]],
-                         [[[-0.98053589, -1.03143541], [-1.19128892, -1.24695841]],
-                          [[0.69108355, 0.66880383], [0.59480972, 0.56776003]],
-                          [[2.36270298, 2.36904306], [2.38090835, 2.38247847]]]])
+# The notebooks' check-cell data: the one copy, shared with `fastlayers check` and the Rust tests.
+CELLS = json.loads((pathlib.Path(__file__).resolve().parents[2] / "data" / "notebook_cells.json").read_text())["cells"]
+
+
+def cell_input(cell, name, dtype=np.float64):
+    spec = CELLS[cell]["inputs"][name]
+    shape = spec["shape"]
+    return np.linspace(*spec["linspace"], num=int(np.prod(shape))).reshape(shape).astype(dtype)
+
+
+def cell_correct(cell):
+    c = CELLS[cell]["correct_out"]
+    return np.array(c["values"]).reshape(c["shape"])
 
 
 @pytest.mark.parametrize("fwd", [fl.conv_forward_naive, fl.conv_forward_fast])
 def test_conv_forward_linspace_cell(fwd):
-    x = np.linspace(-0.1, 0.5, num=2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
-    w = np.linspace(-0.2, 0.3, num=3 * 3 * 4 * 4).reshape(3, 3, 4, 4)
-    b = np.linspace(-0.1, 0.2, num=3)
-    out, _ = fwd(x, w, b, {"stride": 2, "pad": 1})
+    cell = "conv_forward_naive"
+    x, w, b = (cell_input(cell, n) for n in "xwb")
+    params, correct, tol = CELLS[cell]["params"], cell_correct(cell), CELLS[cell]["tol"]
+    out, _ = fwd(x, w, b, params)
     assert out.dtype == np.float64
-    assert rel_error(out, CONV_CORRECT) < 1e-7
-    out32, _ = fwd(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), {"stride": 2, "pad": 1})
+    assert rel_error(out, correct) < tol
+    out32, _ = fwd(*(cell_input(cell, n, np.float32) for n in "xwb"), params)
     assert out32.dtype == np.float32
-    assert rel_error(out32, CONV_CORRECT) < 1e-5
+    # f32 inputs carry 2^-24 relative rounding: the notebook's f64 tolerance does not apply.
+    assert rel_error(out32, correct) < 1e-5
 
 
 @pytest.mark.parametrize("fwd", [fl.max_pool_forward_naive, fl.max_pool_forward_fast])
 def test_max_pool_forward_linspace_cell(fwd):
-    x = np.linspace(-0.3, 0.4, num=2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
-    out, _ = fwd(x, {"pool_width": 2, "pool_height": 2, "stride": 2})
-    correct = np.array([[[[-0.26315789, -0.24842105], [-0.20421053, -0.18947368]],
-                         [[-0.14526316, -0.13052632], [-0.08631579, -0.07157895]],
-                         [[-0.02736842, -0.01263158], [0.03157895, 0.04631579]]],
-                        [[[0.09052632, 0.10526316], [0.14947368, 0.16421053]],
-                         [[0.20842105, 0.22315789], [0.26736842, 0.28210526]],
-                         [[0.32631579, 0.34105263], [0.38526316, 0.4]]]])
-    assert rel_error(out, correct) < 1e-7
+    cell = "max_pool_forward_naive"
+    out, _ = fwd(cell_input(cell, "x"), CELLS[cell]["params"])
+    assert rel_error(out, cell_correct(cell)) < CELLS[cell]["tol"]
+
+
+def test_affine_forward_linspace_cell():
+    cell = "affine_forward"
+    x, w, b = (cell_input(cell, n) for n in "xwb")
+    out, _ = fl.affine_forward(x, w, b)
+    assert rel_error(out, cell_correct(cell)) < CELLS[cell]["tol"]
 
 
 @pytest.mark.parametrize("fast", [False, True])

@@ -1,9 +1,46 @@
-//! Convolution: `conv_forward_naive`/`conv_backward_naive` (the reference) and
-//! `conv_forward_fast`/`conv_backward_fast`, with one cache type both accept.
+//! Convolution: `conv_forward_naive`/`conv_backward_naive` (the reference, `reference.rs`) and
+//! the fast kernels behind [`ConvPlan`] (`plan.rs` chooses, `forward.rs` / `backward.rs` run,
+//! `im2col.rs` moves data, `winograd.rs` transforms), with one cache type both accept.
+//!
+//! The fast kernels: one packed GEMM engine fed three ways, with bounded workspace (kernels.md has
+//! the full map and the measurements).
+//!
+//! - **Direct** (`ConvAlgorithm::Direct`, AVX2 or AVX-512): B is read in place from a
+//!   zero-padded, stride-phase-split copy of the image (`Pad`), through a per-KC-block table of
+//!   tap offsets; forward `out = bias + W B`, and for stride 1 dx as the correlation of padded
+//!   dout with the flipped, transposed weights.
+//! - **Winograd F(2x2, 3x3)** (`ConvAlgorithm::Winograd`, `winograd.rs`): 3 x 3 stride-1
+//!   convolutions (chosen from 96 channels per group), forward, dx and dw, 16 GEMMs on transformed tiles.
+//! - **im2col** (everything else): the column matrix of one image and group,
+//!
+//!   ```text
+//!   col[(c*KH + i)*KW + j][oh*WO + ow] <- x[n][g*C/G + c][oh*sh + i*dh - ph][ow*sw + j*dw - pw]
+//!   ```
+//!
+//!   (0 in the padding), built tile by tile and packed one KC block at a time while in L2:
+//!   forward `out = [W | b] [col; 1]`; dx = col2im(W^T dout), dout read in place where that
+//!   pays (`dcol_in_place_pays`), col2im storing each dx row once at column stride 2 when one
+//!   tile covers the image (`col2im_2_store`).
+//! - dw (both): per chunk of images (`DW_CHUNKS` chunks, a function of N only; parallel over
+//!   chunks) `part (F x K) += dout_tile * col_tile^T`, A (dout) read in place at the AVX2 and
+//!   AVX-512 levels, B's tap panels packed just in time from the padded copy or the im2col tile
+//!   by register transposes; dw = `part[0] + part[1] + ...` in chunk order. Fixed partition,
+//!   fixed combine order: bitwise identical for any thread count.
+//! - db: f64 partial sums per chunk, inside the dw jobs, added in chunk order.
+//!
+//! Workspace: the packed weights, per thread the larger of what a path needs (padded copy, or a
+//! KC block / tile of columns and a packed B block), and `min(N, DW_CHUNKS)` partial copies of
+//! dw; all of it the caller's (`*_workspace_len` gives the exact size). The kernels allocate only
+//! O(threads) bookkeeping.
 
-pub mod fast;
-pub mod reference;
+mod backward;
+mod forward;
+mod im2col;
+mod plan;
+pub(crate) mod reference;
 mod winograd;
+
+pub use plan::{ConvAlgorithm, ConvPlan, Direction as ConvDirection};
 
 use crate::error::{Result, expect_shape};
 use crate::parallel::Parallelism;
@@ -30,7 +67,8 @@ impl<T: Float> ConvCache<T> {
         conv_param: &ConvParam,
     ) -> Result<Self> {
         let (x, w) = (x.into(), w.into());
-        let geom = weights_geom(x.shape(), w.shape(), conv_param)?;
+        let f = w.shape().first().copied().unwrap_or(0);
+        let geom = ConvGeom::new(x.shape(), w.shape(), &[f], conv_param)?;
         Ok(ConvCache {
             x: x.to_owned(),
             w: w.to_owned(),
@@ -40,25 +78,18 @@ impl<T: Float> ConvCache<T> {
 }
 
 impl<T> ConvCache<T> {
+    /// The forward's validated geometry.
     pub fn geom(&self) -> &ConvGeom {
         &self.geom
     }
+    /// The forward's input.
     pub fn x(&self) -> &Tensor<T> {
         &self.x
     }
+    /// The forward's weights.
     pub fn w(&self) -> &Tensor<T> {
         &self.w
     }
-}
-
-/// Validates the forward arguments and returns the geometry.
-pub(crate) fn check_forward<T>(
-    x: &TensorView<'_, T>,
-    w: &TensorView<'_, T>,
-    b: &TensorView<'_, T>,
-    p: &ConvParam,
-) -> Result<ConvGeom> {
-    ConvGeom::new(x.shape(), w.shape(), b.shape(), p)
 }
 
 /// dout must have the shape the cached forward produced.
@@ -75,7 +106,7 @@ fn forward_with<'a, T: Float>(
     p: &ConvParam,
     kernel: impl FnOnce(&ConvGeom, &[T], &[T], &[T], &mut [T]),
 ) -> Result<(Tensor<T>, ConvCache<T>)> {
-    let g = check_forward(&x, &w, &b, p)?;
+    let g = ConvGeom::new(x.shape(), w.shape(), b.shape(), p)?;
     let mut out = Tensor::zeros(&g.out_shape())?;
     kernel(&g, x.data(), w.data(), b.data(), out.data_mut());
     let cache = ConvCache {
@@ -130,26 +161,22 @@ pub fn conv_backward_naive<'a, T: Float>(
     backward_with(dout.into(), cache, Box::new(reference::backward))
 }
 
-/// Fast convolution forward (a GEMM reading the padded image in place, or im2col tiles + GEMM;
-/// see kernels.md), same arguments and results as
-/// [`conv_forward_naive`]; runs on the current rayon pool.
+/// Fast convolution forward (the algorithm [`ConvPlan::new`] chooses for the shape; see
+/// kernels.md), same arguments and results as [`conv_forward_naive`]; runs on the current rayon
+/// pool.
 pub fn conv_forward_fast<'a, T: Float>(
     x: impl Into<TensorView<'a, T>>,
     w: impl Into<TensorView<'a, T>>,
     b: impl Into<TensorView<'a, T>>,
     conv_param: &ConvParam,
 ) -> Result<(Tensor<T>, ConvCache<T>)> {
+    let (x, w, b) = (x.into(), w.into(), b.into());
+    let plan = ConvPlan::<T>::new(x.shape(), w.shape(), conv_param)?;
     let par = Parallelism::Current;
-    forward_with(
-        x.into(),
-        w.into(),
-        b.into(),
-        conv_param,
-        |g, x, w, b, out| {
-            let mut ws = vec![T::zero(); fast::forward_workspace_len::<T>(g, par.threads())];
-            fast::forward_into(g, x, w, b, out, &mut ws, par)
-        },
-    )
+    let mut ws = vec![T::zero(); plan.forward_workspace_len(par)?];
+    forward_with(x, w, b, conv_param, |g, x, w, b, out| {
+        plan.run_forward(g, x, w, b, out, &mut ws, par)
+    })
 }
 
 /// Fast convolution backward: (dx, dw, db), as [`conv_backward_naive`].
@@ -157,161 +184,14 @@ pub fn conv_backward_fast<'a, T: Float>(
     dout: impl Into<TensorView<'a, T>>,
     cache: &ConvCache<T>,
 ) -> Result<Grads<T>> {
+    let plan = ConvPlan::<T>::from_geom(cache.geom);
     let par = Parallelism::Current;
+    let mut ws = vec![T::zero(); plan.backward_workspace_len(par)?];
     backward_with(
         dout.into(),
         cache,
         Box::new(move |g, x, w, dout, dx, dw, db| {
-            let mut ws = vec![T::zero(); fast::backward_workspace_len::<T>(g, par.threads())];
-            fast::backward_into(g, x, w, dout, dx, dw, db, &mut ws, par)
+            plan.run_backward(g, x, w, dout, dx, dw, db, &mut ws, par)
         }),
     )
-}
-
-/// Workspace (elements of T) that [`conv_forward_into`] and [`conv_backward_into`] need for
-/// these shapes when run with `par` at the SIMD level in force: enough for either direction
-/// (the larger of [`conv_forward_workspace_len`] and [`conv_backward_workspace_len`]).
-pub fn conv_workspace_len<T: Float>(
-    x_shape: &[usize],
-    w_shape: &[usize],
-    conv_param: &ConvParam,
-    par: Parallelism<'_>,
-) -> Result<usize> {
-    Ok(
-        conv_forward_workspace_len::<T>(x_shape, w_shape, conv_param, par)?.max(
-            conv_backward_workspace_len::<T>(x_shape, w_shape, conv_param, par)?,
-        ),
-    )
-}
-
-/// Exact workspace (elements of T) [`conv_forward_into`] needs for these shapes with `par` at
-/// the SIMD level in force (an inference-only caller need not size for the backward).
-pub fn conv_forward_workspace_len<T: Float>(
-    x_shape: &[usize],
-    w_shape: &[usize],
-    conv_param: &ConvParam,
-    par: Parallelism<'_>,
-) -> Result<usize> {
-    workspace_query(
-        x_shape,
-        w_shape,
-        conv_param,
-        par,
-        fast::forward_workspace_len_checked::<T>,
-    )
-}
-
-/// Exact workspace (elements of T) [`conv_backward_into`] needs for these shapes with `par` at
-/// the SIMD level in force.
-pub fn conv_backward_workspace_len<T: Float>(
-    x_shape: &[usize],
-    w_shape: &[usize],
-    conv_param: &ConvParam,
-    par: Parallelism<'_>,
-) -> Result<usize> {
-    workspace_query(
-        x_shape,
-        w_shape,
-        conv_param,
-        par,
-        fast::backward_workspace_len_checked::<T>,
-    )
-}
-
-/// A workspace query: `len` of the shapes' geometry and `par`'s thread count, an error when the
-/// shapes are invalid or the length overflows.
-fn workspace_query(
-    x_shape: &[usize],
-    w_shape: &[usize],
-    conv_param: &ConvParam,
-    par: Parallelism<'_>,
-    len: fn(&ConvGeom, usize) -> Option<usize>,
-) -> Result<usize> {
-    len(&weights_geom(x_shape, w_shape, conv_param)?, par.threads())
-        .ok_or_else(|| crate::error::overflow("workspace", "workspace length"))
-}
-
-/// The geometry of x and w with the bias taken as (F,).
-fn weights_geom(x_shape: &[usize], w_shape: &[usize], p: &ConvParam) -> Result<ConvGeom> {
-    let f = w_shape.first().copied().unwrap_or(0);
-    ConvGeom::new(x_shape, w_shape, &[f], p)
-}
-
-fn check_buf<T>(arg: &'static str, buf: &[T], len: usize) -> Result<()> {
-    expect_shape(arg, &[buf.len()], &[len])
-}
-
-fn check_ws<T>(ws: &[T], need: usize, query: &str) -> Result<()> {
-    if ws.len() < need {
-        return Err(crate::error::Error::shape(
-            "workspace",
-            format!("at least {need} elements ({query})"),
-            format!("{} elements", ws.len()),
-        ));
-    }
-    Ok(())
-}
-
-/// Framework entry point: forward into the caller's `out` (N*F*H'*W' elements) using the
-/// caller's workspace (at least [`conv_workspace_len`]); allocates nothing proportional to the
-/// data. Validates everything before writing.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_forward_into<'a, T: Float>(
-    x: impl Into<TensorView<'a, T>>,
-    w: impl Into<TensorView<'a, T>>,
-    b: impl Into<TensorView<'a, T>>,
-    conv_param: &ConvParam,
-    out: &mut [T],
-    workspace: &mut [T],
-    par: Parallelism<'_>,
-) -> Result<ConvGeom> {
-    let (x, w, b) = (x.into(), w.into(), b.into());
-    let g = check_forward(&x, &w, &b, conv_param)?;
-    check_buf("out", out, g.out_shape().iter().product())?;
-    check_ws(
-        workspace,
-        fast::forward_workspace_len::<T>(&g, par.threads()),
-        "conv_forward_workspace_len",
-    )?;
-    fast::forward_into(&g, x.data(), w.data(), b.data(), out, workspace, par);
-    Ok(g)
-}
-
-/// Framework entry point: backward into the caller's dx (like x), dw (like w), db (F).
-#[allow(clippy::too_many_arguments)]
-pub fn conv_backward_into<'a, T: Float>(
-    x: impl Into<TensorView<'a, T>>,
-    w: impl Into<TensorView<'a, T>>,
-    dout: impl Into<TensorView<'a, T>>,
-    conv_param: &ConvParam,
-    dx: &mut [T],
-    dw: &mut [T],
-    db: &mut [T],
-    workspace: &mut [T],
-    par: Parallelism<'_>,
-) -> Result<()> {
-    let (x, w, dout) = (x.into(), w.into(), dout.into());
-    let f = w.shape().first().copied().unwrap_or(0);
-    let g = ConvGeom::new(x.shape(), w.shape(), &[f], conv_param)?;
-    check_backward(&dout, &g)?;
-    check_buf("dx", dx, x.len())?;
-    check_buf("dw", dw, w.len())?;
-    check_buf("db", db, f)?;
-    check_ws(
-        workspace,
-        fast::backward_workspace_len::<T>(&g, par.threads()),
-        "conv_backward_workspace_len",
-    )?;
-    fast::backward_into(
-        &g,
-        x.data(),
-        w.data(),
-        dout.data(),
-        dx,
-        dw,
-        db,
-        workspace,
-        par,
-    );
-    Ok(())
 }

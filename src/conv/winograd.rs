@@ -28,16 +28,10 @@
 //! carries a few more ulps of the sum of |terms| than the direct path (the bound the property
 //! test uses is in kernels.md).
 
+use crate::cpu::multiversion;
 use crate::packed_gemm::{self as pg, BSrc, Shape};
 use crate::scalar::Float;
-use crate::simd::multiversion;
-
-/// Target elements of one block's V and M together (tile rows are blocked to this): 512 KB of
-/// f32, half the Zen 5's 1 MB L2 (64K and 256K measured the same on res2_conv, 2 threads).
-const BLOCK_ELEMS: usize = 128 * 1024;
-
-/// Fewest tiles a block holds (when the image has them): the GEMM's N, a few NR panels.
-const MIN_BLOCK_TILES: usize = 64;
+use crate::tuning::{WINO_BLOCK_ELEMS, WINO_MIN_BLOCK_TILES};
 
 /// A stride-1, undilated 3 x 3 correlation of `cin` planes of h x w, zero-padded by (ph, pw),
 /// into `cout` planes of ho x wo (ho = h + 2 ph - 2).
@@ -49,6 +43,8 @@ pub(super) struct Wino {
     pub w: usize,
     pub ph: usize,
     pub pw: usize,
+    /// The plan's GEMM shape (its level and blocking); the packed U panels derive from it.
+    pub s: Shape,
 }
 
 impl Wino {
@@ -65,11 +61,11 @@ impl Wino {
     fn tw(&self) -> usize {
         self.wo().div_ceil(2)
     }
-    /// Tile rows per block: equal blocks whose V and M hold about `BLOCK_ELEMS`.
+    /// Tile rows per block: equal blocks whose V and M hold about `WINO_BLOCK_ELEMS`.
     fn tb(&self) -> usize {
         let per_row = 16 * self.tw() * (self.cin + self.cout);
-        let most = (BLOCK_ELEMS / per_row.max(1))
-            .max(MIN_BLOCK_TILES.div_ceil(self.tw()))
+        let most = (WINO_BLOCK_ELEMS / per_row.max(1))
+            .max(WINO_MIN_BLOCK_TILES.div_ceil(self.tw()))
             .clamp(1, self.th().max(1));
         self.th().div_ceil(self.th().div_ceil(most))
     }
@@ -78,13 +74,15 @@ impl Wino {
         (2 * self.tb() + 2) * padded_width(self.tw())
     }
     /// Workspace of one image's transform (per thread).
-    pub fn slot_len(&self, s: Shape) -> usize {
+    pub fn slot_len(&self) -> usize {
+        let s = self.s;
         let t = self.tb() * self.tw();
         16 * t * (self.cin + self.cout) + self.scratch_len() + pg::packed_b_len(s, self.cin, t)
     }
     /// Workspace of one image's weight-gradient pass (per thread): V and W of a block, the
     /// scratch rows, one packed B panel.
-    pub fn dw_slot_len(&self, s: Shape) -> usize {
+    pub fn dw_slot_len(&self) -> usize {
+        let s = self.s;
         let t = self.tb() * self.tw();
         16 * t * (self.cin + self.cout) + self.scratch_len() + pg::b_panels_bbuf_len(s)
     }
@@ -93,16 +91,16 @@ impl Wino {
         16 * self.cout * self.cin
     }
     /// The panel shape of the packed U.
-    pub fn a_shape<T: Float>(&self) -> Shape {
-        pg::shape_for_rows::<T>(self.cout)
+    pub fn a_shape(&self) -> Shape {
+        pg::rows_shape(self.s, self.cout)
     }
     /// Elements of one packed U[xi].
-    pub fn u_len<T: Float>(&self) -> usize {
-        pg::packed_a_len(self.a_shape::<T>(), self.cout, self.cin)
+    pub fn u_len(&self) -> usize {
+        pg::packed_a_len(self.a_shape(), self.cout, self.cin)
     }
     /// Elements of the 16 packed U[xi].
-    pub fn packed_len<T: Float>(&self) -> usize {
-        16 * self.u_len::<T>()
+    pub fn packed_len(&self) -> usize {
+        16 * self.u_len()
     }
 }
 
@@ -111,7 +109,7 @@ impl Wino {
 /// written straight into each U[xi]'s packed-A layout (panels of MR outputs per KC block of
 /// inputs; see `pg::pack_a`).
 pub(super) fn pack_weights<T: Float>(wg: &Wino, k: impl Fn(usize, usize) -> [T; 9], out: &mut [T]) {
-    let (sa, ul) = (wg.a_shape::<T>(), wg.u_len::<T>());
+    let (sa, ul) = (wg.a_shape(), wg.u_len());
     let (mr, mpad) = (sa.mr, wg.cout.next_multiple_of(sa.mr));
     assert!(mr <= MAX_MR, "no level has panels of {mr} rows");
     let out = &mut out[..16 * ul];
@@ -186,7 +184,7 @@ pub(super) fn conv_image<T: Float>(
     let (ho, wo) = (wg.ho(), wg.wo());
     assert!(x.len() >= wg.cin * wg.h * wg.w && out.len() >= wg.cout * ho * wo);
     assert!(bias.is_empty() || bias.len() >= wg.cout);
-    let (sa, ul) = (wg.a_shape::<T>(), wg.u_len::<T>());
+    let (sa, ul) = (wg.a_shape(), wg.u_len());
     let tmax = tb * tw;
     let (v, rest) = ws.split_at_mut(16 * wg.cin * tmax);
     let (m, rest) = rest.split_at_mut(16 * wg.cout * tmax);
@@ -233,7 +231,7 @@ pub(super) fn dw_image<T: Float>(wg: &Wino, x: &[T], dout: &[T], du: &mut [T], w
     let (ho, wo) = (wg.ho(), wg.wo());
     assert!(x.len() >= wg.cin * wg.h * wg.w && dout.len() >= wg.cout * ho * wo);
     assert!(du.len() >= wg.du_len());
-    let s = pg::shape_for_rows::<T>(wg.cout);
+    let s = wg.a_shape();
     let tmax = tb * tw;
     let (v, rest) = ws.split_at_mut(16 * wg.cin * tmax);
     let (wt, rest) = rest.split_at_mut(16 * wg.cout * tmax);
@@ -343,7 +341,7 @@ multiversion! {
                 let y = (2 * ty0 + r).wrapping_sub(ph);
                 if y < h {
                     // Rows of tens of elements: an inline copy, not a memmove call per row.
-                    super::fast::copy_short(
+                    super::im2col::copy_short(
                         &mut pbuf[r * wp + pw..r * wp + pw + w],
                         &plane[y * w..(y + 1) * w],
                     );

@@ -21,20 +21,17 @@
 //! mean is large against the spread.
 
 use super::{BwdIn, BwdOut, NormLayout};
+use crate::cpu::multiversion;
 use crate::parallel::Parallelism;
 use crate::scalar::Float;
-use crate::simd::multiversion;
-
-/// Lanes of T that accumulate side by side.
-const BL: usize = 16;
-/// Rows (of BL elements) accumulated in T before flushing to f64: the error of a flushed block is
-/// at most about BK ulps of T, whatever the total length.
-const BK: usize = 8;
+use crate::tuning::{
+    NORM_FLUSH_ROWS, NORM_LANES, NORM_PREFETCH_MAX_BYTES, NORM_SAMPLE_MAJOR_MIN_HW,
+};
 
 #[inline(always)]
-fn combine(t: [f64; BL]) -> f64 {
+fn combine(t: [f64; NORM_LANES]) -> f64 {
     let mut w = t;
-    let mut n = BL;
+    let mut n = NORM_LANES;
     while n > 1 {
         n /= 2;
         for l in 0..n {
@@ -54,44 +51,44 @@ fn combine(t: [f64; BL]) -> f64 {
 /// loads). With halves, each load matches its store; the accumulation runs 8 f32 lanes per
 /// register. One thread, f32: group norm forward 0.35 -> 0.23 ms, backward 0.59 -> 0.52.
 #[inline(always)]
-fn flush<T: Float>(tot: &mut [f64; BL], acc: [T; BL]) {
+fn flush<T: Float>(tot: &mut [f64; NORM_LANES], acc: [T; NORM_LANES]) {
     // f64 needs no conversion, so neither the SLP problem nor the barrier: through `black_box`
     // its 8-lane halves went to an unaligned stack slot and back. Batch norm forward f64, 2
     // threads, in-process (examples/normloop), three alternating rounds: 0.60 -> 0.52 ms.
     if std::mem::size_of::<T>() == 8 {
-        for l in 0..BL {
+        for l in 0..NORM_LANES {
             tot[l] += acc[l].to_f();
         }
         return;
     }
     for h in 0..2 {
-        let half: [T; BL / 2] = std::array::from_fn(|l| acc[h * BL / 2 + l]);
+        let half: [T; NORM_LANES / 2] = std::array::from_fn(|l| acc[h * NORM_LANES / 2 + l]);
         let half = std::hint::black_box(half);
-        for l in 0..BL / 2 {
-            tot[h * BL / 2 + l] += half[l].to_f();
+        for l in 0..NORM_LANES / 2 {
+            tot[h * NORM_LANES / 2 + l] += half[l].to_f();
         }
     }
 }
 
-/// sum(f(x_i)) with blocked accumulation: BL lanes of T over BK rows, then into f64 lanes,
-/// combined pairwise. The same order for any thread count (element i -> lane i % BL).
+/// sum(f(x_i)) with blocked accumulation: NORM_LANES lanes of T over NORM_FLUSH_ROWS rows, then into f64 lanes,
+/// combined pairwise. The same order for any thread count (element i -> lane i % NORM_LANES).
 /// Blocks are fixed-size arrays so the vectoriser sees whole registers.
 #[inline(always)]
 fn block_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> f64 {
-    let mut tot = [0.0f64; BL];
-    let mut blocks = x.chunks_exact(BL * BK);
+    let mut tot = [0.0f64; NORM_LANES];
+    let mut blocks = x.chunks_exact(NORM_LANES * NORM_FLUSH_ROWS);
     for blk in &mut blocks {
-        let blk: &[T; BL * BK] = blk.try_into().expect("whole block");
-        let mut acc = [T::zero(); BL];
-        for r in 0..BK {
-            for l in 0..BL {
-                acc[l] += f(blk[r * BL + l]);
+        let blk: &[T; NORM_LANES * NORM_FLUSH_ROWS] = blk.try_into().expect("whole block");
+        let mut acc = [T::zero(); NORM_LANES];
+        for r in 0..NORM_FLUSH_ROWS {
+            for l in 0..NORM_LANES {
+                acc[l] += f(blk[r * NORM_LANES + l]);
             }
         }
         flush(&mut tot, acc);
     }
     for (i, &v) in blocks.remainder().iter().enumerate() {
-        tot[i % BL] += f(v).to_f();
+        tot[i % NORM_LANES] += f(v).to_f();
     }
     combine(tot)
 }
@@ -107,18 +104,18 @@ fn block_sum_pair<T: Float>(
 ) -> (f64, f64) {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let (mut tf, mut tg) = ([0.0f64; BL], [0.0f64; BL]);
-    let full = n / (BL * BK) * (BL * BK);
+    let (mut tf, mut tg) = ([0.0f64; NORM_LANES], [0.0f64; NORM_LANES]);
+    let full = n / (NORM_LANES * NORM_FLUSH_ROWS) * (NORM_LANES * NORM_FLUSH_ROWS);
     for (ba, bb) in a[..full]
-        .chunks_exact(BL * BK)
-        .zip(b[..full].chunks_exact(BL * BK))
+        .chunks_exact(NORM_LANES * NORM_FLUSH_ROWS)
+        .zip(b[..full].chunks_exact(NORM_LANES * NORM_FLUSH_ROWS))
     {
-        let ba: &[T; BL * BK] = ba.try_into().expect("whole block");
-        let bb: &[T; BL * BK] = bb.try_into().expect("whole block");
-        let (mut af, mut ag) = ([T::zero(); BL], [T::zero(); BL]);
-        for r in 0..BK {
-            for l in 0..BL {
-                let (u, v) = (ba[r * BL + l], bb[r * BL + l]);
+        let ba: &[T; NORM_LANES * NORM_FLUSH_ROWS] = ba.try_into().expect("whole block");
+        let bb: &[T; NORM_LANES * NORM_FLUSH_ROWS] = bb.try_into().expect("whole block");
+        let (mut af, mut ag) = ([T::zero(); NORM_LANES], [T::zero(); NORM_LANES]);
+        for r in 0..NORM_FLUSH_ROWS {
+            for l in 0..NORM_LANES {
+                let (u, v) = (ba[r * NORM_LANES + l], bb[r * NORM_LANES + l]);
                 af[l] += f(u, v);
                 ag[l] += g(u, v);
             }
@@ -127,8 +124,8 @@ fn block_sum_pair<T: Float>(
         flush(&mut tg, ag);
     }
     for i in full..n {
-        tf[(i - full) % BL] += f(a[i], b[i]).to_f();
-        tg[(i - full) % BL] += g(a[i], b[i]).to_f();
+        tf[(i - full) % NORM_LANES] += f(a[i], b[i]).to_f();
+        tg[(i - full) % NORM_LANES] += g(a[i], b[i]).to_f();
     }
     (combine(tf), combine(tg))
 }
@@ -183,7 +180,7 @@ fn moments(s1: f64, s2: f64, k: f64, cnt: f64) -> (f64, f64) {
 /// (32 MB L3), batch norm backward, in-process alternating runs, 2 threads: f64 (48 MB) 0.93 ->
 /// 0.80-0.88 ms; f32 (24 MB, cache-resident) 0.30 -> 0.36 ms with streaming, hence the threshold.
 fn streaming(bytes: usize) -> bool {
-    crate::simd::level() >= crate::simd::Level::Avx2 && bytes > crate::simd::streaming_threshold()
+    crate::cpu::level() >= crate::cpu::Level::Avx2 && bytes > crate::tuning::streaming_threshold()
 }
 
 /// `out[i] = f(i)` for every i with non-temporal stores (32-byte `_mm256_stream` stores on the
@@ -209,7 +206,7 @@ fn stream_run<T: Float>(out: &mut [T], f: impl Fn(usize) -> T) {
                 *v = f(i + l);
             }
             let dst = out[i..i + e].as_mut_ptr();
-            debug_assert!(crate::simd::level() >= crate::simd::Level::Avx2);
+            debug_assert!(crate::cpu::level() >= crate::cpu::Level::Avx2);
             debug_assert_eq!(dst as usize % U, 0);
             // SAFETY: callers run this only where `streaming` said so, which checked AVX2;
             // `dst` is `out[i..i + e]`, in bounds (slicing checked it), 32 bytes (e elements of
@@ -245,10 +242,6 @@ fn fence(nt: bool) {
     }
     let _ = nt;
 }
-
-/// Largest dx block `group_backward` prefetches whole: a quarter of a 1 MB L2, so the lines are
-/// still in cache when the dx pass reaches them.
-const PREFETCH_MAX_BYTES: usize = 256 * 1024;
 
 /// Touches every cache line of `v` with a prefetch, so the stores of a later pass over `v` find
 /// their lines in cache instead of waiting on a read for ownership each. Group backward
@@ -416,11 +409,6 @@ multiversion! {
     }
 }
 
-/// Planes at least this long take the sample-major pass 1 (`plane_sums`); shorter ones (batch
-/// norm (N, D) has planes of 1) keep one job per channel, whose N x C partials would be as large
-/// as the data.
-const SAMPLE_MAJOR_MIN_HW: usize = 64;
-
 /// Per-channel totals of a pass 1 over a channel layout, computed sample-major: `per_sample(i,
 /// out)` writes sample i's per-plane pair for every channel (one job per sample, sweeping the
 /// sample's memory in order), then each channel's pair is summed over the samples in order from
@@ -460,7 +448,7 @@ multiversion! {
     /// per channel), then dx for the block.
     fn group_backward<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, gamma: &[T], mean: f64, inv: f64, batch: bool, sums: &mut [f64], nt: bool) {
         let cnt = x.len() as f64;
-        if !nt && std::mem::size_of_val(dx) <= PREFETCH_MAX_BYTES {
+        if !nt && std::mem::size_of_val(dx) <= NORM_PREFETCH_MAX_BYTES {
             prefetch_lines(dx);
         }
         let (mut sdx, mut sdxx) = (0.0, 0.0);
@@ -498,7 +486,7 @@ pub fn train_forward<T: Float>(
 ) -> (Vec<f64>, Vec<f64>) {
     if let Some((n, c, hw)) = channel_dims(l) {
         let mut st = vec![0.0f64; 2 * c];
-        if hw >= SAMPLE_MAJOR_MIN_HW {
+        if hw >= NORM_SAMPLE_MAJOR_MIN_HW {
             // Shift of each channel: its first element, as in `channel_stats`.
             let k: Vec<T> = (0..c).map(|ch| x[ch * hw]).collect();
             let chw = c * hw;
@@ -519,7 +507,7 @@ pub fn train_forward<T: Float>(
             });
         }
         let (mean, var): (Vec<f64>, Vec<f64>) = st.chunks(2).map(|s| (s[0], s[1])).unzip();
-        let inv = super::inv_std_of(&var, eps);
+        let inv = super::driver::inv_std_of(&var, eps);
         normalize(l, x, gamma, beta, &mean, &inv, out, par);
         (mean, var)
     } else {
@@ -607,7 +595,7 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
     } = a;
     let BwdOut { dx, dgamma, dbeta } = o;
     if let Some((n, c, hw)) = channel_dims(l) {
-        let sums = if hw >= SAMPLE_MAJOR_MIN_HW {
+        let sums = if hw >= NORM_SAMPLE_MAJOR_MIN_HW {
             let chw = c * hw;
             plane_sums(n, c, par, &|i, s| {
                 let r = i * chw..(i + 1) * chw;

@@ -5,10 +5,11 @@
 //! first NaN is kept, padded positions are never candidates. 2x2 stride-2 windows without padding
 //! take a dedicated path that reads two input rows at a time.
 
+use super::PoolPath;
+use crate::cpu::multiversion;
 use crate::parallel::Parallelism;
 use crate::params::PoolGeom;
 use crate::scalar::Float;
-use crate::simd::multiversion;
 
 /// Planes per parallel job: about 16K input elements, so small planes do not drown in
 /// scheduling overhead. (No reduction crosses planes, so this never affects results.)
@@ -34,7 +35,7 @@ fn pick(c: bool, a: u32, b: u32) -> u32 {
 
 /// The dedicated path applies to 2x2 windows with stride 2 and no padding (ceil mode then adds
 /// a partial last window only for odd extents, which the generic path handles).
-pub fn is_2x2(g: &PoolGeom) -> bool {
+pub(crate) fn is_2x2(g: &PoolGeom) -> bool {
     let p = &g.p;
     p.pool_height == 2
         && p.pool_width == 2
@@ -98,7 +99,7 @@ multiversion! {
 }
 
 /// Every window lies fully inside the input (no padding, and floor mode or an exact fit).
-pub fn is_unclipped(g: &PoolGeom) -> bool {
+pub(crate) fn is_unclipped(g: &PoolGeom) -> bool {
     let p = &g.p;
     p.pad == (0, 0)
         && p.pool_height * p.stride.1 * phase_len(g) <= SCRATCH
@@ -213,8 +214,9 @@ multiversion! {
 }
 
 /// out (N*C*HO*WO) and argmax (same length) from x. Slices have the lengths `g` implies.
-pub fn forward_into<T: Float>(
+pub(crate) fn forward_into<T: Float>(
     g: &PoolGeom,
+    path: PoolPath,
     x: &[T],
     out: &mut [T],
     argmax: &mut [u32],
@@ -222,7 +224,7 @@ pub fn forward_into<T: Float>(
 ) {
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
     let par = par.for_work(x.len());
-    let (two, unclipped) = (is_2x2(g), is_unclipped(g));
+    let (two, unclipped) = (path == PoolPath::TwoByTwo, path == PoolPath::PhaseSplit);
     let per_job = planes_per_job(plane);
     par.for_each_chunk2(
         out,
@@ -323,8 +325,9 @@ multiversion! {
 }
 
 /// dx (N*C*H*W) from dout and the forward's argmax; overlapping windows add up in output order.
-pub fn backward_into<T: Float>(
+pub(crate) fn backward_into<T: Float>(
     g: &PoolGeom,
+    path: PoolPath,
     dout: &[T],
     argmax: &[u32],
     dx: &mut [T],
@@ -333,7 +336,7 @@ pub fn backward_into<T: Float>(
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
     let par = par.for_work(dx.len());
     let per_job = planes_per_job(plane);
-    let two = is_2x2(g);
+    let two = path == PoolPath::TwoByTwo;
     par.for_each_chunk(dx, plane * per_job, &|j, dxs, _| {
         for (k, dxp) in dxs.chunks_mut(plane).enumerate() {
             let nc = j * per_job + k;

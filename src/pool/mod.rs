@@ -1,14 +1,15 @@
 //! Max pooling: `max_pool_forward_naive`/`max_pool_backward_naive` (the reference) and the fast
 //! strided-window kernels, with one cache type both accept.
 
-pub mod fast;
-pub mod reference;
+mod fast;
+pub(crate) mod reference;
 
 use crate::error::{Error, Result, expect_shape};
 use crate::parallel::Parallelism;
 use crate::params::{PoolGeom, PoolParam};
 use crate::scalar::Float;
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{Tensor, TensorView, TensorViewMut};
+use std::marker::PhantomData;
 
 /// What the backward pass needs: the forward's input (the notebook's `(x, pool_param)`) and/or
 /// the argmax index of every output (what the fast forward stores instead of x).
@@ -20,6 +21,7 @@ pub struct PoolCache<T> {
 }
 
 impl<T> PoolCache<T> {
+    /// The forward's validated geometry.
     pub fn geom(&self) -> &PoolGeom {
         &self.geom
     }
@@ -94,6 +96,7 @@ pub fn max_pool_forward_fast<'a, T: Float>(
     let mut argmax = vec![0u32; out.len()];
     fast::forward_into(
         &g,
+        PoolPath::choose(&g),
         x.data(),
         out.data_mut(),
         &mut argmax,
@@ -125,53 +128,146 @@ pub fn max_pool_backward_fast<'a, T: Float>(
         (None, Some(x)) => {
             let mut out = vec![T::zero(); dout.len()];
             let mut a = vec![0u32; dout.len()];
-            fast::forward_into(g, x.data(), &mut out, &mut a, par);
+            fast::forward_into(g, PoolPath::choose(g), x.data(), &mut out, &mut a, par);
             computed = a;
             &computed
         }
         (None, None) => unreachable!("check_backward rejects an empty cache"),
     };
     let mut dx = Tensor::zeros(&g.x_shape())?;
-    fast::backward_into(g, dout.data(), idx, dx.data_mut(), par);
+    fast::backward_into(g, PoolPath::choose(g), dout.data(), idx, dx.data_mut(), par);
     Ok(dx)
 }
 
-/// Framework entry point: forward into the caller's `out` and `argmax` (both N*C*H'*W').
-pub fn max_pool_forward_into<'a, T: Float>(
-    x: impl Into<TensorView<'a, T>>,
-    pool_param: &PoolParam,
-    out: &mut [T],
-    argmax: &mut [u32],
-    par: Parallelism<'_>,
-) -> Result<PoolGeom> {
-    let x = x.into();
-    let g = PoolGeom::new(x.shape(), pool_param)?;
-    let n: usize = g.out_shape().iter().product();
-    expect_shape("out", &[out.len()], &[n])?;
-    expect_shape("argmax", &[argmax.len()], &[n])?;
-    fast::forward_into(&g, x.data(), out, argmax, par);
-    Ok(g)
+/// Which kernel a max pool runs. All give the same bits (a max and its first index are exact);
+/// they differ in speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolPath {
+    /// 2 x 2 windows at stride 2, no padding: two input rows per output row, vector compares.
+    TwoByTwo,
+    /// Every window inside the input (no padding, short enough rows): the rows split into
+    /// stride phases so that each window tap is a contiguous vector.
+    PhaseSplit,
+    /// Any shape: each window clipped to the input, scanned in order.
+    Generic,
 }
 
-/// Framework entry point: dx (N*C*H*W) from dout and the argmax of [`max_pool_forward_into`].
-/// Every index is checked against the plane size before anything is written.
-pub fn max_pool_backward_into<'a, T: Float>(
-    dout: impl Into<TensorView<'a, T>>,
-    argmax: &[u32],
-    x_shape: &[usize],
-    pool_param: &PoolParam,
-    dx: &mut [T],
-    par: Parallelism<'_>,
-) -> Result<()> {
-    let dout = dout.into();
-    let g = PoolGeom::new(x_shape, pool_param)?;
-    expect_shape("dout", dout.shape(), &g.out_shape())?;
-    expect_shape("argmax", &[argmax.len()], &[dout.len()])?;
-    expect_shape("dx", &[dx.len()], &[x_shape.iter().product()])?;
-    let plane = g.h * g.w;
-    // Every offset is checked before anything is written. A max-reduction vectorises (the
-    // early-exit search did not, and cost 0.1 ms of a 0.5 ms backward); the position is
-    // searched for only to name it in the error.
+impl PoolPath {
+    /// The fastest path that applies.
+    fn choose(g: &PoolGeom) -> PoolPath {
+        if fast::is_2x2(g) {
+            PoolPath::TwoByTwo
+        } else if fast::is_unclipped(g) {
+            PoolPath::PhaseSplit
+        } else {
+            PoolPath::Generic
+        }
+    }
+    fn can_run(self, g: &PoolGeom) -> bool {
+        match self {
+            PoolPath::TwoByTwo => fast::is_2x2(g),
+            PoolPath::PhaseSplit => fast::is_unclipped(g),
+            PoolPath::Generic => true,
+        }
+    }
+}
+
+/// A max pool planned once for its input shape and parameters: validated, its kernel chosen.
+/// The forward writes the output and the argmax offset of every window (`ih * W + iw` within
+/// its plane, the first maximum in window order); the backward scatters dout through them.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolPlan<T> {
+    geom: PoolGeom,
+    path: PoolPath,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Float> PoolPlan<T> {
+    /// Validates x (N, C, H, W) against `pool_param` and chooses the kernel.
+    pub fn new(x_shape: &[usize], pool_param: &PoolParam) -> Result<Self> {
+        let geom = PoolGeom::new(x_shape, pool_param)?;
+        Ok(PoolPlan {
+            geom,
+            path: PoolPath::choose(&geom),
+            _t: PhantomData,
+        })
+    }
+    /// This plan running `path` instead of the chosen one (for tests that cover every path); an
+    /// error (argument `path`) where it does not apply.
+    pub fn with_path(mut self, path: PoolPath) -> Result<Self> {
+        if !path.can_run(&self.geom) {
+            return Err(Error::param(
+                "path",
+                "a pooling path that applies to this shape",
+                format!("{path:?}"),
+            ));
+        }
+        self.path = path;
+        Ok(self)
+    }
+    /// The validated geometry.
+    pub fn geom(&self) -> &PoolGeom {
+        &self.geom
+    }
+    /// The kernel this plan runs.
+    pub fn path(&self) -> PoolPath {
+        self.path
+    }
+    /// Workspace (elements of T) either direction needs: none (the argument is there so that
+    /// every plan has the same call shape).
+    pub fn workspace_len(&self, _par: Parallelism<'_>) -> Result<usize> {
+        Ok(0)
+    }
+    /// Forward into the caller's `out` and `argmax` (both N*C*H'*W'; `out` shaped
+    /// (N, C, H', W')). Everything is validated before anything is written.
+    pub fn forward_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        out: impl Into<TensorViewMut<'o, T>>,
+        argmax: &mut [u32],
+        _workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (x, mut out) = (x.into(), out.into());
+        let g = &self.geom;
+        expect_shape("x", x.shape(), &g.x_shape())?;
+        expect_shape("out", out.shape(), &g.out_shape())?;
+        expect_shape("argmax", &[argmax.len()], &[out.len()])?;
+        fast::forward_into(g, self.path, x.data(), out.data_mut(), argmax, par);
+        Ok(())
+    }
+    /// dx (N, C, H, W) from dout and the argmax of [`PoolPlan::forward_into`]; overlapping
+    /// windows add up in output order. Every index is checked against the plane size before
+    /// anything is written.
+    pub fn backward_into<'a, 'o>(
+        &self,
+        dout: impl Into<TensorView<'a, T>>,
+        argmax: &[u32],
+        dx: impl Into<TensorViewMut<'o, T>>,
+        _workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (dout, mut dx) = (dout.into(), dx.into());
+        let g = &self.geom;
+        expect_shape("dout", dout.shape(), &g.out_shape())?;
+        expect_shape("argmax", &[argmax.len()], &[dout.len()])?;
+        expect_shape("dx", dx.shape(), &g.x_shape())?;
+        check_argmax(argmax, g.h * g.w)?;
+        fast::backward_into(g, self.path, dout.data(), argmax, dx.data_mut(), par);
+        Ok(())
+    }
+}
+
+/// Every offset of `argmax` lies inside a plane of `plane` elements.
+fn check_argmax(argmax: &[u32], plane: usize) -> Result<()> {
+    // A max-reduction vectorises (the early-exit search did not, and cost 0.1 ms of a 0.5 ms
+    // backward); the position is searched for only to name it in the error.
     let max = argmax.iter().fold(0u32, |m, &v| m.max(v));
     if max as usize >= plane
         && let Some((i, &v)) = argmax
@@ -185,6 +281,5 @@ pub fn max_pool_backward_into<'a, T: Float>(
             format!("{v} at index {i}"),
         ));
     }
-    fast::backward_into(&g, dout.data(), argmax, dx, par);
     Ok(())
 }

@@ -1,27 +1,58 @@
-//! Run-time CPU feature dispatch.
+//! What the CPU can do, read once: the SIMD level kernels dispatch on and the cache sizes the
+//! blocking is derived from.
 //!
 //! Hot loops are written once as generic `#[inline(always)]` bodies and instantiated inside thin
-//! `#[target_feature]` wrappers (see the `dispatch!` macro), so a plain `cargo build --release`
+//! `#[target_feature]` wrappers (the `multiversion!` macro), so a plain `cargo build --release`
 //! with no target-cpu flags still runs AVX2/FMA (or AVX-512) code. The level is detected once and
-//! cached. `FASTLAYERS_SIMD=portable|avx2|avx512` (or `force_level`) pins it, so tests can run
-//! each path; a request for a level the CPU lacks falls back to the best available one.
-//! matrixmultiply (the affine layers' GEMM) dispatches on its own in the same way; the convolution's
-//! packed GEMM (`packed_gemm`) uses these levels.
+//! cached. `FASTLAYERS_SIMD=portable|avx2|avx512` (or [`force_simd_level`]) pins it, so tests can
+//! run each path; a request for a level the CPU lacks falls back to the best available one.
+//!
+//! Kernels that run explicit SIMD instructions take an [`Isa`] (crate-private), a proof that the
+//! CPU has a level's features: only [`Isa::current`] builds one, from the level in force, which
+//! never exceeds what detection found. No caller can hand a kernel a level the CPU lacks.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// SIMD instruction sets the kernels are compiled for, ordered from least to most capable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
-pub enum Level {
+pub enum SimdLevel {
+    /// Plain Rust, auto-vectorised for the build's baseline target (SSE2 on x86-64).
     Portable = 1,
+    /// AVX2 with FMA (256-bit vectors).
     Avx2 = 2,
+    /// AVX-512 F and VL with AVX2 and FMA (512-bit vectors).
     Avx512 = 3,
+}
+
+pub(crate) use SimdLevel as Level;
+
+/// Proof that the CPU has the features of one [`SimdLevel`]: kernels with explicit SIMD
+/// instructions take one and run that level's code. The field is private and the only
+/// constructors read the level in force (never above `detected()`), so a value of this type
+/// cannot name a level the CPU lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Isa {
+    level: Level,
+}
+
+impl Isa {
+    /// The level kernels run at now.
+    #[inline]
+    pub(crate) fn current() -> Isa {
+        Isa { level: level() }
+    }
+    /// The level this proves.
+    #[inline(always)]
+    pub(crate) fn level(self) -> Level {
+        self.level
+    }
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
 /// The best level this CPU supports.
-pub fn detected() -> Level {
+pub fn detected_simd_level() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f")
@@ -40,7 +71,7 @@ pub fn detected() -> Level {
 }
 
 fn from_env() -> Level {
-    let best = detected();
+    let best = detected_simd_level();
     let want = match std::env::var("FASTLAYERS_SIMD").as_deref() {
         Ok("portable") => Level::Portable,
         Ok("avx2") => Level::Avx2,
@@ -61,7 +92,7 @@ fn decode(v: u8) -> Option<Level> {
 
 /// The level kernels run at now.
 #[inline]
-pub fn level() -> Level {
+pub(crate) fn level() -> Level {
     decode(LEVEL.load(Ordering::Relaxed)).unwrap_or_else(|| {
         // First use: set the detected level unless a `force_level` got there first (a plain
         // store here once overwrote a level another thread had just forced).
@@ -73,9 +104,18 @@ pub fn level() -> Level {
     })
 }
 
-/// Pins the level (capped at what the CPU supports) and returns the level now in force.
-pub fn force_level(want: Level) -> Level {
-    let l = want.min(detected());
+/// The level kernels run at now: the best the CPU has, unless `FASTLAYERS_SIMD` or
+/// [`force_simd_level`] lowered it.
+pub fn simd_level() -> SimdLevel {
+    level()
+}
+
+/// Pins the level kernels run at (capped at what the CPU supports) and returns the level now in
+/// force. For tests and comparisons: each level gives results within the documented tolerances
+/// of the reference, but not the same bits as the others. A [`crate::ConvPlan`] keeps the GEMM
+/// level it was built with.
+pub fn force_simd_level(want: SimdLevel) -> SimdLevel {
+    let l = want.min(detected_simd_level());
     LEVEL.store(l as u8, Ordering::Relaxed);
     l
 }
@@ -102,13 +142,13 @@ macro_rules! multiversion {
             #[allow(clippy::too_many_arguments)]
             fn avx512<$T: $crate::scalar::Float>($($a: $t),*) $(-> $r)? { body::<$T>($($a),*) }
 
-            match $crate::simd::level() {
+            match $crate::cpu::level() {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: level() reports Avx512 only when the CPU has AVX-512F/VL, AVX2, FMA.
-                $crate::simd::Level::Avx512 => unsafe { avx512::<$T>($($a),*) },
+                $crate::cpu::Level::Avx512 => unsafe { avx512::<$T>($($a),*) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: level() reports Avx2 only when the CPU has AVX2 and FMA.
-                $crate::simd::Level::Avx2 => unsafe { avx2::<$T>($($a),*) },
+                $crate::cpu::Level::Avx2 => unsafe { avx2::<$T>($($a),*) },
                 _ => body::<$T>($($a),*),
             }
         }
@@ -165,30 +205,4 @@ fn detect_llc() -> Option<usize> {
 #[cfg(not(target_arch = "x86_64"))]
 fn detect_llc() -> Option<usize> {
     None
-}
-
-/// `usize::MAX` means "not set": the last-level cache size.
-static STREAM_MIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
-
-/// Bytes (inputs plus output) above which the normalisation layers' element-wise passes write
-/// their output with non-temporal stores, which bypass the caches: by default 7/8 of the
-/// last-level cache (never, where the CPU does not report one), since tensors as large as the
-/// whole cache do not stay in it. Results are the same either way. On the Zen 5 (32 MB L3) the
-/// f64 backwards (48 MB) ran 15-25% faster streaming; the f32 backwards (24 MB) ran the same
-/// in-process but slower in the bench binary; the f64 forwards (exactly 32 MB) ran faster
-/// streaming (20-25% with half the L3 as threshold; 0.59 -> 0.51 ms for batch norm at 28 MB,
-/// medians of six alternating in-process rounds).
-pub fn streaming_threshold() -> usize {
-    match STREAM_MIN.load(Ordering::Relaxed) {
-        usize::MAX => last_level_cache_bytes().map_or(usize::MAX, |b| b / 8 * 7),
-        b => b,
-    }
-}
-
-/// Sets the `streaming_threshold` (`None`: back to the default). A framework that reads the
-/// output straight away while it is still cache-resident may want it higher; tests set 0 to
-/// run the streaming path on small tensors.
-pub fn set_streaming_threshold(bytes: Option<usize>) {
-    let v = bytes.map_or(usize::MAX, |b| b.min(usize::MAX - 1));
-    STREAM_MIN.store(v, Ordering::Relaxed);
 }

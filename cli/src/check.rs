@@ -5,22 +5,69 @@
 //! Random inputs come from our own seeded generator (the notebooks' `np.random.seed(231)` stream
 //! is numpy's), so errors are of the same size as the notebook's, not the same digits.
 
-use crate::affine::{affine_backward_naive, affine_forward_naive, relu_backward, relu_forward};
-use crate::conv::{conv_backward_naive, conv_forward_naive};
-use crate::dropout::{DropoutParam, dropout_backward, dropout_forward};
-use crate::error::Result;
-use crate::gradcheck::{eval_numerical_gradient_array, rel_error};
-use crate::loss::{softmax_loss, svm_loss};
-use crate::norm::{
-    BnParam, Mode, NormParam, batchnorm_backward_alt_naive, batchnorm_backward_naive,
-    batchnorm_forward_naive, layernorm_backward_naive, layernorm_forward_naive,
-    spatial_batchnorm_backward_naive, spatial_batchnorm_forward_naive,
-    spatial_groupnorm_backward_naive, spatial_groupnorm_forward_naive,
-};
-use crate::params::{ConvParam, PoolParam};
-use crate::pool::{max_pool_backward_naive, max_pool_forward_naive};
-use crate::rng::Rng;
-use crate::tensor::Tensor;
+use fastlayers::*;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The notebooks' check-cell data: `data/notebook_cells.json`, the one copy of the inputs,
+/// parameters, printed `correct_out` and tolerances (pytest reads the same file).
+const CELLS_JSON: &str = include_str!("../../data/notebook_cells.json");
+
+#[derive(Deserialize)]
+struct CellsFile {
+    cells: BTreeMap<String, CellData>,
+}
+
+#[derive(Deserialize)]
+struct LinspaceInput {
+    linspace: [f64; 2],
+    shape: Vec<usize>,
+}
+
+#[derive(Deserialize)]
+struct Correct {
+    shape: Vec<usize>,
+    values: Vec<f64>,
+}
+
+/// One check cell's data from `data/notebook_cells.json`.
+#[derive(Deserialize)]
+pub struct CellData {
+    /// The heading the notebook prints.
+    pub title: String,
+    inputs: BTreeMap<String, LinspaceInput>,
+    params: BTreeMap<String, usize>,
+    correct_out: Correct,
+    /// The bound the notebook states for the printed difference.
+    pub tol: f64,
+}
+
+impl CellData {
+    /// Input `name`: `np.linspace(lo, hi, num=prod(shape)).reshape(shape)`.
+    pub fn input(&self, name: &str) -> Result<Tensor<f64>> {
+        let i = &self.inputs[name];
+        Tensor::linspace(i.linspace[0], i.linspace[1], &i.shape)
+    }
+    /// The `correct_out` the notebook prints.
+    pub fn correct(&self) -> Result<Tensor<f64>> {
+        Tensor::new(self.correct_out.values.clone(), &self.correct_out.shape)
+    }
+    /// Integer parameter `name` (stride, pad, pool_height, ...).
+    pub fn param(&self, name: &str) -> usize {
+        self.params[name]
+    }
+}
+
+/// The data of check cell `name` (`conv_forward_naive`, `max_pool_forward_naive`,
+/// `affine_forward`). The file is embedded at build time; the tests parse every cell, so a
+/// malformed file fails them rather than a user's run.
+pub fn cell_data(name: &str) -> CellData {
+    let mut f: CellsFile =
+        serde_json::from_str(CELLS_JSON).expect("data/notebook_cells.json parses");
+    f.cells
+        .remove(name)
+        .unwrap_or_else(|| panic!("data/notebook_cells.json has no cell {name}"))
+}
 
 /// One measured quantity of a check cell and the bound it must stay under.
 #[derive(Clone, Debug)]
@@ -149,21 +196,12 @@ const NORM_DX_TOL: f64 = 1e-6;
 const TEST_MODE_TOL: f64 = 0.3;
 
 fn conv_forward_cell() -> Result<Check> {
-    let mut c = Check::new("Testing conv_forward_naive");
-    let x = Tensor::linspace(-0.1, 0.5, &[2, 3, 4, 4])?;
-    let w = Tensor::linspace(-0.2, 0.3, &[3, 3, 4, 4])?;
-    let b = Tensor::linspace(-0.1, 0.2, &[3])?;
-    let (out, _) = conv_forward_naive(&x, &w, &b, &ConvParam::new(2, 1))?;
-    #[rustfmt::skip]
-    let correct = Tensor::new(vec![
-        -0.08759809, -0.10987781, -0.18387192, -0.2109216,
-        0.21027089, 0.21661097, 0.22847626, 0.23004637,
-        0.50813986, 0.54309974, 0.64082444, 0.67101435,
-        -0.98053589, -1.03143541, -1.19128892, -1.24695841,
-        0.69108355, 0.66880383, 0.59480972, 0.56776003,
-        2.36270298, 2.36904306, 2.38090835, 2.38247847,
-    ], &[2, 3, 2, 2])?;
-    c.measure("difference", rel_error(&out, &correct)?, 1e-7);
+    let d = cell_data("conv_forward_naive");
+    let mut c = Check::new(&d.title);
+    let (x, w, b) = (d.input("x")?, d.input("w")?, d.input("b")?);
+    let p = ConvParam::new(d.param("stride"), d.param("pad"));
+    let (out, _) = conv_forward_naive(&x, &w, &b, &p)?;
+    c.measure("difference", rel_error(&out, &d.correct()?)?, d.tol);
     Ok(c)
 }
 
@@ -189,19 +227,15 @@ fn conv_backward_cell(rng: &mut Rng) -> Result<Check> {
 }
 
 fn pool_forward_cell() -> Result<Check> {
-    let mut c = Check::new("Testing max_pool_forward_naive function:");
-    let x = Tensor::linspace(-0.3, 0.4, &[2, 3, 4, 4])?;
-    let (out, _) = max_pool_forward_naive(&x, &PoolParam::new(2, 2, 2))?;
-    #[rustfmt::skip]
-    let correct = Tensor::new(vec![
-        -0.26315789, -0.24842105, -0.20421053, -0.18947368,
-        -0.14526316, -0.13052632, -0.08631579, -0.07157895,
-        -0.02736842, -0.01263158, 0.03157895, 0.04631579,
-        0.09052632, 0.10526316, 0.14947368, 0.16421053,
-        0.20842105, 0.22315789, 0.26736842, 0.28210526,
-        0.32631579, 0.34105263, 0.38526316, 0.4,
-    ], &[2, 3, 2, 2])?;
-    c.measure("difference", rel_error(&out, &correct)?, 1e-7);
+    let d = cell_data("max_pool_forward_naive");
+    let mut c = Check::new(&d.title);
+    let p = PoolParam::new(
+        d.param("pool_height"),
+        d.param("pool_width"),
+        d.param("stride"),
+    );
+    let (out, _) = max_pool_forward_naive(&d.input("x")?, &p)?;
+    c.measure("difference", rel_error(&out, &d.correct()?)?, d.tol);
     Ok(c)
 }
 
@@ -219,18 +253,11 @@ fn pool_backward_cell(rng: &mut Rng) -> Result<Check> {
 }
 
 fn affine_cells(rng: &mut Rng) -> Result<Vec<Check>> {
-    let mut fwd = Check::new("Testing affine_forward function:");
-    let x = Tensor::linspace(-0.1, 0.5, &[2, 4, 5, 6])?;
-    let w = Tensor::linspace(-0.2, 0.3, &[120, 3])?;
-    let b = Tensor::linspace(-0.3, 0.1, &[3])?;
+    let d = cell_data("affine_forward");
+    let mut fwd = Check::new(&d.title);
+    let (x, w, b) = (d.input("x")?, d.input("w")?, d.input("b")?);
     let (out, _) = affine_forward_naive(&x, &w, &b)?;
-    let correct = Tensor::new(
-        vec![
-            1.49834967, 1.70660132, 1.91485297, 3.25553199, 3.5141327, 3.77273342,
-        ],
-        &[2, 3],
-    )?;
-    fwd.measure("difference", rel_error(&out, &correct)?, 1e-7);
+    fwd.measure("difference", rel_error(&out, &d.correct()?)?, d.tol);
 
     let mut bwd = Check::new("Testing affine_backward function:");
     let x = rng.randn::<f64>(&[10, 2, 3], 1.0, 0.0);
@@ -581,7 +608,7 @@ fn loss_cells(rng: &mut Rng) -> Result<Vec<Check>> {
     ];
     for (title, f, expected) in cases {
         let mut c = Check::new(title);
-        let dx_num = crate::gradcheck::eval_numerical_gradient(|x| Ok(f(x, &y)?.0), &x, H)?;
+        let dx_num = eval_numerical_gradient(|x| Ok(f(x, &y)?.0), &x, H)?;
         let (loss, dx) = f(&x, &y)?;
         c.line(format!(
             "loss: {loss} (about {expected:.4} for tiny random scores)"

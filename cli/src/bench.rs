@@ -6,11 +6,7 @@
 //! notebook cells time the notebook-style allocating API (naive against fast), as the notebook
 //! does.
 
-use crate::parallel::Parallelism;
-use crate::params::{ConvGeom, ConvParam, PoolGeom, PoolParam};
-use crate::scalar::Float;
-use crate::tensor::Tensor;
-use crate::*;
+use fastlayers::*;
 use std::time::Instant;
 
 /// Median milliseconds of `f`: one warm-up call, then as many timed calls as fit `budget`
@@ -200,21 +196,23 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
     };
     for (name, xs, ws, s, p) in CONV_SHAPES {
         let cp = ConvParam::new(s, p);
-        let g = ConvGeom::new(&xs, &ws, &[ws[0]], &cp)?;
+        let plan = ConvPlan::<T>::new(&xs, &ws, &cp)?;
+        let g = *plan.geom();
         let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
         let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
         let b: Tensor<T> = rng.randn(&[ws[0]], 1.0, 0.0);
         let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
-        let mut ws_buf = vec![T::zero(); conv_workspace_len::<T>(&xs, &ws, &cp, par)?];
-        let mut out = vec![T::zero(); g.out_shape().iter().product()];
+        let mut ws_buf = vec![T::zero(); plan.workspace_len(par)?];
+        let mut out = Tensor::zeros(&g.out_shape())?;
         let (mut dx, mut dw, mut db) = (
-            vec![T::zero(); x.len()],
-            vec![T::zero(); w.len()],
-            vec![T::zero(); ws[0]],
+            Tensor::zeros(&xs)?,
+            Tensor::zeros(&ws)?,
+            Tensor::zeros(&[ws[0]])?,
         );
         if wanted(o, "conv_fwd", name) {
             let ms = median_ms(o.budget, || {
-                conv_forward_into(&x, &w, &b, &cp, &mut out, &mut ws_buf, par).expect("validated");
+                plan.forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
+                    .expect("validated");
             });
             let naive = o
                 .naive
@@ -223,18 +221,8 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
         }
         if wanted(o, "conv_bwd", name) {
             let ms = median_ms(o.budget, || {
-                conv_backward_into(
-                    &x,
-                    &w,
-                    &dout,
-                    &cp,
-                    &mut dx,
-                    &mut dw,
-                    &mut db,
-                    &mut ws_buf,
-                    par,
-                )
-                .expect("validated");
+                plan.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
+                    .expect("validated");
             });
             let naive = if o.naive {
                 let (_, cache) = conv_forward_naive(&x, &w, &b, &cp)?;
@@ -247,16 +235,21 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
     }
     for (name, xs, k, s) in POOL_SHAPES {
         let pp = PoolParam::new(k, k, s);
-        let g = PoolGeom::new(&xs, &pp)?;
+        let plan = PoolPlan::<T>::new(&xs, &pp)?;
+        let g = *plan.geom();
         let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
         let n: usize = g.out_shape().iter().product();
         let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
-        let (mut out, mut idx, mut dx) =
-            (vec![T::zero(); n], vec![0u32; n], vec![T::zero(); x.len()]);
-        max_pool_forward_into(&x, &pp, &mut out, &mut idx, par)?;
+        let (mut out, mut idx, mut dx) = (
+            Tensor::zeros(&g.out_shape())?,
+            vec![0u32; n],
+            Tensor::zeros(&xs)?,
+        );
+        plan.forward_into(&x, &mut out, &mut idx, &mut [], par)?;
         if wanted(o, "pool_fwd", name) {
             let ms = median_ms(o.budget, || {
-                max_pool_forward_into(&x, &pp, &mut out, &mut idx, par).expect("validated");
+                plan.forward_into(&x, &mut out, &mut idx, &mut [], par)
+                    .expect("validated");
             });
             let naive = o
                 .naive
@@ -265,7 +258,8 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
         }
         if wanted(o, "pool_bwd", name) {
             let ms = median_ms(o.budget, || {
-                max_pool_backward_into(&dout, &idx, &xs, &pp, &mut dx, par).expect("validated");
+                plan.backward_into(&dout, &idx, &mut dx, &mut [], par)
+                    .expect("validated");
             });
             let naive = if o.naive {
                 let (_, cache) = max_pool_forward_naive(&x, &pp)?;
@@ -278,13 +272,14 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
     }
     let c = NORM_SHAPE[1];
     let (x, gamma, beta, dout) = norm_inputs::<T>(&mut rng);
-    let (mut out, mut dx) = (vec![T::zero(); x.len()], vec![T::zero(); x.len()]);
-    let (mut dg, mut dbt) = (vec![T::zero(); c], vec![T::zero(); c]);
+    let (mut out, mut dx) = (Tensor::zeros(x.shape())?, Tensor::zeros(x.shape())?);
+    let (mut dg, mut dbt) = (Tensor::zeros(&[c])?, Tensor::zeros(&[c])?);
     let mut bn = BnParam::train();
-    let stats = batchnorm_forward_into(true, &x, &gamma, &beta, &mut bn, &mut out, par)?;
+    let bnp = NormPlan::<T>::new(NormKind::SpatialBatchNorm, x.shape())?;
+    let stats = bnp.forward_into(&x, &gamma, &beta, &mut bn, &mut out, &mut [], par)?;
     if wanted(o, "bn_fwd", "bn") {
         let ms = median_ms(o.budget, || {
-            batchnorm_forward_into(true, &x, &gamma, &beta, &mut bn, &mut out, par)
+            bnp.forward_into(&x, &gamma, &beta, &mut bn, &mut out, &mut [], par)
                 .expect("validated");
         });
         let naive = o.naive.then(|| {
@@ -301,8 +296,18 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
     }
     if wanted(o, "bn_bwd", "bn") {
         let ms = median_ms(o.budget, || {
-            norm_backward_into(&x, &gamma, &stats, &dout, &mut dx, &mut dg, &mut dbt, par)
-                .expect("validated");
+            bnp.backward_into(
+                &x,
+                &gamma,
+                &stats,
+                &dout,
+                &mut dx,
+                &mut dg,
+                &mut dbt,
+                &mut [],
+                par,
+            )
+            .expect("validated");
         });
         let naive = if o.naive {
             let (_, cache) =
@@ -314,10 +319,11 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
         emit(row("bn_bwd", "bn", ms, naive, None));
     }
     let gp = NormParam::default();
-    let stats = spatial_groupnorm_forward_into(&x, &gamma, &beta, GN_GROUPS, &gp, &mut out, par)?;
+    let gnp = NormPlan::<T>::new(NormKind::GroupNorm { groups: GN_GROUPS }, x.shape())?;
+    let stats = gnp.forward_into(&x, &gamma, &beta, gp, &mut out, &mut [], par)?;
     if wanted(o, "gn_fwd", "gn") {
         let ms = median_ms(o.budget, || {
-            spatial_groupnorm_forward_into(&x, &gamma, &beta, GN_GROUPS, &gp, &mut out, par)
+            gnp.forward_into(&x, &gamma, &beta, gp, &mut out, &mut [], par)
                 .expect("validated");
         });
         let naive = o.naive.then(|| {
@@ -331,8 +337,18 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
     }
     if wanted(o, "gn_bwd", "gn") {
         let ms = median_ms(o.budget, || {
-            norm_backward_into(&x, &gamma, &stats, &dout, &mut dx, &mut dg, &mut dbt, par)
-                .expect("validated");
+            gnp.backward_into(
+                &x,
+                &gamma,
+                &stats,
+                &dout,
+                &mut dx,
+                &mut dg,
+                &mut dbt,
+                &mut [],
+                par,
+            )
+            .expect("validated");
         });
         let naive = if o.naive {
             let (_, cache) = spatial_groupnorm_forward_naive(&x, &gamma, &beta, GN_GROUPS, &gp)?;
@@ -347,19 +363,19 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
 
 /// Runs the whole benchmark and prints it (human table, or JSON lines with `o.json`).
 pub fn run(o: &Options) -> Result<()> {
-    let peak32 = crate::peak::measure_gflops(false, o.threads);
-    let peak64 = crate::peak::measure_gflops(true, o.threads);
+    let peak32 = fastlayers::hooks::measure_gflops(false, o.threads);
+    let peak64 = fastlayers::hooks::measure_gflops(true, o.threads);
     if o.json {
         println!(
             "{{\"op\": \"peak\", \"threads\": {}, \"gflops_f32\": {peak32:.1}, \"gflops_f64\": {peak64:.1}, \"simd\": \"{:?}\"}}",
             o.threads,
-            crate::simd::level()
+            fastlayers::cpu::simd_level()
         );
     } else {
         println!(
             "fastlayers bench: {} threads, SIMD {:?}; measured peak {peak32:.1} GFLOP/s f32, {peak64:.1} GFLOP/s f64\n",
             o.threads,
-            crate::simd::level()
+            fastlayers::cpu::simd_level()
         );
         if !o.skip_cells {
             print!("{}", notebook_cells(231)?);

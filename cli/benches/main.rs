@@ -3,8 +3,8 @@
 //! `cargo bench -- conv` for one family). CI compiles these but does not run them.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fastlayers::bench::{CONV_SHAPES, GN_GROUPS, NORM_SHAPE, POOL_SHAPES};
 use fastlayers::*;
+use fastlayers_cli::bench::{CONV_SHAPES, GN_GROUPS, NORM_SHAPE, POOL_SHAPES};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -42,29 +42,33 @@ fn conv(c: &mut Criterion) {
     let par = Parallelism::Current;
     for (name, xs, ws, s, pad) in CONV_SHAPES {
         let p = ConvParam::new(s, pad);
-        let geom = ConvGeom::new(&xs, &ws, &[ws[0]], &p).unwrap();
+        let plan = ConvPlan::<f32>::new(&xs, &ws, &p).unwrap();
+        let geom = *plan.geom();
         let x: Tensor<f32> = rng.randn(&xs, 1.0, 0.0);
         let w: Tensor<f32> = rng.randn(&ws, 1.0, 0.0);
         let b: Tensor<f32> = rng.randn(&[ws[0]], 1.0, 0.0);
         let dout: Tensor<f32> = rng.randn(&geom.out_shape(), 1.0, 0.0);
-        let mut wsb = vec![0f32; conv_workspace_len::<f32>(&xs, &ws, &p, par).unwrap()];
-        let mut out = vec![0f32; geom.out_shape().iter().product()];
-        let (mut dx, mut dw, mut db) =
-            (vec![0f32; x.len()], vec![0f32; w.len()], vec![0f32; ws[0]]);
+        let mut wsb = vec![0f32; plan.workspace_len(par).unwrap()];
+        let mut out = Tensor::zeros(&geom.out_shape()).unwrap();
+        let (mut dx, mut dw, mut db) = (
+            Tensor::zeros(&xs).unwrap(),
+            Tensor::zeros(&ws).unwrap(),
+            Tensor::zeros(&[ws[0]]).unwrap(),
+        );
         g.throughput(Throughput::Elements(geom.flops() as u64));
         g.bench_function(BenchmarkId::new("forward", name), |bch| {
             bch.iter(|| {
-                conv_forward_into(black_box(&x), &w, &b, &p, &mut out, &mut wsb, par).unwrap()
+                plan.forward_into(black_box(&x), &w, &b, &mut out, &mut wsb, par)
+                    .unwrap()
             })
         });
         g.throughput(Throughput::Elements(2 * geom.flops() as u64));
         g.bench_function(BenchmarkId::new("backward", name), |bch| {
             bch.iter(|| {
-                conv_backward_into(
+                plan.backward_into(
                     black_box(&x),
                     &w,
                     &dout,
-                    &p,
                     &mut dx,
                     &mut dw,
                     &mut db,
@@ -104,17 +108,26 @@ fn pool(c: &mut Criterion) {
     let par = Parallelism::Current;
     for (name, xs, k, s) in POOL_SHAPES {
         let p = PoolParam::new(k, k, s);
-        let geom = PoolGeom::new(&xs, &p).unwrap();
+        let plan = PoolPlan::<f32>::new(&xs, &p).unwrap();
+        let geom = *plan.geom();
         let n: usize = geom.out_shape().iter().product();
         let x: Tensor<f32> = rng.randn(&xs, 1.0, 0.0);
         let dout: Tensor<f32> = rng.randn(&geom.out_shape(), 1.0, 0.0);
-        let (mut out, mut idx, mut dx) = (vec![0f32; n], vec![0u32; n], vec![0f32; x.len()]);
+        let (mut out, mut idx, mut dx) = (
+            Tensor::zeros(&geom.out_shape()).unwrap(),
+            vec![0u32; n],
+            Tensor::zeros(&xs).unwrap(),
+        );
         g.bench_function(BenchmarkId::new("forward", name), |bch| {
-            bch.iter(|| max_pool_forward_into(black_box(&x), &p, &mut out, &mut idx, par).unwrap())
+            bch.iter(|| {
+                plan.forward_into(black_box(&x), &mut out, &mut idx, &mut [], par)
+                    .unwrap()
+            })
         });
         g.bench_function(BenchmarkId::new("backward", name), |bch| {
             bch.iter(|| {
-                max_pool_backward_into(black_box(&dout), &idx, &xs, &p, &mut dx, par).unwrap()
+                plan.backward_into(black_box(&dout), &idx, &mut dx, &mut [], par)
+                    .unwrap()
             })
         });
     }
@@ -132,13 +145,16 @@ fn norm(c: &mut Criterion) {
     let bt: Tensor<f32> = rng.randn(&[ch], 1.0, 0.0);
     let dout: Tensor<f32> = rng.randn(&xs, 1.0, 0.0);
     let (mut out, mut dx, mut dg, mut db) = (
-        vec![0f32; x.len()],
-        vec![0f32; x.len()],
-        vec![0f32; ch],
-        vec![0f32; ch],
+        Tensor::zeros(&xs).unwrap(),
+        Tensor::zeros(&xs).unwrap(),
+        Tensor::zeros(&[ch]).unwrap(),
+        Tensor::zeros(&[ch]).unwrap(),
     );
     let mut bn = BnParam::train();
-    let st = batchnorm_forward_into(true, &x, &gm, &bt, &mut bn, &mut out, par).unwrap();
+    let bnp = NormPlan::<f32>::new(NormKind::SpatialBatchNorm, &xs).unwrap();
+    let st = bnp
+        .forward_into(&x, &gm, &bt, &mut bn, &mut out, &mut [], par)
+        .unwrap();
     g.bench_function("bn_forward/naive", |bch| {
         bch.iter(|| {
             spatial_batchnorm_forward_naive(black_box(&x), &gm, &bt, &mut BnParam::train()).unwrap()
@@ -146,12 +162,13 @@ fn norm(c: &mut Criterion) {
     });
     g.bench_function("bn_forward/fast", |bch| {
         bch.iter(|| {
-            batchnorm_forward_into(true, black_box(&x), &gm, &bt, &mut bn, &mut out, par).unwrap()
+            bnp.forward_into(black_box(&x), &gm, &bt, &mut bn, &mut out, &mut [], par)
+                .unwrap()
         })
     });
     g.bench_function("bn_backward/fast", |bch| {
         bch.iter(|| {
-            norm_backward_into(
+            bnp.backward_into(
                 black_box(&x),
                 &gm,
                 &st,
@@ -159,13 +176,17 @@ fn norm(c: &mut Criterion) {
                 &mut dx,
                 &mut dg,
                 &mut db,
+                &mut [],
                 par,
             )
             .unwrap()
         })
     });
     let gp = NormParam::default();
-    let st = spatial_groupnorm_forward_into(&x, &gm, &bt, GN_GROUPS, &gp, &mut out, par).unwrap();
+    let gnp = NormPlan::<f32>::new(NormKind::GroupNorm { groups: GN_GROUPS }, &xs).unwrap();
+    let st = gnp
+        .forward_into(&x, &gm, &bt, gp, &mut out, &mut [], par)
+        .unwrap();
     g.bench_function("gn_forward/naive", |bch| {
         bch.iter(|| {
             spatial_groupnorm_forward_naive(black_box(&x), &gm, &bt, GN_GROUPS, &gp).unwrap()
@@ -173,13 +194,13 @@ fn norm(c: &mut Criterion) {
     });
     g.bench_function("gn_forward/fast", |bch| {
         bch.iter(|| {
-            spatial_groupnorm_forward_into(black_box(&x), &gm, &bt, GN_GROUPS, &gp, &mut out, par)
+            gnp.forward_into(black_box(&x), &gm, &bt, gp, &mut out, &mut [], par)
                 .unwrap()
         })
     });
     g.bench_function("gn_backward/fast", |bch| {
         bch.iter(|| {
-            norm_backward_into(
+            gnp.backward_into(
                 black_box(&x),
                 &gm,
                 &st,
@@ -187,6 +208,7 @@ fn norm(c: &mut Criterion) {
                 &mut dx,
                 &mut dg,
                 &mut db,
+                &mut [],
                 par,
             )
             .unwrap()

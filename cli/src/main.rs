@@ -61,7 +61,7 @@ fn run_bench(a: BenchArgs) -> ExitCode {
         Some(d) => vec![d],
         None => vec!["f32".to_string(), "f64".to_string()],
     };
-    let o = fastlayers::bench::Options {
+    let o = fastlayers_cli::bench::Options {
         threads,
         dtypes,
         json: a.json,
@@ -70,7 +70,7 @@ fn run_bench(a: BenchArgs) -> ExitCode {
         filter: a.filter,
         skip_cells: a.no_cells,
     };
-    match fastlayers::bench::run(&o) {
+    match fastlayers_cli::bench::run(&o) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -80,7 +80,7 @@ fn run_bench(a: BenchArgs) -> ExitCode {
 }
 
 fn run_check(seed: u64) -> ExitCode {
-    let cells = match fastlayers::check::reference_checks(seed) {
+    let cells = match fastlayers_cli::check::reference_checks(seed) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

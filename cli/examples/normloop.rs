@@ -1,39 +1,59 @@
 //! Loops one normalisation call on the bench's bn / gn shape (`bench::NORM_SHAPE`, `GN_GROUPS`) for
 //! `perf record` or in-process timing, and prints the median call time.
 //! `cargo run --release --example normloop -- gnf|gnb|bnf|bnb f32|f64 THREADS SECONDS [STREAM_MB]`
-//! (STREAM_MB sets `simd::set_streaming_threshold`).
+//! (STREAM_MB sets the streaming-store threshold).
 use fastlayers::*;
+use fastlayers_cli::bench;
 use std::time::Instant;
 
 fn run<T: Float>(op: &str, par: Parallelism<'_>, secs: f64) {
     let c = bench::NORM_SHAPE[1];
     let (x, gamma, beta, dout) = bench::norm_inputs::<T>(&mut Rng::new(3));
-    let (mut out, mut dx) = (vec![T::zero(); x.len()], vec![T::zero(); x.len()]);
-    let (mut dg, mut dbt) = (vec![T::zero(); c], vec![T::zero(); c]);
+    let (mut out, mut dx) = (
+        Tensor::zeros(x.shape()).unwrap(),
+        Tensor::zeros(x.shape()).unwrap(),
+    );
+    let (mut dg, mut dbt) = (Tensor::zeros(&[c]).unwrap(), Tensor::zeros(&[c]).unwrap());
     let mut bn = BnParam::train();
     let gp = NormParam::default();
-    let bst = batchnorm_forward_into(true, &x, &gamma, &beta, &mut bn, &mut out, par).unwrap();
-    let gst =
-        spatial_groupnorm_forward_into(&x, &gamma, &beta, bench::GN_GROUPS, &gp, &mut out, par)
-            .unwrap();
+    let bnp = NormPlan::<T>::new(NormKind::SpatialBatchNorm, x.shape()).unwrap();
+    let gnp = NormPlan::<T>::new(
+        NormKind::GroupNorm {
+            groups: bench::GN_GROUPS,
+        },
+        x.shape(),
+    )
+    .unwrap();
+    let bst = bnp
+        .forward_into(&x, &gamma, &beta, &mut bn, &mut out, &mut [], par)
+        .unwrap();
+    let gst = gnp
+        .forward_into(&x, &gamma, &beta, gp, &mut out, &mut [], par)
+        .unwrap();
     let mut call = || match op {
-        "gnf" => drop(spatial_groupnorm_forward_into(
+        "gnf" => drop(gnp.forward_into(&x, &gamma, &beta, gp, &mut out, &mut [], par)),
+        "gnb" => drop(gnp.backward_into(
             &x,
             &gamma,
-            &beta,
-            bench::GN_GROUPS,
-            &gp,
-            &mut out,
+            &gst,
+            &dout,
+            &mut dx,
+            &mut dg,
+            &mut dbt,
+            &mut [],
             par,
         )),
-        "gnb" => drop(norm_backward_into(
-            &x, &gamma, &gst, &dout, &mut dx, &mut dg, &mut dbt, par,
-        )),
-        "bnf" => drop(batchnorm_forward_into(
-            true, &x, &gamma, &beta, &mut bn, &mut out, par,
-        )),
-        "bnb" => drop(norm_backward_into(
-            &x, &gamma, &bst, &dout, &mut dx, &mut dg, &mut dbt, par,
+        "bnf" => drop(bnp.forward_into(&x, &gamma, &beta, &mut bn, &mut out, &mut [], par)),
+        "bnb" => drop(bnp.backward_into(
+            &x,
+            &gamma,
+            &bst,
+            &dout,
+            &mut dx,
+            &mut dg,
+            &mut dbt,
+            &mut [],
+            par,
         )),
         _ => panic!("op is one of gnf, gnb, bnf, bnb"),
     };
@@ -60,7 +80,7 @@ fn main() {
     let secs: f64 = a[4].parse().expect("SECONDS");
     if let Some(mb) = a.get(5) {
         let mb: f64 = mb.parse().expect("STREAM_MB");
-        simd::set_streaming_threshold(Some((mb * 1048576.0) as usize));
+        hooks::set_streaming_threshold(Some((mb * 1048576.0) as usize));
     }
     let par = if th == 1 {
         Parallelism::Sequential

@@ -1,0 +1,653 @@
+//! The convolution plan: which algorithm each direction runs, chosen once per shape, and the
+//! exact workspace each needs.
+
+use super::im2col::*;
+use super::winograd::Wino;
+use crate::cpu::SimdLevel;
+use crate::error::{Error, Result, expect_shape};
+use crate::packed_gemm::{self as pg, Shape};
+use crate::parallel::Parallelism;
+use crate::params::{ConvGeom, ConvParam};
+use crate::scalar::Float;
+use crate::tensor::{TensorView, TensorViewMut};
+use crate::tuning::*;
+use std::marker::PhantomData;
+
+/// Output rows per column tile: a function of the shape only.
+pub(super) fn tile_rows(g: &ConvGeom) -> usize {
+    let most = (IM2COL_TILE_ELEMS / (g.k_rows() * g.wo).max(1)).clamp(1, g.ho);
+    // Equal tiles: 32 rows at most 10 a tile are 4 x 8, not 10 + 10 + 10 + 2 (a last tile of
+    // few pixels still streams all the packed weights).
+    g.ho.div_ceil(g.ho.div_ceil(most))
+}
+
+pub(super) fn dw_chunks(g: &ConvGeom) -> usize {
+    DW_CHUNKS.min(g.n).max(1)
+}
+
+/// Images of dw chunk `c`: an even split of 0..N.
+pub(super) fn chunk_images(g: &ConvGeom, c: usize) -> std::ops::Range<usize> {
+    let k = dw_chunks(g);
+    (c * g.n / k)..((c + 1) * g.n / k)
+}
+
+/// An algorithm one direction of the fast convolution can run (forward, data gradient dx, or
+/// weight gradient dw). All of them compute the same convolution to within the documented
+/// tolerance of the reference; they differ in speed and in the rounding of the last bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvAlgorithm {
+    /// im2col tiles (the column matrix of a block of output rows, kept in L2) times the packed
+    /// weights; dx through col2im, dw from the im2col tiles. Runs every shape at every level.
+    Im2col,
+    /// Implicit GEMM: the GEMM reads its B operand in place from a zero-padded, stride-phase
+    /// split copy of the image (forward, and dw's source); dx as the full correlation of the
+    /// padded dout with the flipped weights (stride 1, undilated, padding below the kernel).
+    /// Needs the AVX2 or AVX-512 kernels.
+    Direct,
+    /// Winograd F(2x2, 3x3): 3 x 3, stride 1, undilated; 16 GEMMs on transformed tiles (for dx
+    /// padding at most 2). Needs the AVX2 or AVX-512 kernels.
+    Winograd,
+}
+
+/// The algorithms of one convolution and the GEMM shape they run with: chosen once (by the cost
+/// model, or forced by a test) and read by every kernel and workspace query, so the workspace a
+/// caller sized always matches the path that runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Algos {
+    pub(crate) fwd: ConvAlgorithm,
+    pub(crate) dx: ConvAlgorithm,
+    pub(crate) dw: ConvAlgorithm,
+    /// The GEMM's block shape (and the proof of its SIMD level).
+    pub(crate) s: Shape,
+}
+
+/// Whether the convolution is the kind Winograd F(2x2, 3x3) computes: 3 x 3, stride 1,
+/// undilated.
+fn wino_kind(g: &ConvGeom) -> bool {
+    g.kh == 3 && g.kw == 3 && g.p.stride == (1, 1) && g.p.dilation == (1, 1)
+}
+
+/// The forward's (and dw's) Winograd problem.
+fn fwd_wino(g: &ConvGeom, s: Shape) -> Wino {
+    Wino {
+        cin: g.cg(),
+        cout: g.fg(),
+        h: g.h,
+        w: g.w,
+        ph: g.p.pad.0,
+        pw: g.p.pad.1,
+        s,
+    }
+}
+
+/// dx's Winograd problem: the correlation of dout padded by 2 - pad with the flipped,
+/// transposed weights (pad <= 2).
+fn dx_wino(g: &ConvGeom, s: Shape) -> Wino {
+    Wino {
+        cin: g.fg(),
+        cout: g.cg(),
+        h: g.ho,
+        w: g.wo,
+        ph: 2 - g.p.pad.0,
+        pw: 2 - g.p.pad.1,
+        s,
+    }
+}
+
+/// Whether `wg` can run: a level with the explicit GEMM kernels and at least one NR panel of
+/// tiles.
+fn wino_fits(wg: &Wino) -> bool {
+    let tiles = wg.ho().div_ceil(2) * wg.wo().div_ceil(2);
+    pg::direct_available(wg.s) && tiles >= wg.s.nr
+}
+
+/// Whether Winograd pays for `wg`: each transformed value feeds `cout` (input side) or comes from
+/// `cin` (output side) multiply-adds, so the transforms' share falls as the channels grow; and
+/// its per-thread workspace `slot` stays within one image's column matrix (K x P, the bound the
+/// other paths keep).
+fn wino_pays(g: &ConvGeom, wg: &Wino, slot: usize) -> bool {
+    wg.cin >= WINO_MIN_CHANNELS && wg.cout >= WINO_MIN_CHANNELS && slot <= g.k_rows() * g.pixels()
+}
+
+/// Whether a direction can run an algorithm correctly on this shape at this level: the hard
+/// conditions only, none of the cost model's.
+fn can_run(g: &ConvGeom, s: Shape, dir: Direction, alg: ConvAlgorithm) -> bool {
+    use ConvAlgorithm::*;
+    match (dir, alg) {
+        (_, Im2col) => true,
+        (Direction::Forward | Direction::WeightGrad, Direct) => pg::direct_available(s),
+        (Direction::DataGrad, Direct) => {
+            pg::direct_available(s)
+                && g.p.stride == (1, 1)
+                && g.p.dilation == (1, 1)
+                && g.p.pad.0 < g.kh
+                && g.p.pad.1 < g.kw
+        }
+        (Direction::Forward | Direction::WeightGrad, Winograd) => {
+            wino_kind(g) && wino_fits(&fwd_wino(g, s))
+        }
+        (Direction::DataGrad, Winograd) => {
+            wino_kind(g) && g.p.pad.0 <= 2 && g.p.pad.1 <= 2 && wino_fits(&dx_wino(g, s))
+        }
+    }
+}
+
+/// Whether output rows of `wo` pixels fill the direct kernels' pixel slots (one vector of an
+/// output row each): a row of 8 in 16-pixel slots would waste half.
+fn rows_fill_slots(wo: usize, s: Shape) -> bool {
+    wo.next_multiple_of(pg::direct_slot(s)) * 3 <= wo * 4
+}
+
+/// The direction of a pass, for [`ConvPlan::with_algorithm`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The forward pass.
+    Forward,
+    /// The data gradient dx.
+    DataGrad,
+    /// The weight gradient dw (and db, which every algorithm computes the same way).
+    WeightGrad,
+}
+
+impl Algos {
+    /// The cost model: per direction the fastest algorithm that can run, from the shape and the
+    /// level's kernel shape alone (never from timing), so a machine and a shape always run the
+    /// same code and give the same bits. kernels.md lists each rule with its measurement.
+    pub(crate) fn choose(g: &ConvGeom, s: Shape) -> Algos {
+        use ConvAlgorithm::*;
+        let fw = fwd_wino(g, s);
+        let fwd = if can_run(g, s, Direction::Forward, Winograd) && wino_pays(g, &fw, fw.slot_len())
+        {
+            Winograd
+        } else if can_run(g, s, Direction::Forward, Direct) && rows_fill_slots(g.wo, s) {
+            Direct
+        } else {
+            Im2col
+        };
+        // dx_wino only once can_run has checked pad <= 2 (it builds 2 - pad).
+        let dx = if can_run(g, s, Direction::DataGrad, Winograd) && {
+            let w = dx_wino(g, s);
+            wino_pays(g, &w, w.slot_len())
+        } {
+            Winograd
+        } else if can_run(g, s, Direction::DataGrad, Direct)
+            // dx's rows are input channels: with few (C = 3) im2col is faster.
+            && g.cg() >= DIRECT_DX_MIN_CHANNELS
+            && rows_fill_slots(g.w, s)
+        {
+            Direct
+        } else {
+            Im2col
+        };
+        // dw runs Winograd over the forward's tiles where the forward does and its workspace
+        // fits; otherwise it reads the padded copy where the forward's direct rule holds.
+        let dw = if fwd == Winograd && fw.dw_slot_len() <= g.k_rows() * g.pixels() {
+            Winograd
+        } else if can_run(g, s, Direction::WeightGrad, Direct) && rows_fill_slots(g.wo, s) {
+            Direct
+        } else {
+            Im2col
+        };
+        Algos { fwd, dx, dw, s }
+    }
+
+    /// These algorithms with `dir` forced to `alg`, or None where it cannot run.
+    pub(crate) fn forced(self, g: &ConvGeom, dir: Direction, alg: ConvAlgorithm) -> Option<Algos> {
+        if !can_run(g, self.s, dir, alg) {
+            return None;
+        }
+        let mut a = self;
+        match dir {
+            Direction::Forward => a.fwd = alg,
+            Direction::DataGrad => a.dx = alg,
+            Direction::WeightGrad => a.dw = alg,
+        }
+        Some(a)
+    }
+
+    /// The forward's Winograd problem, where the forward runs Winograd.
+    pub(crate) fn wino_fwd(&self, g: &ConvGeom) -> Option<Wino> {
+        (self.fwd == ConvAlgorithm::Winograd).then(|| fwd_wino(g, self.s))
+    }
+    /// dw's Winograd problem, where dw runs Winograd.
+    pub(crate) fn wino_dw(&self, g: &ConvGeom) -> Option<Wino> {
+        (self.dw == ConvAlgorithm::Winograd).then(|| fwd_wino(g, self.s))
+    }
+    /// dx's Winograd problem, where dx runs Winograd.
+    pub(crate) fn wino_dx(&self, g: &ConvGeom) -> Option<Wino> {
+        (self.dx == ConvAlgorithm::Winograd).then(|| dx_wino(g, self.s))
+    }
+}
+
+/// Elements of one forward slot: one KC block of a column tile and its packed copy (im2col
+/// runs a KC block of rows at a time, so the block is packed while it is still in L2).
+pub(super) fn fwd_slot_len(g: &ConvGeom, a: &Algos) -> usize {
+    let s = a.s;
+    if let Some(wg) = a.wino_fwd(g) {
+        return wg.slot_len();
+    }
+    if a.fwd == ConvAlgorithm::Direct {
+        return fwd_pad(g).len(s);
+    }
+    let pt = g.wo * tile_rows(g);
+    s.kc.min(g.k_rows() + 1) * pt + pg::packed_b_len(s, g.k_rows() + 1, pt)
+}
+
+/// Elements of one backward slot: the larger of what dx and dw use.
+pub(super) fn bwd_slot_len(g: &ConvGeom, a: &Algos) -> usize {
+    let s = a.s;
+    let pt = g.wo * tile_rows(g);
+    let dx = if let Some(wg) = a.wino_dx(g) {
+        wg.slot_len()
+    } else if a.dx == ConvAlgorithm::Direct {
+        dx_pad(g).len(s)
+    } else {
+        g.k_rows() * pt + pg::packed_b_len(s, g.fg(), pt)
+    };
+    let dw = match a.wino_dw(g) {
+        Some(wg) => wg.dw_slot_len(),
+        None => dw_src_len(g, a) + dw_abuf_len(g, s) + pg::b_panels_bbuf_len(s),
+    };
+    dx.max(dw)
+}
+
+/// Where dw reads the column tile from: a padded copy of the image (direct) or an im2col tile.
+fn dw_src_len(g: &ConvGeom, a: &Algos) -> usize {
+    if a.dw == ConvAlgorithm::Direct {
+        fwd_pad(g).len(a.s)
+    } else {
+        g.k_rows() * g.wo * tile_rows(g)
+    }
+}
+
+/// dw's packed dout block: none where the A-in-place kernels read dout directly.
+fn dw_abuf_len(g: &ConvGeom, s: Shape) -> usize {
+    if pg::direct_available(s) {
+        0
+    } else {
+        pg::b_panels_abuf_len(s, g.fg())
+    }
+}
+
+/// The dw part of a backward slot: (column source, packed dout block, packed tap panel).
+pub(super) fn dw_split<'a, T>(
+    g: &ConvGeom,
+    a: &Algos,
+    ws: &'a mut [T],
+) -> (&'a mut [T], &'a mut [T], &'a mut [T]) {
+    let (src, rest) = ws.split_at_mut(dw_src_len(g, a));
+    let (abuf, rest) = rest.split_at_mut(dw_abuf_len(g, a.s));
+    (src, abuf, &mut rest[..pg::b_panels_bbuf_len(a.s)])
+}
+
+/// Packed weights: every group's (F/G x (K + 1)) block for the im2col forward (the bias as an
+/// extra column; the direct forward packs F/G x K), its transpose (K x F/G) for the im2col dx, or
+/// the flipped transpose (C/G x F/G*KH*KW) for the direct dx, or Winograd's 16 transformed
+/// matrices (forward or dx); the largest, so one size serves every path. Sized with the plan's
+/// shape, whose panels are never shorter than `rows_shape`'s.
+pub(super) fn packed_w_len(g: &ConvGeom, a: &Algos) -> usize {
+    let s = a.s;
+    let kk = g.kh * g.kw;
+    let wino = |w: Option<Wino>| w.map_or(0, |w| w.packed_len());
+    g.groups()
+        * pg::packed_a_len(s, g.fg(), g.k_rows() + 1)
+            .max(pg::packed_a_len(s, g.k_rows(), g.fg()))
+            .max(pg::packed_a_len(s, g.cg(), g.fg() * kk))
+            .max(wino(a.wino_fwd(g)))
+            .max(wino(a.wino_dx(g)))
+}
+
+/// Elements of one image chunk's dw partial: F x K, or for Winograd dw each group's dU (16 x
+/// F/G x C/G; 16/9 of F x K).
+pub(super) fn dw_part_len(g: &ConvGeom, a: &Algos) -> usize {
+    match a.wino_dw(g) {
+        Some(wg) => g.groups() * wg.du_len(),
+        None => g.f * g.k_rows(),
+    }
+}
+
+/// dw partials: one per image chunk.
+pub(super) fn staged_len(g: &ConvGeom, a: &Algos) -> usize {
+    dw_chunks(g) * dw_part_len(g, a)
+}
+
+/// Exact workspace (elements of T) the forward needs with `threads` threads; None on overflow.
+pub(super) fn forward_workspace_len(g: &ConvGeom, a: &Algos, threads: usize) -> Option<usize> {
+    threads
+        .max(1)
+        .checked_mul(fwd_slot_len(g, a))?
+        .checked_add(packed_w_len(g, a))
+}
+
+/// Exact workspace (elements of T) the backward needs with `threads` threads; None on overflow.
+pub(super) fn backward_workspace_len(g: &ConvGeom, a: &Algos, threads: usize) -> Option<usize> {
+    threads
+        .max(1)
+        .checked_mul(bwd_slot_len(g, a))?
+        .checked_add(staged_len(g, a))?
+        .checked_add(packed_w_len(g, a))
+}
+
+/// Whether dx's GEMM should read dout in place rather than pack it. An in-place B tile is fg
+/// rows of one cache line each, p elements apart, re-read from L1 by each of the k / MR panels
+/// of A; rows a multiple of 4 KB apart share an L1 set (8 ways), so with many rows per set the
+/// tile falls back to L2 for every panel. In place pays when the rows fit their sets or A has
+/// few panels (measured: nb_conv, 27 rows in 5 panels, 2 KB apart, 3-6% faster backward;
+/// tlcn_conv, 147 rows in 25 panels, 8 KB apart in f64, 10-13% slower).
+pub(super) fn dcol_in_place_pays<T>(s: Shape, k: usize, fg: usize, p: usize) -> bool {
+    const L1_SETS: usize = 64;
+    const L1_WAYS: usize = 8;
+    let lines = (p * std::mem::size_of::<T>()).div_ceil(64) % L1_SETS;
+    let sets = L1_SETS / gcd(lines, L1_SETS);
+    fg.div_ceil(sets.min(fg).max(1)) <= L1_WAYS || k.div_ceil(s.mr) <= 6
+}
+
+pub(super) fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// A convolution planned once for its shapes and parameters: validated, its algorithm per
+/// direction chosen by the cost model (shape, SIMD level, kernel shape; never timing, so a given
+/// machine and shape always run the same code and give the same bits), its exact workspace
+/// known. A framework builds one per layer and reuses it every step; `{:?}` says what it chose
+/// and why.
+///
+/// ```
+/// use fastlayers::{ConvParam, ConvPlan, Parallelism, Tensor};
+/// let x = Tensor::<f32>::linspace(-0.1, 0.5, &[2, 3, 8, 8])?;
+/// let w = Tensor::<f32>::linspace(-0.2, 0.3, &[4, 3, 3, 3])?;
+/// let b = Tensor::<f32>::linspace(-0.1, 0.2, &[4])?;
+/// let plan = ConvPlan::<f32>::new(x.shape(), w.shape(), &ConvParam::new(1, 1))?;
+/// let par = Parallelism::Sequential;
+/// let mut out = Tensor::zeros(&plan.geom().out_shape())?;
+/// let mut ws = vec![0.0; plan.workspace_len(par)?];
+/// plan.forward_into(&x, &w, &b, &mut out, &mut ws, par)?;
+/// println!("{plan:?}");
+/// # Ok::<(), fastlayers::Error>(())
+/// ```
+#[derive(Clone, Copy)]
+pub struct ConvPlan<T> {
+    geom: ConvGeom,
+    algos: Algos,
+    forced: [bool; 3],
+    _t: PhantomData<fn() -> T>,
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Forward => 0,
+        Direction::DataGrad => 1,
+        Direction::WeightGrad => 2,
+    }
+}
+
+fn check_ws<T>(ws: &[T], need: usize, query: &str) -> Result<()> {
+    if ws.len() < need {
+        return Err(Error::shape(
+            "workspace",
+            format!("at least {need} elements ({query})"),
+            format!("{} elements", ws.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn overflow() -> Error {
+    crate::error::overflow("workspace", "workspace length")
+}
+
+impl<T: Float> ConvPlan<T> {
+    /// Validates x (N, C, H, W) and w (F, C/groups, HH, WW) against `conv_param` (b is (F,))
+    /// and chooses each direction's algorithm at the SIMD level in force.
+    pub fn new(x_shape: &[usize], w_shape: &[usize], conv_param: &ConvParam) -> Result<Self> {
+        let f = w_shape.first().copied().unwrap_or(0);
+        Ok(Self::from_geom(ConvGeom::new(
+            x_shape,
+            w_shape,
+            &[f],
+            conv_param,
+        )?))
+    }
+
+    pub(crate) fn from_geom(geom: ConvGeom) -> Self {
+        ConvPlan {
+            geom,
+            algos: Algos::choose(&geom, pg::shape::<T>()),
+            forced: [false; 3],
+            _t: PhantomData,
+        }
+    }
+
+    /// This plan with direction `dir` running `alg` instead of the cost model's choice: for
+    /// tests that must cover every path, and for comparisons. An error (argument `algorithm`)
+    /// when `alg` cannot run this shape at this SIMD level.
+    pub fn with_algorithm(mut self, dir: Direction, alg: ConvAlgorithm) -> Result<Self> {
+        self.algos = self.algos.forced(&self.geom, dir, alg).ok_or_else(|| {
+            Error::param(
+                "algorithm",
+                format!(
+                    "an algorithm that can run {dir:?} for this shape at {:?}",
+                    self.simd_level()
+                ),
+                format!("{alg:?}"),
+            )
+        })?;
+        self.forced[dir_index(dir)] = true;
+        Ok(self)
+    }
+
+    /// The validated geometry.
+    pub fn geom(&self) -> &ConvGeom {
+        &self.geom
+    }
+
+    /// The algorithm direction `dir` runs.
+    pub fn algorithm(&self, dir: Direction) -> ConvAlgorithm {
+        match dir {
+            Direction::Forward => self.algos.fwd,
+            Direction::DataGrad => self.algos.dx,
+            Direction::WeightGrad => self.algos.dw,
+        }
+    }
+
+    /// The SIMD level of the plan's GEMM kernels (the level in force when it was built).
+    pub fn simd_level(&self) -> SimdLevel {
+        self.algos.s.level()
+    }
+
+    /// Exact workspace (elements of T) [`ConvPlan::forward_into`] needs with `par`'s threads.
+    pub fn forward_workspace_len(&self, par: Parallelism<'_>) -> Result<usize> {
+        forward_workspace_len(&self.geom, &self.algos, par.threads()).ok_or_else(overflow)
+    }
+
+    /// Exact workspace (elements of T) [`ConvPlan::backward_into`] needs with `par`'s threads.
+    pub fn backward_workspace_len(&self, par: Parallelism<'_>) -> Result<usize> {
+        backward_workspace_len(&self.geom, &self.algos, par.threads()).ok_or_else(overflow)
+    }
+
+    /// Workspace enough for either direction: the larger of the two.
+    pub fn workspace_len(&self, par: Parallelism<'_>) -> Result<usize> {
+        Ok(self
+            .forward_workspace_len(par)?
+            .max(self.backward_workspace_len(par)?))
+    }
+
+    /// Forward into the caller's `out` (N, F, H', W') with the caller's workspace (at least
+    /// [`ConvPlan::forward_workspace_len`]); allocates nothing proportional to the data.
+    /// Everything is validated before anything is written.
+    pub fn forward_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        w: impl Into<TensorView<'a, T>>,
+        b: impl Into<TensorView<'a, T>>,
+        out: impl Into<TensorViewMut<'o, T>>,
+        workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (x, w, b, mut out) = (x.into(), w.into(), b.into(), out.into());
+        let g = &self.geom;
+        expect_shape("x", x.shape(), &g.x_shape())?;
+        expect_shape("w", w.shape(), &g.w_shape())?;
+        expect_shape("b", b.shape(), &[g.f])?;
+        expect_shape("out", out.shape(), &g.out_shape())?;
+        check_ws(
+            workspace,
+            self.forward_workspace_len(par)?,
+            "ConvPlan::forward_workspace_len",
+        )?;
+        self.run_forward(
+            g,
+            x.data(),
+            w.data(),
+            b.data(),
+            out.data_mut(),
+            workspace,
+            par,
+        );
+        Ok(())
+    }
+
+    /// Backward into the caller's dx (like x), dw (like w) and db (F,), from the forward's x and
+    /// w and dout (N, F, H', W'), with the caller's workspace (at least
+    /// [`ConvPlan::backward_workspace_len`]). Everything is validated before anything is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        w: impl Into<TensorView<'a, T>>,
+        dout: impl Into<TensorView<'a, T>>,
+        dx: impl Into<TensorViewMut<'o, T>>,
+        dw: impl Into<TensorViewMut<'o, T>>,
+        db: impl Into<TensorViewMut<'o, T>>,
+        workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (x, w, dout) = (x.into(), w.into(), dout.into());
+        let (mut dx, mut dw, mut db) = (dx.into(), dw.into(), db.into());
+        let g = &self.geom;
+        expect_shape("x", x.shape(), &g.x_shape())?;
+        expect_shape("w", w.shape(), &g.w_shape())?;
+        expect_shape("dout", dout.shape(), &g.out_shape())?;
+        expect_shape("dx", dx.shape(), &g.x_shape())?;
+        expect_shape("dw", dw.shape(), &g.w_shape())?;
+        expect_shape("db", db.shape(), &[g.f])?;
+        check_ws(
+            workspace,
+            self.backward_workspace_len(par)?,
+            "ConvPlan::backward_workspace_len",
+        )?;
+        self.run_backward(
+            g,
+            x.data(),
+            w.data(),
+            dout.data(),
+            dx.data_mut(),
+            dw.data_mut(),
+            db.data_mut(),
+            workspace,
+            par,
+        );
+        Ok(())
+    }
+
+    /// The forward on validated slices (`g` is this plan's geometry).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_forward(
+        &self,
+        g: &ConvGeom,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        out: &mut [T],
+        ws: &mut [T],
+        par: Parallelism<'_>,
+    ) {
+        debug_assert_eq!(*g, self.geom);
+        super::forward::forward_into(g, &self.algos, x, w, b, out, ws, par)
+    }
+
+    /// The backward on validated slices.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_backward(
+        &self,
+        g: &ConvGeom,
+        x: &[T],
+        w: &[T],
+        dout: &[T],
+        dx: &mut [T],
+        dw: &mut [T],
+        db: &mut [T],
+        ws: &mut [T],
+        par: Parallelism<'_>,
+    ) {
+        debug_assert_eq!(*g, self.geom);
+        super::backward::backward_into(g, &self.algos, x, w, dout, dx, dw, db, ws, par)
+    }
+
+    /// Why direction `dir` runs what it runs, in a phrase.
+    fn reason(&self, dir: Direction) -> String {
+        let g = &self.geom;
+        let s = self.algos.s;
+        if self.forced[dir_index(dir)] {
+            return "forced by with_algorithm".into();
+        }
+        match (dir, self.algorithm(dir)) {
+            (Direction::Forward | Direction::WeightGrad, ConvAlgorithm::Winograd) => format!(
+                "3x3 stride 1, {} in / {} out channels per group >= {WINO_MIN_CHANNELS}",
+                g.cg(),
+                g.fg()
+            ),
+            (Direction::DataGrad, ConvAlgorithm::Winograd) => format!(
+                "3x3 stride 1, pad <= 2, {} in / {} out channels per group >= {WINO_MIN_CHANNELS}",
+                g.fg(),
+                g.cg()
+            ),
+            (Direction::Forward | Direction::WeightGrad, ConvAlgorithm::Direct) => format!(
+                "explicit {:?} kernels; output rows of {} fill the {}-pixel slots",
+                s.level(),
+                g.wo,
+                pg::direct_slot(s)
+            ),
+            (Direction::DataGrad, ConvAlgorithm::Direct) => format!(
+                "stride 1, undilated, pad < kernel; {} >= {DIRECT_DX_MIN_CHANNELS} input channels per group; rows of {} fill the {}-pixel slots",
+                g.cg(),
+                g.w,
+                pg::direct_slot(s)
+            ),
+            (_, ConvAlgorithm::Im2col) => {
+                if pg::direct_available(s) {
+                    "no faster algorithm's rule holds for this shape".into()
+                } else {
+                    format!("{:?} has no explicit GEMM kernels", s.level())
+                }
+            }
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ConvPlan<T>
+where
+    T: Float,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = &self.geom;
+        let d = |dir| format!("{:?} ({})", self.algorithm(dir), self.reason(dir));
+        f.debug_struct("ConvPlan")
+            .field("dtype", &T::NAME)
+            .field("x", &g.x_shape())
+            .field("w", &g.w_shape())
+            .field("out", &g.out_shape())
+            .field("param", g.param())
+            .field("simd", &self.simd_level())
+            .field("forward", &format_args!("{}", d(Direction::Forward)))
+            .field("dx", &format_args!("{}", d(Direction::DataGrad)))
+            .field("dw", &format_args!("{}", d(Direction::WeightGrad)))
+            .finish()
+    }
+}

@@ -1,0 +1,120 @@
+//! Every tuning constant of the kernels, in one place, with what it decides.
+//!
+//! "Decides the bits" means that changing the constant changes the rounding of some output
+//! (a partition of a reduction, an algorithm choice, an accumulation block): such a change breaks
+//! the bitwise reproducibility promise across versions and must be measured and noted. The rest
+//! move speed only. Sizes of stack buffers and register blocks (`MAX_KC`, `MAX_NR`, the pool's
+//! `SCRATCH`, the pad row) are bounds of the code beside them, not tuning, and stay there.
+//!
+//! Machine facts (cache sizes, the SIMD level) come from [`crate::cpu`] at run time; the
+//! constants here are the fractions and counts applied to them.
+
+/// Target size of one column tile in f32 elements (768 KB): the tile and the GEMM's packed copy
+/// of it stay in L2. f64 tiles hold the same element count (twice the bytes, still in L2).
+///
+/// Decides the bits: yes: the tile is the block of pixels dw contracts over. Used in `conv/fast.rs`.
+pub(crate) const IM2COL_TILE_ELEMS: usize = 192 * 1024;
+
+/// Image chunks of the dw reduction: a constant, so the partition depends on N only.
+///
+/// Decides the bits: yes: the fixed partition of the dw and db reductions. Used in `conv/fast.rs`.
+pub(crate) const DW_CHUNKS: usize = 4;
+
+/// Channels per group (in and out) from which Winograd runs. Each transformed value feeds
+/// `cout` (input side) or comes from `cin` (output side) multiply-adds, so the transforms' share
+/// falls with the channel counts: on the Zen 5, 2 threads, res_conv (64 channels) ran the same
+/// either way (f32 5.4-5.8 ms Winograd, 5.2-6.0 direct) while res2_conv (128) gained 1.3x.
+///
+/// Decides the bits: yes: it chooses the algorithm. Used in `conv/fast.rs`.
+pub(crate) const WINO_MIN_CHANNELS: usize = 96;
+
+/// Input channels per group from which dx runs direct.
+///
+/// Decides the bits: yes: it chooses the algorithm. Used in `conv/fast.rs`.
+pub(crate) const DIRECT_DX_MIN_CHANNELS: usize = 16;
+
+/// Target size of the C block of the direct convolution, elements (128 KB of f32: with the
+/// weights' KC block and the padded image it stays in a 512 KB L2; 32K measured 1-2% faster
+/// than 16K on the forwards, 64K no better).
+///
+/// Decides the bits: no: row blocks of the output; every sum keeps its order. Used in `conv/fast.rs`.
+pub(crate) const DIRECT_C_ELEMS: usize = 32 * 1024;
+
+/// Target elements of one block's V and M together (tile rows are blocked to this): 512 KB of
+/// f32, half the Zen 5's 1 MB L2 (64K and 256K measured the same on res2_conv, 2 threads).
+///
+/// Decides the bits: yes for dw (its dU sums run over a block's tiles), no for the forward and dx. Used in `conv/winograd.rs`.
+pub(crate) const WINO_BLOCK_ELEMS: usize = 128 * 1024;
+
+/// Fewest tiles a block holds (when the image has them): the GEMM's N, a few NR panels.
+///
+/// Decides the bits: as WINO_BLOCK_ELEMS. Used in `conv/winograd.rs`.
+pub(crate) const WINO_MIN_BLOCK_TILES: usize = 64;
+
+/// Lanes of T that accumulate side by side.
+///
+/// Decides the bits: yes: the lanes that accumulate side by side. Used in `norm/fast.rs`.
+pub(crate) const NORM_LANES: usize = 16;
+
+/// Rows (of NORM_LANES elements) accumulated in T before flushing to f64: the error of a flushed block is
+/// at most about BK ulps of T, whatever the total length.
+///
+/// Decides the bits: yes: where the T accumulators flush to f64. Used in `norm/fast.rs`.
+pub(crate) const NORM_FLUSH_ROWS: usize = 8;
+
+/// Largest dx block `group_backward` prefetches whole: a quarter of a 1 MB L2, so the lines are
+/// still in cache when the dx pass reaches them.
+///
+/// Decides the bits: no: a prefetch only. Used in `norm/fast.rs`.
+pub(crate) const NORM_PREFETCH_MAX_BYTES: usize = 256 * 1024;
+
+/// Planes at least this long take the sample-major pass 1 (`plane_sums`); shorter ones (batch
+/// norm (N, D) has planes of 1) keep one job per channel, whose N x C partials would be as large
+/// as the data.
+///
+/// Decides the bits: yes: it chooses the order of pass 1's partial sums. Used in `norm/fast.rs`.
+pub(crate) const NORM_SAMPLE_MAJOR_MIN_HW: usize = 64;
+
+/// Below this many elements touched, a kernel runs on the calling thread: waking a pool costs
+/// tens of microseconds (measured on the Zen 3 VM: nb_pool, 307K elements, took 0.09 ms on one
+/// thread and 0.10-0.22 ms on two), more than splitting such a problem saves.
+///
+/// Decides the bits: no: results are bitwise the same for any thread count. Used in `parallel.rs`.
+pub(crate) const PAR_MIN_ELEMS: usize = 512 * 1024;
+
+/// How long the calling thread spins for the last helper before it sleeps in rayon's wait: the
+/// wake-up it saves costs tens of microseconds here; a helper still busy after this is running
+/// a long job, next to which a wake-up is small.
+///
+/// Decides the bits: no: scheduling only. Used in `parallel.rs`.
+pub(crate) const CALLER_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
+
+// The norms' streaming-store threshold: a fraction of the measured last-level cache.
+
+use std::sync::atomic::Ordering;
+
+/// `usize::MAX` means "not set": the last-level cache size.
+static STREAM_MIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Bytes (inputs plus output) above which the normalisation layers' element-wise passes write
+/// their output with non-temporal stores (decides the bits: no), which bypass the caches: by default 7/8 of the
+/// last-level cache (never, where the CPU does not report one), since tensors as large as the
+/// whole cache do not stay in it. Results are the same either way. On the Zen 5 (32 MB L3) the
+/// f64 backwards (48 MB) ran 15-25% faster streaming; the f32 backwards (24 MB) ran the same
+/// in-process but slower in the bench binary; the f64 forwards (exactly 32 MB) ran faster
+/// streaming (20-25% with half the L3 as threshold; 0.59 -> 0.51 ms for batch norm at 28 MB,
+/// medians of six alternating in-process rounds).
+pub fn streaming_threshold() -> usize {
+    match STREAM_MIN.load(Ordering::Relaxed) {
+        usize::MAX => crate::cpu::last_level_cache_bytes().map_or(usize::MAX, |b| b / 8 * 7),
+        b => b,
+    }
+}
+
+/// Sets the `streaming_threshold` (`None`: back to the default). A framework that reads the
+/// output straight away while it is still cache-resident may want it higher; tests set 0 to
+/// run the streaming path on small tensors.
+pub fn set_streaming_threshold(bytes: Option<usize>) {
+    let v = bytes.map_or(usize::MAX, |b| b.min(usize::MAX - 1));
+    STREAM_MIN.store(v, Ordering::Relaxed);
+}
