@@ -95,7 +95,7 @@ pub mod reference {
 
 /// Fast affine: GEMM (matrixmultiply) with f64-accumulated bias gradient.
 pub mod fast {
-    use crate::gemm::{gemm, rm, tr};
+    use crate::gemm::matmul::{gemm, rm, tr};
     use crate::scalar::Float;
 
     /// out (N x M) = x (N x D) * w (D x M) + b.

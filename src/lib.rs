@@ -56,7 +56,7 @@
 //! ```compile_fail,E0603
 //! // The GEMM's block shape, which names the SIMD level its kernels run, is crate-private: a
 //! // hand-built one once ran AVX-512 instructions on a CPU without them.
-//! use fastlayers::packed_gemm::Shape;
+//! use fastlayers::gemm::Shape;
 //! ```
 //!
 //! ```compile_fail,E0603
@@ -80,7 +80,6 @@ mod gemm;
 mod gradcheck;
 mod loss;
 mod norm;
-mod packed_gemm;
 mod parallel;
 mod params;
 mod peak;

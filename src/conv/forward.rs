@@ -5,7 +5,7 @@ use super::im2col::*;
 use super::plan::Algos;
 use super::plan::*;
 use super::winograd::{self, Wino};
-use crate::packed_gemm::{self as pg, Shape};
+use crate::gemm::{self as pg, Shape};
 use crate::parallel::{Parallelism, Slots};
 use crate::params::ConvGeom;
 use crate::scalar::Float;

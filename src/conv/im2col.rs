@@ -3,7 +3,7 @@
 
 use super::plan::*;
 use crate::cpu::multiversion;
-use crate::packed_gemm::Shape;
+use crate::gemm::Shape;
 use crate::params::ConvGeom;
 use crate::scalar::Float;
 

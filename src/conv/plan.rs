@@ -5,7 +5,7 @@ use super::im2col::*;
 use super::winograd::Wino;
 use crate::cpu::SimdLevel;
 use crate::error::{Error, Result, expect_shape};
-use crate::packed_gemm::{self as pg, Shape};
+use crate::gemm::{self as pg, Shape};
 use crate::parallel::Parallelism;
 use crate::params::{ConvGeom, ConvParam};
 use crate::scalar::Float;

@@ -29,7 +29,7 @@
 //! test uses is in kernels.md).
 
 use crate::cpu::multiversion;
-use crate::packed_gemm::{self as pg, BSrc, Shape};
+use crate::gemm::{self as pg, BSrc, Shape};
 use crate::scalar::Float;
 use crate::tuning::{WINO_BLOCK_ELEMS, WINO_MIN_BLOCK_TILES};
 
