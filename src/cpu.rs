@@ -7,8 +7,8 @@
 //! cached. `FASTLAYERS_SIMD=portable|avx2|avx512` (or [`force_simd_level`]) pins it, so tests can
 //! run each path; a request for a level the CPU lacks falls back to the best available one.
 //!
-//! Kernels that run explicit SIMD instructions take an [`Isa`] (crate-private), a proof that the
-//! CPU has a level's features: only [`Isa::current`] builds one, from the level in force, which
+//! Kernels that run explicit SIMD instructions take an `Isa` (crate-private), a proof that the
+//! CPU has a level's features: only `Isa::current` builds one, from the level in force, which
 //! never exceeds what detection found. No caller can hand a kernel a level the CPU lacks.
 
 use std::sync::atomic::{AtomicU8, Ordering};
