@@ -171,12 +171,18 @@ pub fn conv_forward_fast<'a, T: Float>(
     conv_param: &ConvParam,
 ) -> Result<(Tensor<T>, ConvCache<T>)> {
     let (x, w, b) = (x.into(), w.into(), b.into());
-    let plan = ConvPlan::<T>::new(x.shape(), w.shape(), conv_param)?;
+    let g = ConvGeom::new(x.shape(), w.shape(), b.shape(), conv_param)?;
+    let plan = ConvPlan::<T>::from_geom(g);
     let par = Parallelism::Current;
     let mut ws = vec![T::zero(); plan.forward_workspace_len(par)?];
-    forward_with(x, w, b, conv_param, |g, x, w, b, out| {
-        plan.run_forward(g, x, w, b, out, &mut ws, par)
-    })
+    let mut out = Tensor::zeros(&g.out_shape())?;
+    plan.forward_into(x, w, b, &mut out, &mut ws, par)?;
+    let cache = ConvCache {
+        x: x.to_owned(),
+        w: w.to_owned(),
+        geom: g,
+    };
+    Ok((out, cache))
 }
 
 /// Fast convolution backward: (dx, dw, db), as [`conv_backward_naive`].
@@ -184,14 +190,17 @@ pub fn conv_backward_fast<'a, T: Float>(
     dout: impl Into<TensorView<'a, T>>,
     cache: &ConvCache<T>,
 ) -> Result<Grads<T>> {
-    let plan = ConvPlan::<T>::from_geom(cache.geom);
+    let dout = dout.into();
+    let g = cache.geom;
+    check_backward(&dout, &g)?;
+    let plan = ConvPlan::<T>::from_geom(g);
     let par = Parallelism::Current;
     let mut ws = vec![T::zero(); plan.backward_workspace_len(par)?];
-    backward_with(
-        dout.into(),
-        cache,
-        Box::new(move |g, x, w, dout, dx, dw, db| {
-            plan.run_backward(g, x, w, dout, dx, dw, db, &mut ws, par)
-        }),
-    )
+    let mut dx = Tensor::zeros(&g.x_shape())?;
+    let mut dw = Tensor::zeros(&g.w_shape())?;
+    let mut db = Tensor::zeros(&[g.f])?;
+    plan.backward_into(
+        &cache.x, &cache.w, dout, &mut dx, &mut dw, &mut db, &mut ws, par,
+    )?;
+    Ok((dx, dw, db))
 }

@@ -498,8 +498,9 @@ impl<T: Float> ConvPlan<T> {
             self.forward_workspace_len(par)?,
             "ConvPlan::forward_workspace_len",
         )?;
-        self.run_forward(
+        super::forward::forward_into(
             g,
+            &self.algos,
             x.data(),
             w.data(),
             b.data(),
@@ -542,8 +543,9 @@ impl<T: Float> ConvPlan<T> {
             self.backward_workspace_len(par)?,
             "ConvPlan::backward_workspace_len",
         )?;
-        self.run_backward(
+        super::backward::backward_into(
             g,
+            &self.algos,
             x.data(),
             w.data(),
             dout.data(),
@@ -554,40 +556,6 @@ impl<T: Float> ConvPlan<T> {
             par,
         );
         Ok(())
-    }
-
-    /// The forward on validated slices (`g` is this plan's geometry).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn run_forward(
-        &self,
-        g: &ConvGeom,
-        x: &[T],
-        w: &[T],
-        b: &[T],
-        out: &mut [T],
-        ws: &mut [T],
-        par: Parallelism<'_>,
-    ) {
-        debug_assert_eq!(*g, self.geom);
-        super::forward::forward_into(g, &self.algos, x, w, b, out, ws, par)
-    }
-
-    /// The backward on validated slices.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn run_backward(
-        &self,
-        g: &ConvGeom,
-        x: &[T],
-        w: &[T],
-        dout: &[T],
-        dx: &mut [T],
-        dw: &mut [T],
-        db: &mut [T],
-        ws: &mut [T],
-        par: Parallelism<'_>,
-    ) {
-        debug_assert_eq!(*g, self.geom);
-        super::backward::backward_into(g, &self.algos, x, w, dout, dx, dw, db, ws, par)
     }
 
     /// Why direction `dir` runs what it runs, in a phrase.
