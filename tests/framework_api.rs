@@ -296,3 +296,54 @@ fn norm_stats_from_another_plan_are_refused() {
         assert!(untouched(dx.data()) && untouched(dg.data()) && untouched(db.data()));
     }
 }
+
+#[test]
+fn conv_backward_weights_into_gives_backward_intos_dw_and_db() {
+    // Every algorithm the plan can force for the weight gradient, on a shape each can run and
+    // thread counts that take both the fused and the unfused dx schedule.
+    let mut rng = Rng::new(41);
+    let (xs, ws_) = ([5, 16, 9, 9], [16, 16, 3, 3]);
+    let x: Tensor<f32> = rng.randn(&xs, 1.0, 0.0);
+    let w: Tensor<f32> = rng.randn(&ws_, 0.3, 0.0);
+    let p = ConvParam::new(1, 1);
+    for alg in [
+        ConvAlgorithm::Im2col,
+        ConvAlgorithm::Direct,
+        ConvAlgorithm::Winograd,
+    ] {
+        let Ok(plan) = ConvPlan::<f32>::new(&xs, &ws_, &p)
+            .unwrap()
+            .with_algorithm(ConvDirection::WeightGrad, alg)
+        else {
+            continue;
+        };
+        let dout: Tensor<f32> = rng.randn(&plan.geom().out_shape(), 1.0, 0.0);
+        for threads in [1, 2, 3] {
+            let par = Parallelism::Threads(threads);
+            let mut ws = vec![0.0f32; plan.backward_workspace_len(par).unwrap()];
+            let (mut dx, mut dw, mut db) = (
+                Tensor::<f32>::zeros(&xs).unwrap(),
+                Tensor::<f32>::zeros(&ws_).unwrap(),
+                Tensor::<f32>::zeros(&[16]).unwrap(),
+            );
+            plan.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws, par)
+                .unwrap();
+            let (mut dw2, mut db2) = (
+                Tensor::<f32>::full(&ws_, f32::NAN).unwrap(),
+                Tensor::<f32>::full(&[16], f32::NAN).unwrap(),
+            );
+            plan.backward_weights_into(&x, &dout, &mut dw2, &mut db2, &mut ws, par)
+                .unwrap();
+            assert_eq!(dw.data(), dw2.data(), "{alg:?} threads {threads}");
+            assert_eq!(db.data(), db2.data(), "{alg:?} threads {threads}");
+            // A wrong dout shape is refused before anything is written.
+            let bad = Tensor::<f32>::zeros(&[5, 16, 9, 8]).unwrap();
+            let mut dw3 = Tensor::<f32>::full(&ws_, f32::NAN).unwrap();
+            let e = plan
+                .backward_weights_into(&x, &bad, &mut dw3, &mut db2, &mut ws, par)
+                .unwrap_err();
+            assert!(e.to_string().contains("dout"), "{e}");
+            assert!(dw3.data().iter().all(|v| v.is_nan()));
+        }
+    }
+}

@@ -11,7 +11,8 @@ use crate::parallel::{Parallelism, Slots};
 use crate::params::ConvGeom;
 use crate::scalar::Float;
 
-/// Backward into caller buffers: dx (like x), dw (like w), db (F), `ws` as for the forward.
+/// Backward into caller buffers: dx (like x, from w; skipped when `wdx` is None, as for a
+/// network's first layer), dw (like w), db (F), `ws` as for the forward.
 ///
 /// The work is `min(N, DW_CHUNKS)` fixed chunks of images; each chunk accumulates its partial
 /// dw and (in f64) db over its images in order, and dw, db are the sums of the partials in
@@ -24,9 +25,8 @@ pub(super) fn backward_into<T: Float>(
     g: &ConvGeom,
     a: &Algos,
     x: &[T],
-    w: &[T],
     dout: &[T],
-    dx: &mut [T],
+    wdx: Option<(&[T], &mut [T])>,
     dw: &mut [T],
     db: &mut [T],
     ws: &mut [T],
@@ -39,26 +39,32 @@ pub(super) fn backward_into<T: Float>(
     let (ws, staged) = ws.split_at_mut(threads.max(1) * bwd_slot_len(g, a));
     let staged = &mut staged[..staged_len(g, a)];
     let slots = Slots::new(ws, threads, bwd_slot_len(g, a));
-    let dxw = DxWeights::pack(g, a, w, wp);
-    let dxw = &dxw;
+    let (dxw, mut dx) = match wdx {
+        Some((w, dx)) => (Some(DxWeights::pack(g, a, w, wp)), Some(dx)),
+        None => (None, None),
+    };
+    let dxw = dxw.as_ref();
     let chunks = dw_chunks(g);
     // Fused when the chunks split evenly over the threads (3 threads on 4 chunks would leave
     // dx unbalanced too).
     let fused = chunks.is_multiple_of(threads.max(1));
-    if !fused {
+    if let (false, Some(dx), Some(dxw)) = (fused, dx.as_deref_mut(), dxw) {
         par.for_each_chunk(dx, chw, &|n, dxn, slot| {
             slots.with(slot, |ws| dx_image(g, a, dout, n, dxn, dxw, ws))
         });
     }
+    let fused = fused && dx.is_some();
     // Per chunk: its partial dw, its f64 partial db, and (fused) its images' dx.
     let mut dbp = vec![0.0f64; chunks * g.f];
     let fk = dw_part_len(g, a);
     let wdw = a.wino_dw(g);
     let mut jobs = Vec::with_capacity(chunks);
-    let (mut dx_rest, mut db_rest, mut st_rest) = (&mut dx[..], &mut dbp[..], &mut staged[..]);
+    let mut dx_rest: &mut [T] = dx.unwrap_or_default();
+    let (mut db_rest, mut st_rest) = (&mut dbp[..], &mut staged[..]);
     for c in 0..chunks {
         let imgs = chunk_images(g, c);
-        let (dxc, r) = std::mem::take(&mut dx_rest).split_at_mut(imgs.len() * chw);
+        let (dxc, r) =
+            std::mem::take(&mut dx_rest).split_at_mut(if fused { imgs.len() * chw } else { 0 });
         dx_rest = r;
         let (dbc, r) = std::mem::take(&mut db_rest).split_at_mut(g.f);
         db_rest = r;
@@ -72,7 +78,7 @@ pub(super) fn backward_into<T: Float>(
             let n0 = imgs.start;
             let mut dxc = dxc;
             for n in imgs {
-                if let Some(dxc) = dxc.as_deref_mut() {
+                if let (Some(dxc), Some(dxw)) = (dxc.as_deref_mut(), dxw) {
                     dx_image(
                         g,
                         a,

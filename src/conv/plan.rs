@@ -547,9 +547,50 @@ impl<T: Float> ConvPlan<T> {
             g,
             &self.algos,
             x.data(),
-            w.data(),
             dout.data(),
-            dx.data_mut(),
+            Some((w.data(), dx.data_mut())),
+            dw.data_mut(),
+            db.data_mut(),
+            workspace,
+            par,
+        );
+        Ok(())
+    }
+
+    /// Backward for the weights only: dw (like w) and db (F,) from the forward's x and dout,
+    /// without dx, for a layer whose input needs no gradient (a network's first layer: PyTorch
+    /// skips it there too). Same workspace as [`ConvPlan::backward_into`], and the same dw and
+    /// db bits. Everything is validated before anything is written.
+    pub fn backward_weights_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        dout: impl Into<TensorView<'a, T>>,
+        dw: impl Into<TensorViewMut<'o, T>>,
+        db: impl Into<TensorViewMut<'o, T>>,
+        workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (x, dout) = (x.into(), dout.into());
+        let (mut dw, mut db) = (dw.into(), db.into());
+        let g = &self.geom;
+        expect_shape("x", x.shape(), &g.x_shape())?;
+        expect_shape("dout", dout.shape(), &g.out_shape())?;
+        expect_shape("dw", dw.shape(), &g.w_shape())?;
+        expect_shape("db", db.shape(), &[g.f])?;
+        check_ws(
+            workspace,
+            self.backward_workspace_len(par)?,
+            "ConvPlan::backward_workspace_len",
+        )?;
+        super::backward::backward_into(
+            g,
+            &self.algos,
+            x.data(),
+            dout.data(),
+            None,
             dw.data_mut(),
             db.data_mut(),
             workspace,
