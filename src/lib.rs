@@ -91,7 +91,7 @@ mod tuning;
 
 pub use affine::{
     AffineCache, ReluCache, affine_backward, affine_backward_naive, affine_forward,
-    affine_forward_naive, relu_backward, relu_forward,
+    affine_forward_naive, relu, relu_backward, relu_forward, relu_grad,
 };
 pub use conv::{
     ConvAlgorithm, ConvCache, ConvDirection, ConvPlan, conv_backward_fast, conv_backward_naive,
