@@ -273,3 +273,48 @@ pub fn load<T: Float, M: Model<T>>(s: &mut Solver<T, M>, path: &Path) -> Result<
     s.best_val_acc = best_acc;
     Ok(())
 }
+
+/// Writes `params` alone (atomically) as a safetensors file, tensor names = parameter names,
+/// with `meta` as its metadata: the trained model, for `safetensors.torch.load_file` or numpy.
+pub fn save_params<T: Float>(
+    params: &Params<T>,
+    meta: HashMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.shape().to_vec(), to_bytes(v.data())))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(dtype::<T>(), s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::config("params", "a consistent tensor", e))
+        })
+        .collect::<Result<_>>()?;
+    let out = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| Error::config("params", "serialisable tensors", e))?;
+    write_atomic(path, &out)
+}
+
+/// Reads a parameters file written by [`save_params`] (or any safetensors file of f32/f64
+/// tensors) as `T`.
+pub fn load_params<T: Float>(path: &Path) -> Result<Params<T>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Checkpoint {
+        path: path.into(),
+        what: format!("not safetensors: {e}"),
+    })?;
+    let mut p = Params::new();
+    for (name, v) in st.tensors() {
+        if v.dtype() != dtype::<T>() {
+            return Err(Error::Checkpoint {
+                path: path.into(),
+                what: format!("{name} is {:?}, expected {:?}", v.dtype(), dtype::<T>()),
+            });
+        }
+        p.insert(name, Tensor::new(from_bytes(v.data()), v.shape())?);
+    }
+    Ok(p)
+}

@@ -30,7 +30,7 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// The notebook's two panels: loss per iteration (top), train and val accuracy per check
-/// (bottom), 900 x 700 pixels.
+/// (bottom: the first iteration, then every epoch's end), 900 x 700 pixels.
 pub fn training_curves(
     path: &Path,
     title: &str,
@@ -66,7 +66,7 @@ pub fn training_curves(
             loss.iter()
                 .enumerate()
                 .filter(|(_, v)| v.is_finite())
-                .map(|(i, &v)| Circle::new((i as f64, v), 1, BLUE.filled())),
+                .map(|(i, &v)| Circle::new((i as f64, v), 2, BLUE.filled())),
         )
         .map_err(|e| plot_err(path, e))?;
         let n = train_acc.len().max(val_acc.len()).max(2);
