@@ -3,8 +3,9 @@
 //! affine: x (N, d1, ..., dk) is read as (N, D) with D = d1*...*dk; out = x w + b, w (D, M), b (M,).
 
 use crate::error::{Error, Result, checked_numel, expect_shape, fmt_shape};
+use crate::parallel::Parallelism;
 use crate::scalar::Float;
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{Tensor, TensorView, TensorViewMut};
 
 /// The forward's input and weights (the notebook's `(x, w, b)`; b is not needed backward).
 #[derive(Clone, Debug)]
@@ -93,10 +94,67 @@ pub mod reference {
     }
 }
 
-/// Fast affine: GEMM (matrixmultiply) with f64-accumulated bias gradient.
+/// Fast affine: GEMM (matrixmultiply, one thread per block of output rows) with f64-accumulated
+/// bias gradient.
+///
+/// Each product is split over the current pool's threads by blocks of rows of a row-major
+/// result, so the blocks are contiguous: out^T = w^T x^T and dx^T = w dout^T are computed
+/// transposed and transposed back, dw = x^T dout directly. matrixmultiply sums every element
+/// of C over k in the same order whatever block of rows it lies in, so the bits do not depend
+/// on the thread count (tests/determinism.rs checks it); the transposed forms are used for
+/// every thread count, one thread included, for the same reason.
 pub mod fast {
-    use crate::gemm::matmul::{gemm, rm, tr};
+    use crate::gemm::matmul::{Mat, gemm, rm, tr};
+    use crate::parallel::Parallelism;
     use crate::scalar::Float;
+
+    /// Rows of each thread's block of an `rows`-row product (a multiple of 8, the widest
+    /// micro-kernel's rows, so that blocks do not split a tile).
+    fn block_rows(rows: usize, threads: usize) -> usize {
+        rows.div_ceil(threads.max(1)).next_multiple_of(8).max(8)
+    }
+
+    /// C (rows x n, row-major) = A (rows x k) B (k x n), split by blocks of C's rows; `a(r0)`
+    /// is A from row r0 on.
+    fn par_gemm<'a, T: Float>(
+        rows: usize,
+        k: usize,
+        n: usize,
+        a: &(dyn Fn(usize) -> Mat<'a, T> + Sync),
+        b: Mat<'a, T>,
+        c: &mut [T],
+        par: Parallelism<'_>,
+    ) {
+        let par = par.for_work(rows * k * n / 64);
+        let br = block_rows(rows, par.threads());
+        par.for_each_chunk(&mut c[..rows * n], br * n, &|i, ci, _| {
+            gemm(
+                ci.len() / n.max(1),
+                k,
+                n,
+                T::one(),
+                a(i * br),
+                b,
+                T::zero(),
+                ci,
+                n,
+            );
+        });
+    }
+
+    /// dst (c x r) = src (r x c)^T, in 32 x 32 tiles.
+    fn transpose<T: Float>(r: usize, c: usize, src: &[T], dst: &mut [T]) {
+        const B: usize = 32;
+        for i0 in (0..r).step_by(B) {
+            for j0 in (0..c).step_by(B) {
+                for i in i0..(i0 + B).min(r) {
+                    for j in j0..(j0 + B).min(c) {
+                        dst[j * r + i] = src[i * c + j];
+                    }
+                }
+            }
+        }
+    }
 
     /// out (N x M) = x (N x D) * w (D x M) + b.
     pub fn forward<T: Float>(
@@ -108,10 +166,38 @@ pub mod fast {
         b: &[T],
         out: &mut [T],
     ) {
+        forward_par(n, d, m, x, w, b, out, Parallelism::Current)
+    }
+
+    /// [`forward`] on `par`'s threads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_par<T: Float>(
+        n: usize,
+        d: usize,
+        m: usize,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        out: &mut [T],
+        par: Parallelism<'_>,
+    ) {
+        let mut out_t = vec![T::zero(); m * n];
+        // out^T (M x N) = w^T (M x D) x^T (D x N); rows r0.. of w^T start at column r0 of w.
+        par_gemm(
+            m,
+            d,
+            n,
+            &|r0| tr(&w[r0.min(w.len())..], m),
+            tr(x, d),
+            &mut out_t,
+            par,
+        );
+        transpose(m, n, &out_t, out);
         for row in out.chunks_mut(m.max(1)).take(n) {
-            row.copy_from_slice(&b[..m]);
+            for (o, &bj) in row.iter_mut().zip(b) {
+                *o += bj;
+            }
         }
-        gemm(n, d, m, T::one(), rm(x, d), rm(w, m), T::one(), out, m);
     }
 
     /// dx = dout w^T, dw = x^T dout, db = column sums of dout (f64).
@@ -127,8 +213,45 @@ pub mod fast {
         dw: &mut [T],
         db: &mut [T],
     ) {
-        gemm(n, m, d, T::one(), rm(dout, m), tr(w, m), T::zero(), dx, d);
-        gemm(d, n, m, T::one(), tr(x, d), rm(dout, m), T::zero(), dw, m);
+        backward_par(n, d, m, x, w, dout, Some(dx), dw, db, Parallelism::Current)
+    }
+
+    /// [`backward`] on `par`'s threads; dx skipped when None.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_par<T: Float>(
+        n: usize,
+        d: usize,
+        m: usize,
+        x: &[T],
+        w: &[T],
+        dout: &[T],
+        dx: Option<&mut [T]>,
+        dw: &mut [T],
+        db: &mut [T],
+        par: Parallelism<'_>,
+    ) {
+        if let Some(dx) = dx {
+            // dx (N x D) = dout (N x M) w^T (M x D), by blocks of dx's rows.
+            par_gemm(
+                n,
+                m,
+                d,
+                &|r0| rm(&dout[(r0 * m).min(dout.len())..], m),
+                tr(w, m),
+                dx,
+                par,
+            );
+        }
+        // dw (D x M) = x^T (D x N) dout (N x M); rows r0.. of x^T start at column r0 of x.
+        par_gemm(
+            d,
+            n,
+            m,
+            &|r0| tr(&x[r0.min(x.len())..], d),
+            rm(dout, m),
+            dw,
+            par,
+        );
         let mut acc = vec![0.0f64; m];
         for row in dout.chunks(m.max(1)).take(n) {
             for (a, v) in acc.iter_mut().zip(row) {
@@ -230,6 +353,66 @@ pub fn affine_backward<'a, T: Float>(
     cache: &AffineCache<T>,
 ) -> Result<Grads<T>> {
     backward_with(dout.into(), cache, fast::backward)
+}
+
+/// Fast affine forward into the caller's `out` (N, M) on `par`'s threads, with no allocation
+/// of a cache: the framework entry point (the backward takes x and w again). Same bits as
+/// [`affine_forward`]. Everything is validated before `out` is written.
+pub fn affine_forward_into<'a, 'o, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    w: impl Into<TensorView<'a, T>>,
+    b: impl Into<TensorView<'a, T>>,
+    out: impl Into<TensorViewMut<'o, T>>,
+    par: Parallelism<'_>,
+) -> Result<()> {
+    let (x, w, b, mut out) = (x.into(), w.into(), b.into(), out.into());
+    let (n, d, m) = affine_dims(x.shape(), w.shape(), b.shape())?;
+    expect_shape("out", out.shape(), &[n, m])?;
+    fast::forward_par(n, d, m, x.data(), w.data(), b.data(), out.data_mut(), par);
+    Ok(())
+}
+
+/// Fast affine backward into the caller's buffers from the forward's x and w: dx (x's shape;
+/// skipped when None, for a layer whose input needs no gradient), dw (D, M), db (M,). Same bits
+/// as [`affine_backward`]. Everything is validated before anything is written.
+#[allow(clippy::too_many_arguments)]
+pub fn affine_backward_into<'a, 'o, T: Float>(
+    x: impl Into<TensorView<'a, T>>,
+    w: impl Into<TensorView<'a, T>>,
+    dout: impl Into<TensorView<'a, T>>,
+    dx: Option<TensorViewMut<'o, T>>,
+    dw: impl Into<TensorViewMut<'o, T>>,
+    db: impl Into<TensorViewMut<'o, T>>,
+    par: Parallelism<'_>,
+) -> Result<()> {
+    let (x, w, dout) = (x.into(), w.into(), dout.into());
+    let (mut dw, mut db) = (dw.into(), db.into());
+    let m = if w.shape().len() == 2 {
+        w.shape()[1]
+    } else {
+        0
+    };
+    let (n, d, m) = affine_dims(x.shape(), w.shape(), &[m])?;
+    expect_shape("dout", dout.shape(), &[n, m])?;
+    let mut dx = dx;
+    if let Some(dx) = &dx {
+        expect_shape("dx", dx.shape(), x.shape())?;
+    }
+    expect_shape("dw", dw.shape(), &[d, m])?;
+    expect_shape("db", db.shape(), &[m])?;
+    fast::backward_par(
+        n,
+        d,
+        m,
+        x.data(),
+        w.data(),
+        dout.data(),
+        dx.as_mut().map(|v| v.data_mut()),
+        dw.data_mut(),
+        db.data_mut(),
+        par,
+    );
+    Ok(())
 }
 
 /// ReLU's cache: its input.

@@ -90,8 +90,9 @@ mod tensor;
 mod tuning;
 
 pub use affine::{
-    AffineCache, ReluCache, affine_backward, affine_backward_naive, affine_forward,
-    affine_forward_naive, relu, relu_backward, relu_forward, relu_grad,
+    AffineCache, ReluCache, affine_backward, affine_backward_into, affine_backward_naive,
+    affine_forward, affine_forward_into, affine_forward_naive, relu, relu_backward, relu_forward,
+    relu_grad,
 };
 pub use conv::{
     ConvAlgorithm, ConvCache, ConvDirection, ConvPlan, conv_backward_fast, conv_backward_naive,

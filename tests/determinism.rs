@@ -167,6 +167,26 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
         &d2,
         (&mut BnParam::train()).into(),
     ));
+    // Affine: ThreeLayerConvNet's hidden layer shape (the products split over the threads).
+    let (n, d, m) = (50, 2048, 100);
+    let x: Tensor<T> = rng.randn(&[n, 2, 32, 32], 1.0, 0.0);
+    let w: Tensor<T> = rng.randn(&[d, m], 1.0, 0.0);
+    let b: Tensor<T> = rng.randn(&[m], 1.0, 0.0);
+    let dout: Tensor<T> = rng.randn(&[n, m], 1.0, 0.0);
+    let mut out = Tensor::zeros(&[n, m]).unwrap();
+    affine_forward_into(&x, &w, &b, &mut out, par).unwrap();
+    let (mut dx, mut dw, mut db) = (
+        Tensor::zeros(x.shape()).unwrap(),
+        Tensor::zeros(&[d, m]).unwrap(),
+        Tensor::zeros(&[m]).unwrap(),
+    );
+    affine_backward_into(&x, &w, &dout, Some((&mut dx).into()), &mut dw, &mut db, par).unwrap();
+    outs.extend([
+        bits(out.data()),
+        bits(dx.data()),
+        bits(dw.data()),
+        bits(db.data()),
+    ]);
     outs
 }
 

@@ -358,7 +358,50 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
         };
         emit(row("gn_bwd", "gn", ms, naive, None));
     }
+    if wanted(o, "tlcn_train_iter", "b50") {
+        let (ms, flops) = tlcn_train_iter::<T>(o, &mut rng);
+        emit(row("tlcn_train_iter", "b50", ms, None, Some(flops)));
+    }
     Ok(())
+}
+
+/// One training iteration of the notebook's ThreeLayerConvNet (defaults: 32 filters of 7x7,
+/// hidden 100) on a batch of 50 3x32x32 images, with Adam: the loss and every gradient, then
+/// every parameter's update, as ../shared/anchors/torch_train.py times PyTorch. Returns the
+/// median ms and the iteration's multiply-add FLOPs (convolution forward and weight gradient,
+/// the three affine GEMMs of both affine layers).
+fn tlcn_train_iter<T: Float>(o: &Options, rng: &mut Rng) -> (f64, f64) {
+    use fastlayers_nn::optim::OptimState;
+    use fastlayers_nn::{CnnConfig, Model, OptimConfig, ThreeLayerConvNet, UpdateRule};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(o.threads)
+        .build()
+        .expect("a thread pool");
+    let cfg = CnnConfig::default();
+    let mut model = ThreeLayerConvNet::<T>::new(cfg.clone()).expect("the notebook's defaults");
+    let x: Tensor<T> = rng.randn(&[50, 3, 32, 32], 1.0, 0.0);
+    let y: Vec<usize> = (0..50).map(|_| rng.below(10)).collect();
+    let rule = UpdateRule::Adam;
+    let oc = OptimConfig::defaults(rule);
+    let mut states: Vec<OptimState<T>> = model
+        .params()
+        .values()
+        .map(|p| OptimState::new(rule, p.len()))
+        .collect();
+    let ms = pool.install(|| {
+        median_ms(o.budget, || {
+            model.loss(x.view(), &y).expect("valid batch");
+            let (params, grads) = model.params_and_grads();
+            for ((k, w), st) in params.iter_mut().zip(&mut states) {
+                st.step(rule, &oc, w.data_mut(), grads[k].data())
+                    .expect("matching state");
+            }
+        })
+    });
+    let (f, k, h) = (cfg.num_filters, cfg.filter_size, cfg.hidden_dim);
+    let conv = 2.0 * 50.0 * (f * 32 * 32) as f64 * (3 * k * k) as f64;
+    let affine = 2.0 * 50.0 * ((f * 16 * 16 * h) + h * 10) as f64;
+    (ms, 2.0 * conv + 3.0 * affine)
 }
 
 /// Runs the whole benchmark and prints it (human table, or JSON lines with `o.json`).

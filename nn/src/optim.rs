@@ -234,25 +234,24 @@ impl<T: Float> OptimState<T> {
                     T::from_f(1.0 / (1.0 - b1.powf(t))),
                     T::from_f(1.0 / (1.0 - b2.powf(t))),
                 );
-                let (s1, s2) = (&mut self.s1[..], &mut self.s2[..]);
-                let f = |w: &mut T, d: T, m: &mut T, v: &mut T| {
-                    *m = tb1 * *m + tb1c * d;
-                    *v = tb2 * *v + tb2c * d * d;
-                    *w -= lr * (*m * c1) / ((*v * c2).sqrt() + eps);
-                };
-                if len < CHUNK {
-                    for i in 0..len {
-                        f(&mut w[i], dw[i], &mut s1[i], &mut s2[i]);
+                let f = |w: &mut [T], dw: &[T], m: &mut [T], v: &mut [T]| {
+                    // Zipped so that the loop has no bounds checks and vectorises.
+                    for (((w, &d), m), v) in
+                        w.iter_mut().zip(dw).zip(m.iter_mut()).zip(v.iter_mut())
+                    {
+                        *m = tb1 * *m + tb1c * d;
+                        *v = tb2 * *v + tb2c * d * d;
+                        *w -= lr * (*m * c1) / ((*v * c2).sqrt() + eps);
                     }
+                };
+                let (s1, s2) = (&mut self.s1[..], &mut self.s2[..]);
+                if len < CHUNK {
+                    f(w, dw, s1, s2);
                 } else {
                     w.par_chunks_mut(CHUNK)
                         .zip(dw.par_chunks(CHUNK))
                         .zip(s1.par_chunks_mut(CHUNK).zip(s2.par_chunks_mut(CHUNK)))
-                        .for_each(|((w, dw), (m, v))| {
-                            for i in 0..w.len() {
-                                f(&mut w[i], dw[i], &mut m[i], &mut v[i]);
-                            }
-                        });
+                        .for_each(|((w, dw), (m, v))| f(w, dw, m, v));
                 }
             }
         }
@@ -272,8 +271,8 @@ fn each2<T: Float>(w: &mut [T], dw: &[T], f: impl Fn(&mut T, T) + Sync) {
 
 fn each3<T: Float>(w: &mut [T], dw: &[T], s: &mut [T], f: impl Fn(&mut T, T, &mut T) + Sync) {
     let g = |w: &mut [T], dw: &[T], s: &mut [T]| {
-        for i in 0..w.len() {
-            f(&mut w[i], dw[i], &mut s[i]);
+        for ((w, &d), s) in w.iter_mut().zip(dw).zip(s.iter_mut()) {
+            f(w, d, s);
         }
     };
     if w.len() < CHUNK {

@@ -3,14 +3,14 @@
 //!
 //! The fast path runs the convolution and the pool through their plans into buffers kept
 //! between calls of the same batch size (no per-call workspace or activation allocation for
-//! them), applies the ReLU in place on the convolution's output (the pooled positions' signs
-//! are the ReLU's mask), and computes only dw and db for the convolution
+//! them), applies the ReLU after the pool on a quarter of the elements (exactly equivalent,
+//! see `fast_conv_forward`), and computes only dw and db for the convolution
 //! (`backward_weights_into`: the input needs no gradient). The reference path chains the
 //! notebook's sandwich layers on the reference kernels.
 
 use fastlayers::{
-    ConvParam, ConvPlan, Float, Parallelism, PoolParam, PoolPlan, Rng, Tensor, TensorView, relu,
-    relu_grad, softmax_loss,
+    ConvParam, ConvPlan, Float, Parallelism, PoolParam, PoolPlan, Rng, Tensor, TensorView,
+    affine_backward_into, affine_forward_into, relu, relu_grad, softmax_loss,
 };
 
 use super::{Model, Params, add_l2, check_batch, randn, zeros};
@@ -58,11 +58,17 @@ struct Fast<T> {
     conv: ConvPlan<T>,
     pool: PoolPlan<T>,
     ws: Vec<T>,
-    /// The convolution's output after the in-place ReLU, (N, F, H, W); reused for its gradient.
+    /// The convolution's output (N, F, H, W).
     a: Tensor<T>,
+    /// relu(pool(a)) (N, F, H/2, W/2).
     pooled: Tensor<T>,
     argmax: Vec<u32>,
     da: Tensor<T>,
+    /// relu(pooled W2 + b2) (N, hidden), its gradient, and the pooled values' gradient.
+    h: Tensor<T>,
+    dh: Tensor<T>,
+    dpooled: Tensor<T>,
+    scores: Tensor<T>,
 }
 
 /// conv - relu - 2x2 max pool - affine - relu - affine - softmax; parameters W1 (F, C, k, k),
@@ -143,6 +149,10 @@ impl<T: Float> ThreeLayerConvNet<T> {
                 da: Tensor::zeros(&a_shape)?,
                 pooled: Tensor::zeros(&p_shape)?,
                 argmax: vec![0; p_len],
+                h: Tensor::zeros(&[n, self.config.hidden_dim])?,
+                dh: Tensor::zeros(&[n, self.config.hidden_dim])?,
+                dpooled: Tensor::zeros(&[n, p_len / n.max(1)])?,
+                scores: Tensor::zeros(&[n, self.config.num_classes])?,
                 conv,
                 pool,
             });
@@ -162,55 +172,97 @@ impl<T: Float> ThreeLayerConvNet<T> {
             f.ws.resize(need, T::zero());
         }
         f.conv.forward_into(x, &w1, &b1, &mut f.a, &mut f.ws, par)?;
-        for v in f.a.data_mut() {
-            *v = relu(*v);
-        }
+        // pool(relu(a)) = relu(pool(a)): max commutes with the monotone ReLU, and where the
+        // pooled maximum is positive its first position is the same in a and in relu(a) (where
+        // it is not, the gradient is zero either way). So the ReLU and its mask run on the
+        // pooled quarter of the activations, with the same bits.
         f.pool
             .forward_into(&f.a, &mut f.pooled, &mut f.argmax, &mut [], par)?;
+        for v in f.pooled.data_mut() {
+            *v = relu(*v);
+        }
         Ok(())
     }
 
+    /// The fast path: plans and the no-allocation affine entry points into the kept buffers,
+    /// gradients written in place into `self.grads`.
     fn loss_fast(&mut self, x: TensorView<'_, T>, y: Option<&[usize]>) -> Result<(f64, Tensor<T>)> {
         let n = x.shape()[0];
         self.fast_conv_forward(x)?;
-        let k = Kernels::Fast;
-        let f = self.fast.as_ref().expect("built by the forward");
-        let hw = f.pooled.len() / n.max(1);
-        let pshape = [n, hw];
-        let pooled = TensorView::new(f.pooled.data(), &pshape)?;
-        let p = &self.params;
-        let (h, c2) = k.affine_relu_forward(pooled, p["W2"].view(), p["b2"].view())?;
-        let (scores, c3) = k.affine_forward(h.view(), p["W3"].view(), p["b3"].view())?;
-        let Some(y) = y else {
-            return Ok((0.0, scores));
-        };
-        let (loss, ds) = softmax_loss(&scores, y)?;
-        let (dh, dw3, db3) = k.affine_backward(ds.view(), &c3)?;
-        let (dp, dw2, db2) = k.affine_relu_backward(dh.view(), &c2)?;
-        let f = self.fast.as_mut().expect("built by the forward");
         let par = Parallelism::Current;
-        let pshape = f.pool.geom().out_shape();
-        let dp = TensorView::new(dp.data(), &pshape)?;
-        f.pool
-            .backward_into(dp, &f.argmax, &mut f.da, &mut [], par)?;
-        for (d, &a) in f.da.data_mut().iter_mut().zip(f.a.data()) {
-            *d = relu_grad(a, *d);
+        let ThreeLayerConvNet {
+            params: p,
+            grads: g,
+            fast,
+            ..
+        } = self;
+        let f = fast.as_mut().expect("built by the forward");
+        let flat = [n, f.pooled.len() / n.max(1)];
+        let pooled = TensorView::new(f.pooled.data(), &flat)?;
+        affine_forward_into(pooled, &p["W2"], &p["b2"], &mut f.h, par)?;
+        for v in f.h.data_mut() {
+            *v = relu(*v);
         }
-        let g = &mut self.grads;
-        let (mut dw1, mut db1) = (
-            g.remove("W1").expect("grads hold W1"),
-            g.remove("b1").expect("grads hold b1"),
+        affine_forward_into(&f.h, &p["W3"], &p["b3"], &mut f.scores, par)?;
+        let Some(y) = y else {
+            return Ok((0.0, f.scores.clone()));
+        };
+        let (loss, ds) = softmax_loss(&f.scores, y)?;
+        let mut grad = |name: &str| g.remove(name).expect("grads hold every parameter");
+        let (mut dw3, mut db3, mut dw2, mut db2, mut dw1, mut db1) = (
+            grad("W3"),
+            grad("b3"),
+            grad("W2"),
+            grad("b2"),
+            grad("W1"),
+            grad("b1"),
         );
-        let r = f
-            .conv
-            .backward_weights_into(x, &f.da, &mut dw1, &mut db1, &mut f.ws, par);
-        g.insert("W1".into(), dw1);
-        g.insert("b1".into(), db1);
-        r?;
-        for (name, t) in [("W2", dw2), ("b2", db2), ("W3", dw3), ("b3", db3)] {
+        let res = (|| -> Result<()> {
+            affine_backward_into(
+                &f.h,
+                &p["W3"],
+                &ds,
+                Some((&mut f.dh).into()),
+                &mut dw3,
+                &mut db3,
+                par,
+            )?;
+            for (d, &h) in f.dh.data_mut().iter_mut().zip(f.h.data()) {
+                *d = relu_grad(h, *d);
+            }
+            affine_backward_into(
+                pooled,
+                &p["W2"],
+                &f.dh,
+                Some((&mut f.dpooled).into()),
+                &mut dw2,
+                &mut db2,
+                par,
+            )?;
+            // The ReLU's gradient on the pooled values (see the forward), then the scatter.
+            for (d, &v) in f.dpooled.data_mut().iter_mut().zip(f.pooled.data()) {
+                *d = relu_grad(v, *d);
+            }
+            let pshape = f.pool.geom().out_shape();
+            let dp = TensorView::new(f.dpooled.data(), &pshape)?;
+            f.pool
+                .backward_into(dp, &f.argmax, &mut f.da, &mut [], par)?;
+            f.conv
+                .backward_weights_into(x, &f.da, &mut dw1, &mut db1, &mut f.ws, par)?;
+            Ok(())
+        })();
+        for (name, t) in [
+            ("W1", dw1),
+            ("b1", db1),
+            ("W2", dw2),
+            ("b2", db2),
+            ("W3", dw3),
+            ("b3", db3),
+        ] {
             g.insert(name.into(), t);
         }
-        Ok((loss, scores))
+        res?;
+        Ok((loss, f.scores.clone()))
     }
 
     fn loss_reference(
