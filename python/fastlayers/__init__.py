@@ -90,6 +90,25 @@ def rel_error(x, y):
     return np.max(np.abs(x - y) / (np.maximum(1e-8, np.abs(x) + np.abs(y))))
 
 
+def eval_numerical_gradient(f, x, verbose=True, h=0.00001):
+    """Numeric gradient of a scalar function f at x (the notebooks' gradient_check helper)."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"], op_flags=["readwrite"])
+    while not it.finished:
+        ix = it.multi_index
+        old = x[ix]
+        x[ix] = old + h
+        fxph = f(x)
+        x[ix] = old - h
+        fxmh = f(x)
+        x[ix] = old
+        grad[ix] = (fxph - fxmh) / (2 * h)
+        if verbose:
+            print(ix, grad[ix])
+        it.iternext()
+    return grad
+
+
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
     """Numeric gradient of an array function f at x against the upstream gradient df."""
     grad = np.zeros_like(x)
@@ -108,3 +127,7 @@ def eval_numerical_gradient_array(f, x, df, h=1e-5):
 
 
 __all__ = [n for n in dir() if not n.startswith("_")]
+
+# The notebooks' modules: fastlayers.classifiers, .solver, .optim, .data_utils, .layer_utils
+# (imported after the kernels above, which they use).
+from . import classifiers, data_utils, layer_utils, optim, solver  # noqa: E402,F401
