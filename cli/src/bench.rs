@@ -318,6 +318,13 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
         };
         emit(row("bn_bwd", "bn", ms, naive, None));
     }
+    if wanted(o, "bn_relu", "fused,unfused") {
+        let (f, u) = bn_relu_pair(o, &x, &gamma, &beta, &dout);
+        emit(row("bn_relu_fwd", "fused", f.0, None, None));
+        emit(row("bn_relu_fwd", "unfused", u.0, None, None));
+        emit(row("bn_relu_bwd", "fused", f.1, None, None));
+        emit(row("bn_relu_bwd", "unfused", u.1, None, None));
+    }
     let gp = NormParam::default();
     let gnp = NormPlan::<T>::new(NormKind::GroupNorm { groups: GN_GROUPS }, x.shape())?;
     let stats = gnp.forward_into(&x, &gamma, &beta, gp, &mut out, &mut [], par)?;
@@ -363,6 +370,57 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
         emit(row("tlcn_train_iter", "b50", ms, None, Some(flops)));
     }
     Ok(())
+}
+
+/// Spatial batch norm then ReLU on the norm rows' shape, through the notebook-style API (each
+/// call allocates its outputs and caches, as a model's layers do): the fused pair of
+/// fastlayers-nn against spatial_batchnorm_forward + relu_forward and their backwards. Returns
+/// ((fused forward, fused backward), (unfused forward, unfused backward)) median ms.
+fn bn_relu_pair<T: Float>(
+    o: &Options,
+    x: &Tensor<T>,
+    gamma: &Tensor<T>,
+    beta: &Tensor<T>,
+    dout: &Tensor<T>,
+) -> ((f64, f64), (f64, f64)) {
+    use fastlayers_nn::Kernels;
+    use fastlayers_nn::layers::NormArg;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(o.threads)
+        .build()
+        .expect("a thread pool");
+    pool.install(|| {
+        let k = Kernels::Fast;
+        let mut bp = BnParam::train();
+        let ff = median_ms(o.budget, || {
+            drop(k.norm_relu_forward(
+                x.view(),
+                gamma.view(),
+                beta.view(),
+                NormArg::Spatial(&mut bp),
+            ));
+        });
+        let (_, fc) = k
+            .norm_relu_forward(
+                x.view(),
+                gamma.view(),
+                beta.view(),
+                NormArg::Spatial(&mut bp),
+            )
+            .expect("valid shapes");
+        let fb = median_ms(o.budget, || drop(k.norm_relu_backward(dout.view(), &fc)));
+        let uf = median_ms(o.budget, || {
+            let (a, c) = spatial_batchnorm_forward(x, gamma, beta, &mut bp).expect("valid");
+            drop((relu_forward(&a), c));
+        });
+        let (a, nc) = spatial_batchnorm_forward(x, gamma, beta, &mut bp).expect("valid");
+        let (_, rc) = relu_forward(&a).expect("valid");
+        let ub = median_ms(o.budget, || {
+            let d = relu_backward(dout, &rc).expect("valid");
+            drop(spatial_batchnorm_backward(&d, &nc));
+        });
+        ((ff, fb), (uf, ub))
+    })
 }
 
 /// One training iteration of the notebook's ThreeLayerConvNet (defaults: 32 filters of 7x7,

@@ -13,6 +13,8 @@ use fastlayers::{
     PoolParam, ReluCache, Tensor, TensorView,
 };
 
+use rayon::prelude::*;
+
 use crate::Result;
 
 /// Which kernels a layer runs.
@@ -90,27 +92,43 @@ pub enum NormArg<'p, T> {
     Layer(&'p NormParam),
 }
 
-/// Clamps v at 0 (NaN stays NaN) and returns the bits of where it was positive.
+/// Elements per parallel task of the mask passes (a multiple of 64: whole mask words).
+const MASK_CHUNK: usize = 1 << 16;
+
+/// Clamps v at 0 (NaN stays NaN) and returns the bits of where it was positive, in one pass
+/// over v split over the current pool's threads (element-wise: the same bits on any count).
 fn relu_in_place<T: Float>(v: &mut [T]) -> Vec<u64> {
     let mut mask = vec![0u64; v.len().div_ceil(64)];
-    for (word, chunk) in mask.iter_mut().zip(v.chunks_mut(64)) {
-        let mut bits = 0u64;
-        for (i, x) in chunk.iter_mut().enumerate() {
-            bits |= u64::from(*x > T::zero()) << i;
-            *x = fl::relu(*x);
-        }
-        *word = bits;
-    }
+    v.par_chunks_mut(MASK_CHUNK)
+        .zip(mask.par_chunks_mut(MASK_CHUNK / 64))
+        .for_each(|(v, mask)| {
+            for (word, chunk) in mask.iter_mut().zip(v.chunks_mut(64)) {
+                let mut bits = 0u64;
+                for (i, x) in chunk.iter_mut().enumerate() {
+                    bits |= u64::from(*x > T::zero()) << i;
+                    *x = fl::relu(*x);
+                }
+                *word = bits;
+            }
+        });
     mask
 }
 
-/// d where the mask bit is set, else 0 (the ReLU's backward).
-fn mask_in_place<T: Float>(d: &mut [T], mask: &[u64]) {
-    for (chunk, &bits) in d.chunks_mut(64).zip(mask) {
-        for (i, x) in chunk.iter_mut().enumerate() {
-            *x = T::select(bits >> i & 1 == 1, *x, T::zero());
-        }
-    }
+/// d where the mask bit is set, else 0 (the ReLU's backward), written into a new buffer in
+/// one pass over d.
+fn masked<T: Float>(d: &[T], mask: &[u64]) -> Vec<T> {
+    let mut out = vec![T::zero(); d.len()];
+    out.par_chunks_mut(MASK_CHUNK)
+        .zip(d.par_chunks(MASK_CHUNK))
+        .zip(mask.par_chunks(MASK_CHUNK / 64))
+        .for_each(|((o, d), mask)| {
+            for ((o, d), &bits) in o.chunks_mut(64).zip(d.chunks(64)).zip(mask) {
+                for (i, (o, &d)) in o.iter_mut().zip(d).enumerate() {
+                    *o = T::select(bits >> i & 1 == 1, d, T::zero());
+                }
+            }
+        });
+    out
 }
 
 impl Kernels {
@@ -251,8 +269,7 @@ impl Kernels {
             }
             .into());
         }
-        let mut d = dout.to_owned();
-        mask_in_place(d.data_mut(), &cache.mask);
+        let d = Tensor::new(masked(dout.data(), &cache.mask), dout.shape())?;
         let c = &cache.norm;
         Ok(match (cache.which, self) {
             (NormWhich::Batch, Kernels::Fast) => fl::batchnorm_backward(&d, c)?,
