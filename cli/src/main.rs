@@ -42,6 +42,9 @@ struct TrainArgs {
     /// 49000 / 1000 / 1000 as get_CIFAR10_data. Default: the embedded Fashion-MNIST slice.
     #[arg(long, value_name = "DIR")]
     cifar10: Option<std::path::PathBuf>,
+    /// With --cifar10: training, validation and test images, comma-separated.
+    #[arg(long, default_value = "49000,1000,1000", value_name = "NTRAIN,NVAL,NTEST")]
+    cifar10_split: String,
     /// Train on the first N training images only (the notebook's small data).
     #[arg(long, value_name = "N")]
     num_train: Option<usize>,
@@ -119,6 +122,21 @@ fn run_train(a: TrainArgs) -> ExitCode {
     };
     let parsed = fastlayers_cli::train::parse_dims(&a.hidden_dims)
         .and_then(|d| fastlayers_cli::train::parse_norm(&a.normalization).map(|n| (d, n)));
+    let split = match fastlayers_cli::train::parse_dims(&a.cifar10_split) {
+        Ok(v) if v.len() == 3 => fastlayers_nn::data::Split {
+            num_training: v[0],
+            num_validation: v[1],
+            num_test: v[2],
+        },
+        Ok(v) => {
+            eprintln!("error: cifar10-split: expected NTRAIN,NVAL,NTEST, found {v:?}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: cifar10-split: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (hidden_dims, normalization) = match parsed {
         Ok(v) => v,
         Err(e) => {
@@ -129,6 +147,7 @@ fn run_train(a: TrainArgs) -> ExitCode {
     let o = fastlayers_cli::train::TrainOptions {
         model: a.model,
         cifar10: a.cifar10,
+        split,
         num_train: a.num_train,
         dtype: a.dtype,
         update_rule: rule,

@@ -24,6 +24,8 @@ pub struct TrainOptions {
     pub model: String,
     /// CIFAR-10's binary directory; None: the embedded Fashion-MNIST slice.
     pub cifar10: Option<PathBuf>,
+    /// The CIFAR-10 split (49000 / 1000 / 1000).
+    pub split: Split,
     /// Use only the first this many training samples (the notebook's small_data).
     pub num_train: Option<usize>,
     /// "f32" or "f64".
@@ -90,7 +92,7 @@ pub fn run(o: &TrainOptions) -> Result<f64> {
 
 fn run_typed<T: Float>(o: &TrainOptions) -> Result<f64> {
     let mut d: Dataset<T> = match &o.cifar10 {
-        Some(dir) => data::load_cifar10(dir, Split::default())?,
+        Some(dir) => data::load_cifar10(dir, o.split)?,
         None => data::embedded(),
     };
     if let Some(n) = o.num_train {

@@ -59,6 +59,7 @@ pub fn training_curves(
         c.configure_mesh()
             .x_desc("iteration")
             .y_desc("loss")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|e| plot_err(path, e))?;
@@ -77,8 +78,10 @@ pub fn training_curves(
             .build_cartesian_2d(0f64..((n - 1) as f64), 0f64..1f64)
             .map_err(|e| plot_err(path, e))?;
         c.configure_mesh()
-            .x_desc("accuracy check (first iteration, then every epoch)")
+            .x_desc("epoch (accuracy checked at the first iteration and every epoch's end)")
             .y_desc("accuracy")
+            .x_labels((n - 1).clamp(2, 20))
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|e| plot_err(path, e))?;
