@@ -43,7 +43,11 @@ struct TrainArgs {
     #[arg(long, value_name = "DIR")]
     cifar10: Option<std::path::PathBuf>,
     /// With --cifar10: training, validation and test images, comma-separated.
-    #[arg(long, default_value = "49000,1000,1000", value_name = "NTRAIN,NVAL,NTEST")]
+    #[arg(
+        long,
+        default_value = "49000,1000,1000",
+        value_name = "NTRAIN,NVAL,NTEST"
+    )]
     cifar10_split: String,
     /// Train on the first N training images only (the notebook's small data).
     #[arg(long, value_name = "N")]

@@ -8,9 +8,7 @@
 use fastlayers_nn::data::{self, RawImages};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args()
-        .nth(1)
-        .ok_or("usage: write_cifar10 DIR")?;
+    let dir = std::env::args().nth(1).ok_or("usage: write_cifar10 DIR")?;
     let dir = std::path::Path::new(&dir);
     std::fs::create_dir_all(dir)?;
     let raw = data::embedded_raw();
