@@ -111,7 +111,7 @@ pub use norm::{
     spatial_batchnorm_forward_naive, spatial_groupnorm_backward, spatial_groupnorm_backward_naive,
     spatial_groupnorm_forward, spatial_groupnorm_forward_naive,
 };
-pub use parallel::Parallelism;
+pub use parallel::{MAX_THREADS, Parallelism};
 pub use params::{ConvGeom, ConvParam, PoolGeom, PoolParam};
 pub use pool::{
     PoolCache, PoolPath, PoolPlan, max_pool_backward_fast, max_pool_backward_naive,

@@ -26,13 +26,19 @@ pub enum Parallelism<'a> {
     Current,
     /// Strictly on the calling thread: no rayon worker is involved.
     Sequential,
-    /// Exactly this many threads: the calling thread and helpers from a pool of one thread fewer
-    /// (built once per count and kept).
+    /// Exactly this many threads (at most [`MAX_THREADS`]; more are capped, which changes no
+    /// result): the calling thread and helpers from a pool of one thread fewer (built once per
+    /// count and kept).
     Threads(usize),
     /// The caller's own pool: its threads, or (called from outside it) the calling thread and
     /// all but one of them.
     Pool(&'a ThreadPool),
 }
+
+/// The most threads a kernel call uses: `Threads(n)` above it runs on this many. Far above any
+/// core count this crate is tuned for, and low enough that a workspace query (threads x slot)
+/// cannot overflow for a plan that validated and that no call spawns thousands of OS threads.
+pub const MAX_THREADS: usize = 256;
 
 /// The pool of `n` helper threads for `Threads(n + 1)`.
 fn pool_of(n: usize) -> Arc<ThreadPool> {
@@ -73,7 +79,7 @@ impl Parallelism<'_> {
         match self {
             Parallelism::Current => rayon::current_num_threads(),
             Parallelism::Sequential => 1,
-            Parallelism::Threads(n) => (*n).max(1),
+            Parallelism::Threads(n) => (*n).clamp(1, MAX_THREADS),
             Parallelism::Pool(p) => p.current_num_threads(),
         }
     }

@@ -455,13 +455,21 @@ impl<T: Float> ConvPlan<T> {
         self.algos.s.level()
     }
 
-    /// Exact workspace (elements of T) [`ConvPlan::forward_into`] needs with `par`'s threads.
+    /// Exact workspace (elements of T) [`ConvPlan::forward_into`] needs with `par`'s threads
+    /// (0 when there is nothing to compute: an empty batch, image, channel or filter set).
     pub fn forward_workspace_len(&self, par: Parallelism<'_>) -> Result<usize> {
+        if empty_work(&self.geom) {
+            return Ok(0);
+        }
         forward_workspace_len(&self.geom, &self.algos, par.threads()).ok_or_else(overflow)
     }
 
-    /// Exact workspace (elements of T) [`ConvPlan::backward_into`] needs with `par`'s threads.
+    /// Exact workspace (elements of T) [`ConvPlan::backward_into`] needs with `par`'s threads
+    /// (0 when there is nothing to compute).
     pub fn backward_workspace_len(&self, par: Parallelism<'_>) -> Result<usize> {
+        if empty_work(&self.geom) {
+            return Ok(0);
+        }
         backward_workspace_len(&self.geom, &self.algos, par.threads()).ok_or_else(overflow)
     }
 
@@ -498,6 +506,14 @@ impl<T: Float> ConvPlan<T> {
             self.forward_workspace_len(par)?,
             "ConvPlan::forward_workspace_len",
         )?;
+        if empty_work(g) {
+            // No input element or no filter tap: every output is its filter's bias.
+            let p = g.pixels();
+            for (o, chunk) in out.data_mut().chunks_mut(p.max(1)).enumerate() {
+                chunk.fill(b.data()[o % g.f.max(1)]);
+            }
+            return Ok(());
+        }
         super::forward::forward_into(
             g,
             &self.algos,
@@ -543,6 +559,11 @@ impl<T: Float> ConvPlan<T> {
             self.backward_workspace_len(par)?,
             "ConvPlan::backward_workspace_len",
         )?;
+        if empty_work(g) {
+            dx.data_mut().fill(T::zero());
+            empty_weight_grads(g, dout.data(), dw.data_mut(), db.data_mut());
+            return Ok(());
+        }
         super::backward::backward_into(
             g,
             &self.algos,
@@ -585,6 +606,10 @@ impl<T: Float> ConvPlan<T> {
             self.backward_workspace_len(par)?,
             "ConvPlan::backward_workspace_len",
         )?;
+        if empty_work(g) {
+            empty_weight_grads(g, dout.data(), dw.data_mut(), db.data_mut());
+            return Ok(());
+        }
         super::backward::backward_into(
             g,
             &self.algos,
@@ -658,5 +683,30 @@ where
             .field("dx", &format_args!("{}", d(Direction::DataGrad)))
             .field("dw", &format_args!("{}", d(Direction::WeightGrad)))
             .finish()
+    }
+}
+
+/// Whether a convolution has nothing to multiply: an empty batch, input plane, channel set,
+/// filter set or output plane. The kernels' tilings assume non-empty extents (a zero chunk
+/// size, a slice start past the end), and their workspace would be sized for work that is
+/// never done (an empty batch of 2^30 x 2^30 images asked for 2^61 elements), so these shapes
+/// take the direct definition instead.
+pub(crate) fn empty_work(g: &ConvGeom) -> bool {
+    [g.n, g.c, g.h, g.w, g.f, g.ho, g.wo].contains(&0)
+}
+
+/// dw and db when there is nothing to multiply: dw = 0 (a sum over no input element or no
+/// output), db[f] = the sum of dout over its images and pixels (in f64, as the kernels).
+fn empty_weight_grads<T: Float>(g: &ConvGeom, dout: &[T], dw: &mut [T], db: &mut [T]) {
+    dw.fill(T::zero());
+    let p = g.pixels();
+    let mut acc = vec![0.0f64; g.f];
+    if p > 0 {
+        for (o, chunk) in dout.chunks(p).enumerate() {
+            acc[o % g.f] += chunk.iter().fold(0.0, |s, v| s + v.to_f());
+        }
+    }
+    for (d, a) in db.iter_mut().zip(acc) {
+        *d = T::from_f(a);
     }
 }
