@@ -50,6 +50,17 @@ pub enum Error {
         /// What it was given.
         found: String,
     },
+    /// A buffer the call needs could not be allocated (the allocator refused, or its size in
+    /// bytes exceeds isize::MAX): reported instead of aborting the process.
+    #[error("{arg}: cannot allocate {elems} elements of {elem_bytes} bytes")]
+    Alloc {
+        /// The buffer (output or workspace) that could not be allocated.
+        arg: &'static str,
+        /// Its element count.
+        elems: usize,
+        /// Bytes per element.
+        elem_bytes: usize,
+    },
     /// Size arithmetic (element counts, padded extents, workspace bytes) overflows usize.
     #[error("{arg}: size arithmetic overflows ({what})")]
     Overflow {
@@ -92,7 +103,8 @@ impl Error {
             | Error::Param { arg, .. }
             | Error::Label { arg, .. }
             | Error::Cache { arg, .. }
-            | Error::Overflow { arg, .. } => arg,
+            | Error::Overflow { arg, .. }
+            | Error::Alloc { arg, .. } => arg,
         }
     }
 }
@@ -143,6 +155,19 @@ pub(crate) fn checked_numel(arg: &'static str, shape: &[usize]) -> Result<usize>
             what: format!("element count of {}", fmt_shape(shape)),
         })
     })
+}
+
+/// `n` copies of `value`, or [`Error::Alloc`] naming `arg` when the allocator refuses (never an
+/// abort on allocation failure, never a capacity-overflow panic).
+pub(crate) fn try_filled<T: Clone>(arg: &'static str, n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::Alloc {
+        arg,
+        elems: n,
+        elem_bytes: std::mem::size_of::<T>(),
+    })?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 pub(crate) fn overflow(arg: &'static str, what: impl Display) -> Error {

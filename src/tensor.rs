@@ -52,7 +52,7 @@ impl<T: Copy> Tensor<T> {
     pub fn full(shape: &[usize], value: T) -> Result<Self> {
         let n = checked_numel("shape", shape)?;
         Ok(Tensor {
-            data: vec![value; n],
+            data: crate::error::try_filled("shape", n, value)?,
             shape: shape.to_vec(),
         })
     }

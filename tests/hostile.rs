@@ -138,3 +138,24 @@ fn absurd_thread_counts_are_capped() {
         .unwrap();
     assert_eq!(out.data(), out1.data());
 }
+
+#[test]
+fn buffers_the_allocator_refuses_are_errors_not_aborts() {
+    // 2^62 bytes: a size Rust accepts, which no allocator here can give.
+    let e = Tensor::<f32>::zeros(&[1 << 40, 1 << 20]).unwrap_err();
+    assert!(matches!(e, Error::Alloc { arg: "shape", .. }), "{e}");
+    // Past isize::MAX bytes: formerly a capacity-overflow panic.
+    let e = Tensor::<f64>::zeros(&[1 << 61, 4]).unwrap_err();
+    assert!(matches!(e, Error::Alloc { .. }), "{e}");
+    // A one-pixel image padded to 2^29 x 2^29: the output alone is 2^58 elements.
+    let x = Tensor::<f32>::zeros(&[1, 1, 1, 1]).unwrap();
+    let w = Tensor::<f32>::zeros(&[1, 1, 1, 1]).unwrap();
+    let b = Tensor::<f32>::zeros(&[1]).unwrap();
+    let e = conv_forward_fast(&x, &w, &b, &ConvParam::new(1, 1 << 28)).unwrap_err();
+    assert!(
+        matches!(e, Error::Alloc { .. } | Error::Overflow { .. }),
+        "{e}"
+    );
+    let e = max_pool_forward_fast(&x, &PoolParam::new(1, 1, 1).with_pad(0, 0)).map(|_| ());
+    assert!(e.is_ok());
+}

@@ -174,7 +174,8 @@ pub fn conv_forward_fast<'a, T: Float>(
     let g = ConvGeom::new(x.shape(), w.shape(), b.shape(), conv_param)?;
     let plan = ConvPlan::<T>::from_geom(g);
     let par = Parallelism::Current;
-    let mut ws = vec![T::zero(); plan.forward_workspace_len(par)?];
+    let mut ws =
+        crate::error::try_filled("workspace", plan.forward_workspace_len(par)?, T::zero())?;
     let mut out = Tensor::zeros(&g.out_shape())?;
     plan.forward_into(x, w, b, &mut out, &mut ws, par)?;
     let cache = ConvCache {
@@ -195,7 +196,8 @@ pub fn conv_backward_fast<'a, T: Float>(
     check_backward(&dout, &g)?;
     let plan = ConvPlan::<T>::from_geom(g);
     let par = Parallelism::Current;
-    let mut ws = vec![T::zero(); plan.backward_workspace_len(par)?];
+    let mut ws =
+        crate::error::try_filled("workspace", plan.backward_workspace_len(par)?, T::zero())?;
     let mut dx = Tensor::zeros(&g.x_shape())?;
     let mut dw = Tensor::zeros(&g.w_shape())?;
     let mut db = Tensor::zeros(&[g.f])?;

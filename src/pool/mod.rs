@@ -93,7 +93,7 @@ pub fn max_pool_forward_fast<'a, T: Float>(
     let x = x.into();
     let g = PoolGeom::new(x.shape(), pool_param)?;
     let mut out = Tensor::zeros(&g.out_shape())?;
-    let mut argmax = vec![0u32; out.len()];
+    let mut argmax = crate::error::try_filled("argmax", out.len(), 0u32)?;
     fast::forward_into(
         &g,
         PoolPath::choose(&g),
@@ -126,8 +126,8 @@ pub fn max_pool_backward_fast<'a, T: Float>(
     let idx: &[u32] = match (&cache.argmax, &cache.x) {
         (Some(a), _) => a,
         (None, Some(x)) => {
-            let mut out = vec![T::zero(); dout.len()];
-            let mut a = vec![0u32; dout.len()];
+            let mut out = crate::error::try_filled("out", dout.len(), T::zero())?;
+            let mut a = crate::error::try_filled("argmax", dout.len(), 0u32)?;
             fast::forward_into(g, PoolPath::choose(g), x.data(), &mut out, &mut a, par);
             computed = a;
             &computed
