@@ -329,6 +329,15 @@ impl PoolGeom {
                 format!("({}, {})", p.pad.0, p.pad.1),
             ));
         }
+        // An empty plane with padding would leave windows of padding alone, which have no
+        // maximum (padding is never a candidate). PyTorch refuses empty planes too.
+        if (h == 0 || w == 0) && (p.pad.0 > 0 || p.pad.1 > 0) {
+            return Err(Error::shape(
+                "x",
+                "H >= 1 and W >= 1 when pool_param.pad > 0 (a window of padding alone has no maximum)",
+                format!("{h} x {w}"),
+            ));
+        }
         // Argmax indices are u32 offsets into one input plane.
         if h.checked_mul(w).is_none_or(|hw| hw > u32::MAX as usize) {
             return Err(overflow("x", "H * W must fit the u32 argmax indices"));

@@ -507,10 +507,21 @@ impl<T: Float> ConvPlan<T> {
             "ConvPlan::forward_workspace_len",
         )?;
         if empty_work(g) {
-            // No input element or no filter tap: every output is its filter's bias.
+            // Every tap of every output is padding (or there are none): out = bias + the sum
+            // of 0 * w over the filter's taps, which is the bias, or NaN where a weight is not
+            // finite (as the reference, and the kernels on a non-empty input, give).
             let p = g.pixels();
+            let kf = g.cg() * g.kh * g.kw;
+            let zero_terms: Vec<T> = (0..g.f)
+                .map(|f| {
+                    w.data()[f * kf..(f + 1) * kf]
+                        .iter()
+                        .fold(T::zero(), |a, &v| a + T::zero() * v)
+                })
+                .collect();
             for (o, chunk) in out.data_mut().chunks_mut(p.max(1)).enumerate() {
-                chunk.fill(b.data()[o % g.f.max(1)]);
+                let f = o % g.f.max(1);
+                chunk.fill(b.data()[f] + zero_terms[f]);
             }
             return Ok(());
         }
@@ -698,13 +709,20 @@ pub(crate) fn empty_work(g: &ConvGeom) -> bool {
 /// dw and db when there is nothing to multiply: dw = 0 (a sum over no input element or no
 /// output), db[f] = the sum of dout over its images and pixels (in f64, as the kernels).
 fn empty_weight_grads<T: Float>(g: &ConvGeom, dout: &[T], dw: &mut [T], db: &mut [T]) {
-    dw.fill(T::zero());
     let p = g.pixels();
     let mut acc = vec![0.0f64; g.f];
+    // dw = the sum of 0 * dout over the outputs: 0, or NaN where a dout is not finite.
+    let mut zero_terms = vec![T::zero(); g.f];
     if p > 0 {
         for (o, chunk) in dout.chunks(p).enumerate() {
             acc[o % g.f] += chunk.iter().fold(0.0, |s, v| s + v.to_f());
+            let z = &mut zero_terms[o % g.f];
+            *z = chunk.iter().fold(*z, |s, &v| s + T::zero() * v);
         }
+    }
+    let kf = g.cg() * g.kh * g.kw;
+    for (f, z) in zero_terms.iter().enumerate() {
+        dw[f * kf..(f + 1) * kf].fill(*z);
     }
     for (d, a) in db.iter_mut().zip(acc) {
         *d = T::from_f(a);

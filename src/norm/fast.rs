@@ -269,9 +269,29 @@ fn prefetch_lines<T>(v: &[T]) {
     }
 }
 
+/// Whether a coefficient that is finite in f64 is not in T: 1 / sqrt(var + eps) of a group
+/// with (near) zero variance, a subnormal spread or a tiny eps exceeds f32's range (found by
+/// the fuzzer: (x - m) * inf gave NaN where the reference's f64 gives beta).
+#[inline(always)]
+fn overflows_in<T: Float>(c: &[f64]) -> bool {
+    c.iter()
+        .any(|&v| v.is_finite() && !T::from_f(v).is_finite())
+}
+
+/// out[i] = f(i) computed in f64 and rounded once: the rare path for coefficients T cannot hold.
+#[cold]
+fn f64_run<T: Float>(out: &mut [T], f: impl Fn(usize) -> f64) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = T::from_f(f(i));
+    }
+}
+
 /// out = (x - m) * a + b, in T with the split mean.
 #[inline(always)]
 fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64, nt: bool) {
+    if overflows_in::<T>(&[a, b]) {
+        return f64_run(out, |i| (x[i].to_f() - m) * a + b);
+    }
     let (hi, lo) = split::<T>(m);
     let (a, b) = (T::from_f(a), T::from_f(b));
     if nt {
@@ -286,6 +306,25 @@ fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64, nt: bool
 /// dx = k1 * dy + k2 * (x - m) + k3, in T with the split mean.
 #[inline(always)]
 fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64), nt: bool) {
+    if k.1 == 0.0 {
+        // Test-mode statistics: dx = k1 * dy + k3 does not depend on x, and must not read it
+        // (0 * (inf - m) is NaN; found by the fuzzer with an infinite input in test mode).
+        if overflows_in::<T>(&[k.0, k.2]) {
+            return f64_run(dx, |i| k.0 * dy[i].to_f() + k.2);
+        }
+        let (k1, k3) = (T::from_f(k.0), T::from_f(k.2));
+        if nt {
+            let dy = &dy[..dx.len()];
+            return stream_run(dx, |i| k1 * dy[i] + k3);
+        }
+        for (o, &d) in dx.iter_mut().zip(dy) {
+            *o = k1 * d + k3;
+        }
+        return;
+    }
+    if overflows_in::<T>(&[k.0, k.1, k.2]) {
+        return f64_run(dx, |i| k.0 * dy[i].to_f() + k.1 * (x[i].to_f() - m) + k.2);
+    }
     let (hi, lo) = split::<T>(m);
     let (k1, k2, k3) = (T::from_f(k.0), T::from_f(k.1), T::from_f(k.2));
     if nt {
@@ -460,9 +499,10 @@ multiversion! {
             sdx += gm.to_f() * a;
             sdxx += gm.to_f() * b;
         }
-        // sum dxhat = sdx, sum dxhat * xhat = sdxx * inv
+        // sum dxhat = sdx, sum dxhat * xhat = sdxx * inv (times inv three times: see the
+        // channel path)
         let (k2, k3) = if batch {
-            (-inv * inv * inv * sdxx / cnt, -inv * sdx / cnt)
+            (-(sdxx / cnt) * inv * inv * inv, -inv * sdx / cnt)
         } else {
             (0.0, 0.0)
         };
@@ -618,11 +658,14 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
                 dgamma[ch] = T::from_f(sdyx * inv);
                 dbeta[ch] = T::from_f(sdy);
                 if batch {
-                    // dx = inv*gm*dy - inv*gm*sdy/cnt - (x-m)*inv^3*gm*sdyx/cnt
+                    // dx = inv*gm*dy - inv*gm*sdy/cnt - (x-m)*inv^3*gm*sdyx/cnt. The sum is
+                    // multiplied by inv three times, not by inv^3: with a zero-variance input
+                    // and a tiny eps, inv^3 overflows while the sum is 0 (inf * 0 = NaN, where
+                    // the reference's xhat form gives a finite dx; found by the fuzzer).
                     (
                         mean[ch],
                         inv * gm,
-                        -inv * inv * inv * gm * sdyx / cnt,
+                        -(gm * sdyx / cnt) * inv * inv * inv,
                         -inv * gm * sdy / cnt,
                     )
                 } else {

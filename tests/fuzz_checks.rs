@@ -1,0 +1,44 @@
+//! The fuzz targets' checks (fuzz/src/checks.rs) on stable, in the ordinary test run: each
+//! target over its seed corpus (fuzz/corpus/<target>/) and 1,500 generated inputs, so the
+//! harness itself is exercised on every CI run whether or not cargo-fuzz is installed.
+
+#[allow(dead_code)]
+#[path = "../fuzz/src/checks.rs"]
+mod checks;
+
+fn run(target: &str, check: fn(&[u8])) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            check(&std::fs::read(e.path()).unwrap());
+        }
+    }
+    let mut rng = fastlayers::Rng::new(target.len() as u64);
+    for i in 0..1500 {
+        let len = rng.below(64 + i % 512);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+        check(&bytes);
+    }
+}
+
+#[test]
+fn conv() {
+    run("conv", checks::conv);
+}
+
+#[test]
+fn pool() {
+    run("pool", checks::pool);
+}
+
+#[test]
+fn norm() {
+    run("norm", checks::norm);
+}
+
+#[test]
+fn dense() {
+    run("dense", checks::dense);
+}
