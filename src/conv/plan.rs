@@ -556,37 +556,16 @@ impl<T: Float> ConvPlan<T> {
     where
         T: 'a + 'o,
     {
-        let (x, w, dout) = (x.into(), w.into(), dout.into());
-        let (mut dx, mut dw, mut db) = (dx.into(), dw.into(), db.into());
-        let g = &self.geom;
-        expect_shape("x", x.shape(), &g.x_shape())?;
-        expect_shape("w", w.shape(), &g.w_shape())?;
-        expect_shape("dout", dout.shape(), &g.out_shape())?;
-        expect_shape("dx", dx.shape(), &g.x_shape())?;
-        expect_shape("dw", dw.shape(), &g.w_shape())?;
-        expect_shape("db", db.shape(), &[g.f])?;
-        check_ws(
-            workspace,
-            self.backward_workspace_len(par)?,
-            "ConvPlan::backward_workspace_len",
-        )?;
-        if empty_work(g) {
-            dx.data_mut().fill(T::zero());
-            empty_weight_grads(g, dout.data(), dw.data_mut(), db.data_mut());
-            return Ok(());
-        }
-        super::backward::backward_into(
-            g,
-            &self.algos,
-            x.data(),
-            dout.data(),
-            Some((w.data(), dx.data_mut())),
-            dw.data_mut(),
-            db.data_mut(),
+        let (w, mut dx) = (w.into(), dx.into());
+        self.backward_with(
+            x.into(),
+            dout.into(),
+            Some((w, &mut dx)),
+            dw.into(),
+            db.into(),
             workspace,
             par,
-        );
-        Ok(())
+        )
     }
 
     /// Backward for the weights only: dw (like w) and db (F,) from the forward's x and dout,
@@ -605,11 +584,39 @@ impl<T: Float> ConvPlan<T> {
     where
         T: 'a + 'o,
     {
-        let (x, dout) = (x.into(), dout.into());
-        let (mut dw, mut db) = (dw.into(), db.into());
+        self.backward_with(
+            x.into(),
+            dout.into(),
+            None,
+            dw.into(),
+            db.into(),
+            workspace,
+            par,
+        )
+    }
+
+    /// Both backward entry points: validation in argument order (x, w, dout, dx, dw, db,
+    /// workspace) before any write, then the kernels (dx only when `wdx` is given).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_with(
+        &self,
+        x: TensorView<'_, T>,
+        dout: TensorView<'_, T>,
+        mut wdx: Option<(TensorView<'_, T>, &mut TensorViewMut<'_, T>)>,
+        mut dw: TensorViewMut<'_, T>,
+        mut db: TensorViewMut<'_, T>,
+        workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()> {
         let g = &self.geom;
         expect_shape("x", x.shape(), &g.x_shape())?;
+        if let Some((w, _)) = &wdx {
+            expect_shape("w", w.shape(), &g.w_shape())?;
+        }
         expect_shape("dout", dout.shape(), &g.out_shape())?;
+        if let Some((_, dx)) = &wdx {
+            expect_shape("dx", dx.shape(), &g.x_shape())?;
+        }
         expect_shape("dw", dw.shape(), &g.w_shape())?;
         expect_shape("db", db.shape(), &[g.f])?;
         check_ws(
@@ -618,6 +625,9 @@ impl<T: Float> ConvPlan<T> {
             "ConvPlan::backward_workspace_len",
         )?;
         if empty_work(g) {
+            if let Some((_, dx)) = wdx.as_mut() {
+                dx.data_mut().fill(T::zero());
+            }
             empty_weight_grads(g, dout.data(), dw.data_mut(), db.data_mut());
             return Ok(());
         }
@@ -626,7 +636,7 @@ impl<T: Float> ConvPlan<T> {
             &self.algos,
             x.data(),
             dout.data(),
-            None,
+            wdx.as_mut().map(|(w, dx)| (w.data(), dx.data_mut())),
             dw.data_mut(),
             db.data_mut(),
             workspace,
