@@ -460,3 +460,147 @@ fn fast_f32_norms_stay_accurate_for_large_offset_data() {
         spatial_groupnorm_forward_naive(&x, &one, &zero, 1, &NormParam::default()).unwrap();
     assert_close("gn out", &out_f, &out_r, 1e-6);
 }
+
+// ---------- convolution on non-finite data ----------
+
+/// NaN, +inf, -inf or finite: the class of a value, which every algorithm must share with the
+/// reference (finite values agree within tolerance; tests/fast_vs_reference.rs checks those).
+fn class(v: f64) -> i8 {
+    if v.is_nan() {
+        2
+    } else if v == f64::INFINITY {
+        1
+    } else if v == f64::NEG_INFINITY {
+        -1
+    } else {
+        0
+    }
+}
+
+#[test]
+fn conv_nan_and_infinity_positions_are_the_references_on_every_algorithm() {
+    // 3 x 3, stride 1, pad 1: every algorithm can run it (Winograd, direct dx, im2col). One
+    // infinite weight at a corner tap: the direct dx used to form 0 * inf on the border rows,
+    // whose taps lie outside the output (NaN where the reference is finite); Winograd's
+    // transforms used to turn a tile holding an infinity into NaN.
+    let (n, c, f, h) = (2, 16, 16, 8);
+    let p = ConvParam::new(1, 1);
+    let mut rng = Rng::new(7);
+    let x = Tensor::<f64>::from_fn(&[n, c, h, h], |_| 2.0 * rng.uniform() - 1.0).unwrap();
+    let w = Tensor::<f64>::from_fn(&[f, c, 3, 3], |_| 2.0 * rng.uniform() - 1.0).unwrap();
+    let b = Tensor::<f64>::zeros(&[f]).unwrap();
+    let dout = Tensor::<f64>::from_fn(&[n, f, h, h], |_| 2.0 * rng.uniform() - 1.0).unwrap();
+    let cases: [(&str, usize); 4] = [("w", 0), ("x", 1), ("dout", 2), ("none", 3)];
+    for (what, which) in cases {
+        let (mut x, mut w, mut dout) = (x.clone(), w.clone(), dout.clone());
+        match which {
+            0 => w.data_mut()[3 * 9 + 8] = f64::INFINITY,
+            1 => x.data_mut()[5 * h * h + 3 * h + 4] = f64::NEG_INFINITY,
+            2 => dout.data_mut()[f * h * h + 2 * h + 2] = f64::INFINITY,
+            _ => {}
+        }
+        let (out_r, cache) = conv_forward_naive(&x, &w, &b, &p).unwrap();
+        let (dx_r, dw_r, _) = conv_backward_naive(&dout, &cache).unwrap();
+        let base = ConvPlan::<f64>::new(x.shape(), w.shape(), &p).unwrap();
+        for alg in [
+            ConvAlgorithm::Im2col,
+            ConvAlgorithm::Direct,
+            ConvAlgorithm::Winograd,
+        ] {
+            let plan = [
+                ConvDirection::Forward,
+                ConvDirection::DataGrad,
+                ConvDirection::WeightGrad,
+            ]
+            .iter()
+            .try_fold(base, |pl, &d| pl.with_algorithm(d, alg));
+            let plan = match plan {
+                Ok(pl) => pl,
+                // Only the portable level lacks the explicit kernels these paths need.
+                Err(_) if base.simd_level() == fastlayers::cpu::SimdLevel::Portable => continue,
+                Err(e) => panic!("{alg:?} cannot run 3x3 pad 1: {e}"),
+            };
+            let par = Parallelism::Sequential;
+            // Sized from the plan: it must cover the im2col fallback too.
+            let mut ws = vec![0.0; plan.workspace_len(par).unwrap()];
+            let mut out = Tensor::zeros(out_r.shape()).unwrap();
+            plan.forward_into(&x, &w, &b, &mut out, &mut ws, par)
+                .unwrap();
+            let (mut dx, mut dw, mut db) = (
+                Tensor::zeros(x.shape()).unwrap(),
+                Tensor::zeros(w.shape()).unwrap(),
+                Tensor::zeros(&[f]).unwrap(),
+            );
+            plan.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws, par)
+                .unwrap();
+            for (name, fast, r) in [
+                ("out", &out, &out_r),
+                ("dx", &dx, &dx_r),
+                ("dw", &dw, &dw_r),
+            ] {
+                for (i, (&a, &e)) in fast.data().iter().zip(r.data()).enumerate() {
+                    assert_eq!(
+                        class(a),
+                        class(e),
+                        "{alg:?}, non-finite {what}: {name}[{i}] = {a} vs reference {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn eps_zero_on_constant_input_is_nan_as_documented() {
+    // BnParam::eps / NormParam::eps: a zero-variance group with eps = 0 gives NaN (0 * inf),
+    // reference and fast alike; any eps > 0 keeps it finite.
+    let x = Tensor::full(&[4, 3], 2.5f64).unwrap();
+    let (g, b) = (
+        Tensor::full(&[3], 1.0).unwrap(),
+        Tensor::zeros(&[3]).unwrap(),
+    );
+    for eps in [0.0, 1e-5] {
+        let mut p = BnParam::train();
+        p.eps = eps;
+        let (r, cache) = batchnorm_forward_naive(&x, &g, &b, &mut p.clone()).unwrap();
+        let (f, fcache) = batchnorm_forward(&x, &g, &b, &mut p).unwrap();
+        let dout = Tensor::full(&[4, 3], 1.0).unwrap();
+        let (dxr, _, _) = batchnorm_backward_naive(&dout, &cache).unwrap();
+        let (dxf, _, _) = batchnorm_backward(&dout, &fcache).unwrap();
+        let (ln, _) = layernorm_forward(&x, &g, &b, &NormParam { eps }).unwrap();
+        for t in [&r, &f, &dxr, &dxf, &ln] {
+            assert!(
+                t.data().iter().all(|v| v.is_nan() == (eps == 0.0)),
+                "eps {eps}: {:?}",
+                t.data()
+            );
+        }
+    }
+}
+
+#[test]
+fn non_finite_scores_follow_the_documented_loss_semantics() {
+    let x = |row: [f64; 3]| Tensor::new(row.to_vec(), &[1, 3]).unwrap();
+    let inf = f64::INFINITY;
+    // +inf or NaN anywhere: NaN loss and dx.
+    for row in [[inf, 0.0, 1.0], [f64::NAN, 0.0, 1.0]] {
+        let (l, dx) = softmax_loss(&x(row), &[1]).unwrap();
+        assert!(
+            l.is_nan() && dx.data().iter().all(|v| v.is_nan()),
+            "{row:?}"
+        );
+    }
+    // -inf off the label: probability 0, the loss of the other two scores.
+    let (l, dx) = softmax_loss(&x([-inf, 0.0, 1.0]), &[1]).unwrap();
+    let expect = -(0.0f64 - (1.0f64.exp() + 1.0).ln());
+    assert!(
+        (l - expect).abs() < 1e-15 && dx.data()[0] == 0.0,
+        "{l} {dx:?}"
+    );
+    // -inf on the label: loss +inf, dx finite.
+    let (l, dx) = softmax_loss(&x([-inf, 0.0, 1.0]), &[0]).unwrap();
+    assert!(l == inf && dx.data().iter().all(|v| v.is_finite()));
+    // A row of -inf: NaN.
+    let (l, _) = softmax_loss(&x([-inf; 3]), &[0]).unwrap();
+    assert!(l.is_nan());
+}

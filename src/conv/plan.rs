@@ -205,6 +205,59 @@ impl Algos {
         Some(a)
     }
 
+    /// Every direction on im2col: the path that forms exactly the reference's products, so its
+    /// NaN and infinity positions are the reference's for any data.
+    pub(crate) fn im2col(self) -> Algos {
+        use ConvAlgorithm::Im2col;
+        Algos {
+            fwd: Im2col,
+            dx: Im2col,
+            dw: Im2col,
+            ..self
+        }
+    }
+
+    /// The forward's algorithm for this data: Winograd's transforms add and subtract a tile's
+    /// inputs (x) and a filter's taps (w), so one infinity among them turns the whole tile's
+    /// outputs to NaN (inf - inf) where the reference has infinities or finite values; on
+    /// such data the forward runs im2col.
+    pub(crate) fn for_forward<T: Float>(self, x: &[T], w: &[T]) -> Algos {
+        if self.fwd == ConvAlgorithm::Winograd && !(all_finite(w) && all_finite(x)) {
+            return Algos {
+                fwd: ConvAlgorithm::Im2col,
+                ..self
+            };
+        }
+        self
+    }
+
+    /// The backward's algorithms for this data. Winograd dx mixes dout's tiles and w's taps,
+    /// Winograd dw x's tiles and dout's; the direct dx correlates the zero-padded dout with
+    /// every tap, forming 0 * w for taps whose output lies outside the image, which the
+    /// reference never forms (0 * inf = NaN at the border). Where the data could make them
+    /// differ from the reference's NaN positions, those directions run im2col. `w` is None
+    /// when there is no dx.
+    pub(crate) fn for_backward<T: Float>(self, x: &[T], w: Option<&[T]>, dout: &[T]) -> Algos {
+        use ConvAlgorithm::*;
+        let mut a = self;
+        let mut dout_ok = None;
+        let mut dout_finite = || *dout_ok.get_or_insert_with(|| all_finite(dout));
+        if let Some(w) = w {
+            let keep = match a.dx {
+                Winograd => all_finite(w) && dout_finite(),
+                Direct => all_finite(w),
+                Im2col => true,
+            };
+            if !keep {
+                a.dx = Im2col;
+            }
+        }
+        if a.dw == Winograd && !(dout_finite() && all_finite(x)) {
+            a.dw = Im2col;
+        }
+        a
+    }
+
     /// The forward's Winograd problem, where the forward runs Winograd.
     pub(crate) fn wino_fwd(&self, g: &ConvGeom) -> Option<Wino> {
         (self.fwd == ConvAlgorithm::Winograd).then(|| fwd_wino(g, self.s))
@@ -311,21 +364,34 @@ pub(super) fn staged_len(g: &ConvGeom, a: &Algos) -> usize {
     dw_chunks(g) * dw_part_len(g, a)
 }
 
-/// Exact workspace (elements of T) the forward needs with `threads` threads; None on overflow.
+/// Exact workspace (elements of T) the forward needs with `threads` threads, for the plan's
+/// algorithms and for the im2col path a call on non-finite data falls back to
+/// (`Algos::for_forward`); None on overflow.
 pub(super) fn forward_workspace_len(g: &ConvGeom, a: &Algos, threads: usize) -> Option<usize> {
+    let b = a.im2col();
     threads
         .max(1)
-        .checked_mul(fwd_slot_len(g, a))?
-        .checked_add(packed_w_len(g, a))
+        .checked_mul(fwd_slot_len(g, a).max(fwd_slot_len(g, &b)))?
+        .checked_add(packed_w_len(g, a).max(packed_w_len(g, &b)))
 }
 
-/// Exact workspace (elements of T) the backward needs with `threads` threads; None on overflow.
+/// Exact workspace (elements of T) the backward needs with `threads` threads, for the plan's
+/// algorithms and any mix of them with the im2col fallback (`Algos::for_backward`): each part
+/// is the larger of the two, and a mix needs no more than that part by part; None on overflow.
 pub(super) fn backward_workspace_len(g: &ConvGeom, a: &Algos, threads: usize) -> Option<usize> {
+    let b = a.im2col();
     threads
         .max(1)
-        .checked_mul(bwd_slot_len(g, a))?
-        .checked_add(staged_len(g, a))?
-        .checked_add(packed_w_len(g, a))
+        .checked_mul(bwd_slot_len(g, a).max(bwd_slot_len(g, &b)))?
+        .checked_add(staged_len(g, a).max(staged_len(g, &b)))?
+        .checked_add(packed_w_len(g, a).max(packed_w_len(g, &b)))
+}
+
+/// Whether every value is finite. Branch-free within a block so that it vectorises: a pass
+/// over the data at memory speed, against the convolution's KH*KW*F multiply-adds per value.
+fn all_finite<T: Float>(v: &[T]) -> bool {
+    v.chunks(256)
+        .all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()))
 }
 
 /// Whether dx's GEMM should read dout in place rather than pack it. An in-place B tile is fg
@@ -441,7 +507,10 @@ impl<T: Float> ConvPlan<T> {
         &self.geom
     }
 
-    /// The algorithm direction `dir` runs.
+    /// The algorithm direction `dir` runs on finite data. A call whose data holds a NaN or an
+    /// infinity that this algorithm would spread differently from the reference (Winograd's
+    /// transforms, the direct dx's border taps) runs that direction on im2col instead, so the
+    /// NaN and infinity positions are always the reference's; the workspace queries cover both.
     pub fn algorithm(&self, dir: Direction) -> ConvAlgorithm {
         match dir {
             Direction::Forward => self.algos.fwd,
@@ -527,7 +596,7 @@ impl<T: Float> ConvPlan<T> {
         }
         super::forward::forward_into(
             g,
-            &self.algos,
+            &self.algos.for_forward(x.data(), w.data()),
             x.data(),
             w.data(),
             b.data(),
@@ -631,9 +700,12 @@ impl<T: Float> ConvPlan<T> {
             empty_weight_grads(g, dout.data(), dw.data_mut(), db.data_mut());
             return Ok(());
         }
+        let a = self
+            .algos
+            .for_backward(x.data(), wdx.as_ref().map(|(w, _)| w.data()), dout.data());
         super::backward::backward_into(
             g,
-            &self.algos,
+            &a,
             x.data(),
             dout.data(),
             wdx.as_mut().map(|(w, dx)| (w.data(), dx.data_mut())),
