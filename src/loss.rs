@@ -30,6 +30,12 @@ fn check(x: &TensorView<'_, impl Float>, y: &[usize]) -> Result<(usize, usize)> 
 
 /// Softmax (cross-entropy) loss: mean over rows of `-log softmax(x_i)[y_i]`;
 /// dx = (softmax(x) - onehot(y)) / N. Computed in f64 with the row maximum subtracted first.
+///
+/// Non-finite scores follow the formula's IEEE arithmetic, as PyTorch's `cross_entropy`: a NaN
+/// or a +inf in a row makes the loss and that row's dx NaN (inf - inf in the shift by the row
+/// maximum); a -inf score is a probability of 0 (the loss is +inf if it is the label's score),
+/// unless the whole row is -inf (NaN). Nothing is rejected: a training loop sees the NaN or inf
+/// loss (the Solver stops on it).
 pub fn softmax_loss<'a, T: Float>(
     x: impl Into<TensorView<'a, T>>,
     y: &[usize],

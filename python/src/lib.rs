@@ -10,7 +10,7 @@ use numpy::{
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyTuple};
 
 fn err(e: fl::Error) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -201,20 +201,54 @@ fn check_cache_dtype(dout: &Bound<'_, PyAny>, cache_dt: Dt) -> PyResult<Dt> {
     Ok(dt)
 }
 
+/// A non-negative Python integer (or numpy integer) below 2^64 as u64: ValueError, naming the
+/// argument, for anything else, including a bool (`stride=True` is not 1) and an integer past
+/// the range (which PyO3 would report as OverflowError).
+fn uint_value(v: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
+    let is_int = !v.is_instance_of::<PyBool>()
+        && v.py()
+            .import("numpy")?
+            .getattr("bool_")
+            .and_then(|b| v.is_instance(&b))
+            .map(|is_bool| !is_bool)
+            .unwrap_or(true)
+        && v.call_method0("__index__").is_ok();
+    if !is_int {
+        return Err(PyValueError::new_err(format!(
+            "{name}: expected an integer, found {} {v}",
+            v.get_type()
+        )));
+    }
+    v.extract::<u64>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name}: expected an integer in 0..2**64, found {v}"
+        ))
+    })
+}
+
+/// As `uint_value`, within usize.
+fn usize_value(v: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
+    usize::try_from(uint_value(v, name)?).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name}: expected an integer below 2**{}, found {v}",
+            usize::BITS
+        ))
+    })
+}
+
 fn get_usize(d: &Bound<'_, PyDict>, key: &str, default: Option<usize>) -> PyResult<usize> {
     match d.get_item(key)? {
-        Some(v) => {
-            let i: i64 = v.extract().map_err(|_| {
-                PyValueError::new_err(format!("{key}: expected an integer, found {v}"))
-            })?;
-            usize::try_from(i).map_err(|_| {
-                PyValueError::new_err(format!("{key}: expected an integer >= 0, found {i}"))
-            })
-        }
+        Some(v) => usize_value(&v, key),
         None => {
             default.ok_or_else(|| PyValueError::new_err(format!("{key}: required key missing")))
         }
     }
+}
+
+/// A str value: ValueError naming the key otherwise.
+fn str_value(v: &Bound<'_, PyAny>, key: &str) -> PyResult<String> {
+    v.extract()
+        .map_err(|_| PyValueError::new_err(format!("{key}: expected a str, found {v}")))
 }
 
 fn conv_param(d: &Bound<'_, PyDict>) -> PyResult<fl::ConvParam> {
@@ -231,7 +265,10 @@ fn conv_param(d: &Bound<'_, PyDict>) -> PyResult<fl::ConvParam> {
 fn pool_param(d: &Bound<'_, PyDict>) -> PyResult<fl::PoolParam> {
     let pad = get_usize(d, "pad", Some(0))?;
     let ceil = match d.get_item("ceil_mode")? {
-        Some(v) => v.is_truthy()?,
+        // A bool (Python's or numpy's), not any truthy value.
+        Some(v) => v
+            .extract::<bool>()
+            .map_err(|_| PyValueError::new_err(format!("ceil_mode: expected a bool, found {v}")))?,
         None => false,
     };
     Ok(fl::PoolParam::new(
@@ -542,10 +579,11 @@ fn relu_backward<'py>(
 }
 
 fn mode_of(d: &Bound<'_, PyDict>, key: &str) -> PyResult<fl::Mode> {
-    let m: String = d
-        .get_item(key)?
-        .ok_or_else(|| PyValueError::new_err(format!("{key}: required key missing")))?
-        .extract()?;
+    let m = str_value(
+        &d.get_item(key)?
+            .ok_or_else(|| PyValueError::new_err(format!("{key}: required key missing")))?,
+        key,
+    )?;
     match m.as_str() {
         "train" => Ok(fl::Mode::Train),
         "test" => Ok(fl::Mode::Test),
@@ -561,12 +599,12 @@ fn dropout_forward<'py>(
     x: &Bound<'py, PyAny>,
     dropout_param: &Bound<'py, PyDict>,
 ) -> PyResult<(Bound<'py, PyAny>, DropoutCache)> {
-    let p: f64 = dropout_param
-        .get_item("p")?
-        .ok_or_else(|| PyValueError::new_err("p: required key missing"))?
-        .extract()?;
+    if dropout_param.get_item("p")?.is_none() {
+        return Err(PyValueError::new_err("p: required key missing"));
+    }
+    let p = f64_key(dropout_param, "p", 0.0)?;
     let seed = match dropout_param.get_item("seed")? {
-        Some(s) if !s.is_none() => Some(s.extract::<u64>()?),
+        Some(s) if !s.is_none() => Some(uint_value(&s, "seed")?),
         _ => None,
     };
     let prm = fl::DropoutParam {
@@ -611,15 +649,19 @@ fn vec_key<T: Element + Float>(
 ) -> PyResult<Option<Vec<T>>> {
     match d.get_item(key)? {
         Some(v) if !v.is_none() => {
-            let a = In::<T>::new(
-                &v,
-                if key == "running_mean" {
-                    "running_mean"
-                } else {
-                    "running_var"
-                },
-                dt,
-            )?;
+            let name = if key == "running_mean" {
+                "running_mean"
+            } else {
+                "running_var"
+            };
+            let a = In::<T>::new(&v, name, dt)?;
+            // (C,) exactly, as gamma: a (C, 1) array is not flattened.
+            if a.view().shape().len() != 1 {
+                return Err(PyValueError::new_err(format!(
+                    "{name}: expected a 1-D array of shape (C,), found shape {:?}",
+                    a.view().shape()
+                )));
+            }
             Ok(Some(a.view().data().to_vec()))
         }
         _ => Ok(None),
@@ -637,7 +679,7 @@ fn bn_fwd<'py>(
     let mode = mode_of(bn_param, "mode")?;
     let pytorch = match bn_param.get_item("convention")? {
         Some(v) => {
-            let s: String = v.extract()?;
+            let s = str_value(&v, "convention")?;
             match s.as_str() {
                 "notebook" => false,
                 "pytorch" => true,
@@ -787,9 +829,10 @@ fn spatial_groupnorm_forward<'py>(
     x: &Bound<'py, PyAny>,
     gamma: &Bound<'py, PyAny>,
     beta: &Bound<'py, PyAny>,
-    G: usize,
+    G: &Bound<'py, PyAny>,
     gn_param: &Bound<'py, PyDict>,
 ) -> PyResult<(Bound<'py, PyAny>, NormCache)> {
+    let G = usize_value(G, "G")?;
     let p = fl::NormParam {
         eps: f64_key(gn_param, "eps", 1e-5)?,
     };
@@ -806,18 +849,47 @@ fn spatial_groupnorm_backward<'py>(
 
 // ---------------------------------------------------------------- losses
 
+/// The labels: a 1-D array (or sequence) of integers >= 0. Floats are refused, not truncated;
+/// a 2-D array is refused, not flattened; unsigned 64-bit labels are read as such.
 fn labels(y: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
     let np = y.py().import("numpy")?;
-    let arr = np.call_method1("asarray", (y, "int64"))?;
-    let a = arr.cast::<PyArrayDyn<i64>>()?.readonly();
+    let arr = np.call_method1("asarray", (y,))?;
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if !(kind == "i" || kind == "u") {
+        return Err(PyValueError::new_err(format!(
+            "y: expected integer labels, found dtype {}",
+            arr.getattr("dtype")?
+        )));
+    }
+    if ndim != 1 {
+        return Err(PyValueError::new_err(format!(
+            "y: expected a 1-D array of labels, found shape {}",
+            arr.getattr("shape")?
+        )));
+    }
+    let bad = |i: usize, v: &dyn std::fmt::Display| {
+        PyValueError::new_err(format!(
+            "y: expected labels in 0..2**{}, found {v} at index {i}",
+            usize::BITS
+        ))
+    };
+    if kind == "u" {
+        let a = np.call_method1("asarray", (arr, "uint64"))?;
+        let a = a.cast::<PyArrayDyn<u64>>()?.readonly();
+        return a
+            .as_array()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| usize::try_from(v).map_err(|_| bad(i, &v)))
+            .collect();
+    }
+    let a = np.call_method1("asarray", (arr, "int64"))?;
+    let a = a.cast::<PyArrayDyn<i64>>()?.readonly();
     a.as_array()
         .iter()
         .enumerate()
-        .map(|(i, &v)| {
-            usize::try_from(v).map_err(|_| {
-                PyValueError::new_err(format!("y: expected labels >= 0, found {v} at index {i}"))
-            })
-        })
+        .map(|(i, &v)| usize::try_from(v).map_err(|_| bad(i, &v)))
         .collect()
 }
 

@@ -36,7 +36,9 @@ pub enum Convention {
 pub struct BnParam<T> {
     /// Train or test mode.
     pub mode: Mode,
-    /// Added to the variance before the square root (finite, >= 0).
+    /// Added to the variance before the square root (finite, >= 0). With eps = 0 a group of
+    /// constant values (variance 0) normalises to 0 * inf = NaN, in the forward and in dx, as
+    /// in numpy and PyTorch; eps > 0 (the default 1e-5) keeps it finite.
     pub eps: f64,
     /// Weight of the running statistics in their update, in [0, 1] (see [`Convention`]).
     pub momentum: f64,
@@ -83,7 +85,9 @@ impl<T> BnParam<T> {
 /// and test mode.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NormParam {
-    /// Added to the variance before the square root (finite, >= 0).
+    /// Added to the variance before the square root (finite, >= 0). With eps = 0 a group of
+    /// constant values (variance 0) normalises to 0 * inf = NaN, in the forward and in dx, as
+    /// in numpy and PyTorch; eps > 0 (the default 1e-5) keeps it finite.
     pub eps: f64,
 }
 
