@@ -342,3 +342,66 @@ fn norm_gradient_sums() {
         assert!(grp.iter().sum::<f64>().abs() < 1e-12);
     }
 }
+
+/// Concurrent calls: OS threads at once, each running every kernel with its own kind of
+/// parallelism (sequential, the kept teams of 2 and 16 threads, the caller-works team of
+/// `Current`, pools of 1 and 16 threads, two threads sharing one pool, calls from inside a
+/// pool), all against one sequential run. A deadlock fails the test by timeout instead of
+/// hanging it.
+#[test]
+fn concurrent_calls_from_os_threads_and_pools_give_the_same_bits() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let base = std::sync::Arc::new(run_all::<f32>(Parallelism::Sequential));
+    let pool1 = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap(),
+    );
+    let pool16 = std::sync::Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .build()
+            .unwrap(),
+    );
+    let (tx, rx) = mpsc::channel();
+    let kinds = [
+        "sequential",
+        "threads2",
+        "threads16",
+        "current",
+        "pool1",
+        "pool16",
+        "pool16-again",
+        "inside-pool16",
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        let (tx, base, pool1, pool16) = (tx.clone(), base.clone(), pool1.clone(), pool16.clone());
+        std::thread::spawn(move || {
+            let got = match kind {
+                "sequential" => run_all::<f32>(Parallelism::Sequential),
+                "threads2" => run_all::<f32>(Parallelism::Threads(2)),
+                "threads16" => run_all::<f32>(Parallelism::Threads(16)),
+                "current" => run_all::<f32>(Parallelism::Current),
+                "pool1" => run_all::<f32>(Parallelism::Pool(&pool1)),
+                "pool16" | "pool16-again" => run_all::<f32>(Parallelism::Pool(&pool16)),
+                _ => pool16.install(|| run_all::<f32>(Parallelism::Current)),
+            };
+            tx.send((i, kind, got == *base)).unwrap();
+        });
+    }
+    drop(tx);
+    let mut done = vec![false; kinds.len()];
+    for _ in 0..kinds.len() {
+        let (i, kind, same) = rx
+            .recv_timeout(Duration::from_secs(600))
+            .expect("a concurrent call panicked or did not finish within 10 minutes (deadlock)");
+        assert!(
+            same,
+            "{kind}: bits differ from the sequential run when run concurrently"
+        );
+        done[i] = true;
+    }
+    assert!(done.iter().all(|&d| d), "a thread panicked");
+}

@@ -31,6 +31,15 @@ use fastlayers::Rng;
 use fastlayers::*;
 use proptest::prelude::*;
 
+/// A property's case count: `n`, or `FASTLAYERS_PROPTEST_CASES` when set (scripts/memcheck
+/// runs a few cases under valgrind, where each costs ~50 times as much).
+fn cases(n: u32) -> u32 {
+    std::env::var("FASTLAYERS_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
+}
+
 fn abs<T: Float>(t: &Tensor<T>) -> Tensor<T> {
     t.map(|v| v.abs())
 }
@@ -446,7 +455,7 @@ fn conv_fast_matches_reference_on_wide_rows() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(96), ..ProptestConfig::default() })]
 
     #[test]
     fn conv_fast_matches_reference_f64(c in conv_case()) { check_conv::<f64>(&c, &IM2COL); }
@@ -457,7 +466,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(16), ..ProptestConfig::default() })]
 
     #[test]
     fn conv_winograd_matches_reference(c in winograd_case()) {
@@ -640,7 +649,7 @@ fn pool_2x2_backward_with_foreign_indices_scatters() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
 
     #[test]
     fn pool_2x2_fast_equals_reference(c in pool_2x2_case()) {
@@ -852,7 +861,7 @@ fn check_norm<T: Float>(c: &NormCase, tol: f64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
 
     #[test]
     fn norms_fast_match_reference_f64(c in norm_case()) { check_norm::<f64>(&c, 1e-12); }
@@ -872,7 +881,7 @@ fn norm_large_plane_case() -> impl Strategy<Value = NormCase> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(32), ..ProptestConfig::default() })]
 
     #[test]
     fn norms_on_large_planes_match_reference(c in norm_large_plane_case()) {
@@ -882,7 +891,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn affine_fast_matches_reference(n in 1usize..6, d1 in 1usize..5, d2 in 1usize..5, m in 1usize..7, seed in any::<u64>()) {
