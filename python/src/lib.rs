@@ -635,6 +635,10 @@ fn dropout_backward<'py>(
 
 fn f64_key(d: &Bound<'_, PyDict>, key: &str, default: f64) -> PyResult<f64> {
     match d.get_item(key)? {
+        // A bool is not a number here (`p=True` is not 1.0).
+        Some(v) if v.is_instance_of::<PyBool>() => Err(PyValueError::new_err(format!(
+            "{key}: expected a number, found {v}"
+        ))),
         Some(v) => v
             .extract()
             .map_err(|_| PyValueError::new_err(format!("{key}: expected a number, found {v}"))),

@@ -66,8 +66,11 @@ def test_dropout_seed_at_the_top_of_the_range_is_accepted():
 
 
 def test_non_numbers_and_non_strings_in_param_dicts():
-    with pytest.raises(ValueError, match="p: expected a number"):
-        fl.dropout_forward(X, {"mode": "train", "p": "half"})
+    for p in ("half", True):
+        with pytest.raises(ValueError, match="p: expected a number"):
+            fl.dropout_forward(X, {"mode": "train", "p": p})
+    with pytest.raises(ValueError, match="eps: expected a number"):
+        fl.layernorm_forward(np.zeros((2, 3)), np.ones(3), np.zeros(3), {"eps": False})
     with pytest.raises(ValueError, match="mode: expected a str"):
         fl.dropout_forward(X, {"mode": 1, "p": 0.5})
     with pytest.raises(ValueError, match="convention: expected a str"):
