@@ -604,3 +604,150 @@ fn non_finite_scores_follow_the_documented_loss_semantics() {
     let (l, _) = softmax_loss(&x([-inf; 3]), &[0]).unwrap();
     assert!(l.is_nan());
 }
+
+/// Data that are small multiples of `unit` (T's smallest subnormal when 0), so deviations from
+/// the mean are subnormal, or their squares past f32's range.
+fn multiples<T: Float>(rng: &mut Rng, shape: &[usize], unit: f64) -> Tensor<T> {
+    let unit = match (unit, T::NAME) {
+        (0.0, "f32") => f32::from_bits(1) as f64,
+        (0.0, _) => f64::from_bits(1),
+        _ => unit,
+    };
+    let n: usize = shape.iter().product();
+    let v = (0..n)
+        .map(|_| T::from_f(unit * (1 + rng.below(20)) as f64))
+        .collect();
+    Tensor::new(v, shape).unwrap()
+}
+
+fn extreme_spread_norms<T: Float>(unit: f64, eps: f64, tol: f64) {
+    // The fuzzer's norm finding and its class: with subnormal deviations x - mean and an eps far
+    // below any real use, inv_std is up to 1e150 and dgamma = sum(dout * (x - mean)) * inv_std
+    // is far from the subnormal range; forming dout * (x - mean) in T first underflowed (to 0,
+    // or to a few ulps of the smallest subnormal) and the scaling amplified the loss. The error
+    // is measured against sum |dout| * |x_hat| over the channel's elements, which bounds
+    // |dgamma|: a relative bound, independent of how small dgamma is.
+    let mut rng = Rng::new(19);
+    for (shape, kind) in [
+        (vec![4, 3, 5, 5], 0),  // spatial bn, per-channel path (planes < 64)
+        (vec![2, 2, 8, 8], 0),  // spatial bn, sample-major path
+        (vec![2, 4, 5, 5], 1),  // group norm, G = 2
+        (vec![4, 30, 1, 1], 2), // layer norm
+    ] {
+        for mode in [Mode::Train, Mode::Test] {
+            if kind != 0 && mode == Mode::Test {
+                continue;
+            }
+            let c = shape[1];
+            let x: Tensor<T> = multiples(&mut rng, &shape, unit);
+            let dout: Tensor<T> = rng.randn(&shape, 1.0, 0.0);
+            let g: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
+            let b: Tensor<T> = rng.randn(&[c], 1.0, 0.0);
+            let ((of, or), (dxf, dgf, dbf), (dxr, dgr, dbr)) = match kind {
+                0 => {
+                    let mut p = BnParam::<T>::train();
+                    p.mode = mode;
+                    p.eps = eps;
+                    if mode == Mode::Test {
+                        p.running_mean = Some(vec![T::zero(); c]);
+                        p.running_var = Some(vec![T::zero(); c]);
+                    }
+                    let (of, cf) = spatial_batchnorm_forward(&x, &g, &b, &mut p.clone()).unwrap();
+                    let (or, cr) = spatial_batchnorm_forward_naive(&x, &g, &b, &mut p).unwrap();
+                    (
+                        (of, or),
+                        spatial_batchnorm_backward(&dout, &cf).unwrap(),
+                        spatial_batchnorm_backward_naive(&dout, &cr).unwrap(),
+                    )
+                }
+                1 => {
+                    let p = NormParam { eps };
+                    let (of, cf) = spatial_groupnorm_forward(&x, &g, &b, 2, &p).unwrap();
+                    let (or, cr) = spatial_groupnorm_forward_naive(&x, &g, &b, 2, &p).unwrap();
+                    (
+                        (of, or),
+                        spatial_groupnorm_backward(&dout, &cf).unwrap(),
+                        spatial_groupnorm_backward_naive(&dout, &cr).unwrap(),
+                    )
+                }
+                _ => {
+                    let (x, dout) = (
+                        x.clone().reshape(&[4, 30]).unwrap(),
+                        dout.clone().reshape(&[4, 30]).unwrap(),
+                    );
+                    let p = NormParam { eps };
+                    let (of, cf) = layernorm_forward(&x, &g, &b, &p).unwrap();
+                    let (or, cr) = layernorm_forward_naive(&x, &g, &b, &p).unwrap();
+                    let f = layernorm_backward(&dout, &cf).unwrap();
+                    let r = layernorm_backward_naive(&dout, &cr).unwrap();
+                    (
+                        (of, or),
+                        (f.0.reshape(&shape).unwrap(), f.1, f.2),
+                        (r.0.reshape(&shape).unwrap(), r.1, r.2),
+                    )
+                }
+            };
+            let what = format!("{} {shape:?} {mode:?} eps {eps:e}", T::NAME);
+            // The bound: per channel, sum |dout| |x_hat| with x_hat = (x - mean) inv_std from
+            // statistics computed here (two-pass, f64): |dgamma| is at most that.
+            let hw = shape[2] * shape[3];
+            let group = |i: usize| {
+                let (n, ch) = (i / (c * hw), (i / hw) % c);
+                match kind {
+                    0 => ch,
+                    1 => n * 2 + ch / 2,
+                    _ => n,
+                }
+            };
+            let ngroups = (0..x.len()).map(group).max().unwrap() + 1;
+            let (mut sum, mut cnt) = (vec![0.0f64; ngroups], vec![0.0f64; ngroups]);
+            for (i, v) in x.data().iter().enumerate() {
+                sum[group(i)] += v.to_f();
+                cnt[group(i)] += 1.0;
+            }
+            let mean: Vec<f64> = if mode == Mode::Test {
+                vec![0.0; ngroups]
+            } else {
+                sum.iter().zip(&cnt).map(|(s, n)| s / n).collect()
+            };
+            let mut var = vec![0.0f64; ngroups];
+            if mode == Mode::Train {
+                for (i, v) in x.data().iter().enumerate() {
+                    let g = group(i);
+                    var[g] += (v.to_f() - mean[g]).powi(2) / cnt[g];
+                }
+            }
+            let mut s = vec![0.0f64; c];
+            for (i, (v, d)) in x.data().iter().zip(dout.data()).enumerate() {
+                let g = group(i);
+                let xhat = (v.to_f() - mean[g]) / (var[g] + eps).sqrt();
+                s[(i / hw) % c] += d.to_f().abs() * xhat.abs();
+            }
+            let s: Vec<f64> = s;
+            for ((f, r), s) in dgf.data().iter().zip(dgr.data()).zip(&s) {
+                let (f, r) = (f.to_f(), r.to_f());
+                assert!(
+                    r.is_finite() && (f - r).abs() <= tol * s,
+                    "{what}: dgamma {f:e} vs {r:e}, bound {:e}",
+                    tol * s
+                );
+            }
+            assert_close(&format!("{what}: out"), &of, &or, tol);
+            assert_close(&format!("{what}: dbeta"), &dbf, &dbr, tol);
+            assert_close(&format!("{what}: dx"), &dxf, &dxr, tol);
+        }
+    }
+}
+
+#[test]
+fn norms_of_subnormal_or_huge_spreads_match_the_reference() {
+    // f32 train mode: inv_std ~1e30 takes the scaled T lanes, ~1e44 (past 2^120, x_hat of
+    // order 1) the f64 products; test mode always forms its products in f64. f64: the
+    // variance of subnormal data underflows to 0 (in the reference too), so inv_std = 1e150,
+    // in the scaled lanes. f32 values of 1e25: squares past f32's range, variance from f64.
+    // Tolerances: a few ulps of T per term against the bound.
+    extreme_spread_norms::<f32>(0.0, 1e-60, 1e-5);
+    extreme_spread_norms::<f32>(0.0, 1e-100, 1e-5);
+    extreme_spread_norms::<f32>(1e25, 1e-5, 1e-5);
+    extreme_spread_norms::<f64>(0.0, 1e-300, 1e-12);
+}

@@ -159,11 +159,104 @@ fn shifted_sums<T: Float>(x: &[T], k: T) -> (f64, f64) {
     )
 }
 
-/// (sum(dy), sum(dy * (x - m))).
+/// How `sum_dy_dev` scales the deviations x - m before the products with dy, so that the
+/// products neither underflow nor overflow when 1 / sqrt(var + eps) is far from 1. Unscaled,
+/// a subnormal deviation times dy underflows in T and the later multiplication by inv_std
+/// (up to 1e150 with eps = 1e-300) amplifies the loss: dgamma 0 where the true value is
+/// 1e104 (found by the fuzzer; fuzz/seeds/norm/subnormal-test-mode-dgamma).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DevScale {
+    /// inv_std within 2^+-32 of 1: products in T, as written (what ordinary data takes).
+    One,
+    /// Products dy * ((x - m) * s) in T, s a power of two near inv_std (in T's normal range):
+    /// exact scaling, so the sum is s times the unscaled one to the bit where that does not
+    /// underflow. Train mode only, where |(x - m) inv_std| <= sqrt(count) bounds the scaled
+    /// deviation.
+    Lanes(f64),
+    /// Products dy * ((x - m) * s) formed in f64: test mode (running statistics bound
+    /// nothing: s = inv_std itself, the reference's x_hat), and train mode when the power of
+    /// two is past T's range (f32 with inv_std > 2^120).
+    Wide(f64),
+}
+
+impl DevScale {
+    /// The scaling for a statistic with `inv` = 1 / sqrt(var + eps), and r = inv / s, the
+    /// factor that turns the scaled sum into sum(dy * x_hat).
+    fn new<T: Float>(inv: f64, batch: bool) -> (DevScale, f64) {
+        if !batch {
+            return (DevScale::Wide(inv), 1.0);
+        }
+        if !(inv.is_finite() && inv >= f64::MIN_POSITIVE) {
+            return (DevScale::One, inv);
+        }
+        // The power of two at or below inv: its exponent bits.
+        let s = f64::from_bits(inv.to_bits() & 0xfff0_0000_0000_0000);
+        let e = s.log2();
+        if e.abs() <= 32.0 {
+            (DevScale::One, inv)
+        } else if std::mem::size_of::<T>() == 8 || e.abs() <= 120.0 {
+            (DevScale::Lanes(s), inv / s)
+        } else {
+            (DevScale::Wide(s), inv / s)
+        }
+    }
+}
+
+/// (sum(dy), sum(dy * (x - m) * s)) with s as `scale` says (1 for `DevScale::One`).
 #[inline(always)]
-fn sum_dy_dev<T: Float>(dy: &[T], x: &[T], m: f64) -> (f64, f64) {
+fn sum_dy_dev<T: Float>(dy: &[T], x: &[T], m: f64, scale: DevScale) -> (f64, f64) {
     let (hi, lo) = split::<T>(m);
-    block_sum_pair(dy, x, |d, _| d, |d, v| d * ((v - hi) - lo))
+    match scale {
+        DevScale::One => block_sum_pair(dy, x, |d, _| d, |d, v| d * ((v - hi) - lo)),
+        DevScale::Lanes(s) => {
+            // lo is scaled from f64: unscaled in T it can underflow (a subnormal mean), an
+            // error that s would amplify like the products'. v - hi is exact here.
+            let lo = T::from_f((m - hi.to_f()) * s);
+            let s = T::from_f(s);
+            block_sum_pair(dy, x, |d, _| d, |d, v| d * ((v - hi) * s - lo))
+        }
+        DevScale::Wide(s) => {
+            let n = dy.len().min(x.len());
+            let mut tot = [0.0f64; NORM_LANES];
+            for (i, (d, v)) in dy[..n].iter().zip(&x[..n]).enumerate() {
+                tot[i % NORM_LANES] += d.to_f() * ((v.to_f() - m) * s);
+            }
+            (block_sum(&dy[..n], |d| d), combine(tot))
+        }
+    }
+}
+
+/// Whether f32 shifted sums may have lost the variance: squares (x - k)^2 overflow past
+/// |x - k| = 1.8e19 and fall into the subnormal range (losing digits) below 2^-63. The
+/// reference holds them in f64; so does `wide_shifted`, the rare path these groups take.
+/// Never for f64, whose squares lose only where the reference's f64 graph loses too. A group
+/// of equal values (s1 = s2 = 0, a dead ReLU channel) is exact and keeps the fast path.
+#[inline(always)]
+fn squares_lost<'a, T: Float + 'a>(
+    s1: f64,
+    s2: f64,
+    cnt: f64,
+    mut planes: impl Iterator<Item = &'a [T]>,
+    k: T,
+) -> bool {
+    std::mem::size_of::<T>() == 4
+        && (!s2.is_finite() || s2 < cnt * 2f64.powi(-96))
+        && !(s1 == 0.0 && s2 == 0.0 && planes.all(|p| p.iter().all(|&v| v == k)))
+}
+
+/// (sum(x - k), sum((x - k)^2)) over the planes, each term in f64.
+#[cold]
+fn wide_shifted<'a, T: Float + 'a>(planes: impl Iterator<Item = &'a [T]>, k: T) -> (f64, f64) {
+    let k = k.to_f();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for p in planes {
+        for v in p {
+            let d = v.to_f() - k;
+            s1 += d;
+            s2 += d * d;
+        }
+    }
+    (s1, s2)
 }
 
 /// Mean and (uncorrected) variance from shifted sums over `cnt` elements.
@@ -271,12 +364,22 @@ fn prefetch_lines<T>(v: &[T]) {
 
 /// Whether a coefficient that is finite in f64 is not in T: 1 / sqrt(var + eps) of a group
 /// with (near) zero variance, a subnormal spread or a tiny eps exceeds f32's range (found by
-/// the fuzzer: (x - m) * inf gave NaN where the reference's f64 gives beta).
+/// the fuzzer: (x - m) * inf gave NaN where the reference's f64 gives beta); or a nonzero
+/// coefficient falls below T's normal range, where it loses digits or becomes 0 (dx's
+/// (x - m) coefficient, of order inv_std^2, for f32 data spread over 1e25).
 #[inline(always)]
-fn overflows_in<T: Float>(c: &[f64]) -> bool {
+fn unrepresentable_in<T: Float>(c: &[f64]) -> bool {
+    let tiny = T::min_positive_value().to_f();
     c.iter()
-        .any(|&v| v.is_finite() && !T::from_f(v).is_finite())
+        .any(|&v| (v.is_finite() && !T::from_f(v).is_finite()) || (v != 0.0 && v.abs() < tiny))
 }
+
+/// Largest coefficient of (x - m) that the element-wise passes apply in T. The split mean
+/// hi + lo is x - m to a few ulps of T, but lo underflows when the mean is subnormal (a
+/// subnormal spread), and an error of up to half of T's smallest subnormal times a coefficient
+/// past 2^32 (inv_std of a variance below 2^-64 with an eps below it) is no longer negligible:
+/// those groups take the f64 path, like the reference.
+const WIDE_COEF: f64 = 4294967296.0;
 
 /// out[i] = f(i) computed in f64 and rounded once: the rare path for coefficients T cannot hold.
 #[cold]
@@ -289,7 +392,7 @@ fn f64_run<T: Float>(out: &mut [T], f: impl Fn(usize) -> f64) {
 /// out = (x - m) * a + b, in T with the split mean.
 #[inline(always)]
 fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64, nt: bool) {
-    if overflows_in::<T>(&[a, b]) {
+    if unrepresentable_in::<T>(&[a, b]) || a.abs() > WIDE_COEF {
         return f64_run(out, |i| (x[i].to_f() - m) * a + b);
     }
     let (hi, lo) = split::<T>(m);
@@ -309,7 +412,7 @@ fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64),
     if k.1 == 0.0 {
         // Test-mode statistics: dx = k1 * dy + k3 does not depend on x, and must not read it
         // (0 * (inf - m) is NaN; found by the fuzzer with an infinite input in test mode).
-        if overflows_in::<T>(&[k.0, k.2]) {
+        if unrepresentable_in::<T>(&[k.0, k.2]) {
             return f64_run(dx, |i| k.0 * dy[i].to_f() + k.2);
         }
         let (k1, k3) = (T::from_f(k.0), T::from_f(k.2));
@@ -322,7 +425,7 @@ fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64),
         }
         return;
     }
-    if overflows_in::<T>(&[k.0, k.1, k.2]) {
+    if unrepresentable_in::<T>(&[k.0, k.1, k.2]) || k.1.abs() > WIDE_COEF {
         return f64_run(dx, |i| k.0 * dy[i].to_f() + k.1 * (x[i].to_f() - m) + k.2);
     }
     let (hi, lo) = split::<T>(m);
@@ -366,6 +469,9 @@ multiversion! {
             s1 += a;
             s2 += b;
         }
+        if squares_lost(s1, s2, cnt, (0..n).map(plane), k) {
+            (s1, s2) = wide_shifted((0..n).map(plane), k);
+        }
         moments(s1, s2, k.to_f(), cnt)
     }
 }
@@ -385,7 +491,10 @@ multiversion! {
     /// Returns (mean, var).
     fn group_forward<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], eps: f64, nt: bool) -> (f64, f64) {
         let k = x[0];
-        let (s1, s2) = shifted_sums(x, k);
+        let (mut s1, mut s2) = shifted_sums(x, k);
+        if squares_lost(s1, s2, x.len() as f64, std::iter::once(x), k) {
+            (s1, s2) = wide_shifted(std::iter::once(x), k);
+        }
         let (mean, var) = moments(s1, s2, k.to_f(), x.len() as f64);
         let inv = 1.0 / (var + eps).sqrt();
         for (ci, (gm, bt)) in gamma.iter().zip(beta).enumerate() {
@@ -410,11 +519,11 @@ multiversion! {
 
 multiversion! {
     /// Per-channel (sum dy, sum dy * (x - mean)) of channel `ch` over N planes.
-    fn channel_dsums<T>(dy: &[T], x: &[T], n: usize, c: usize, hw: usize, ch: usize, mean: f64) -> (f64, f64) {
+    fn channel_dsums<T>(dy: &[T], x: &[T], n: usize, c: usize, hw: usize, ch: usize, mean: f64, scale: DevScale) -> (f64, f64) {
         let (mut a, mut b) = (0.0, 0.0);
         for i in 0..n {
             let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-            let (s, t) = sum_dy_dev(&dy[r.clone()], &x[r], mean);
+            let (s, t) = sum_dy_dev(&dy[r.clone()], &x[r], mean, scale);
             a += s;
             b += t;
         }
@@ -426,10 +535,10 @@ multiversion! {
     /// Pass 1 backward over one sample of a channel layout: per channel plane
     /// (sum dy, sum dy * (x - mean)) into `out[2 ch..2 ch + 2]`, the same per-plane sums
     /// `channel_dsums` adds up.
-    fn sample_dsums<T>(dy: &[T], x: &[T], hw: usize, mean: &[f64], out: &mut [f64]) {
-        for (ch, (&m, o)) in mean.iter().zip(out.chunks_exact_mut(2)).enumerate() {
+    fn sample_dsums<T>(dy: &[T], x: &[T], hw: usize, mean: &[f64], scale: &[DevScale], out: &mut [f64]) {
+        for (ch, ((&m, &sc), o)) in mean.iter().zip(scale).zip(out.chunks_exact_mut(2)).enumerate() {
             let r = ch * hw..(ch + 1) * hw;
-            let (a, b) = sum_dy_dev(&dy[r.clone()], &x[r], m);
+            let (a, b) = sum_dy_dev(&dy[r.clone()], &x[r], m, sc);
             o[0] = a;
             o[1] = b;
         }
@@ -490,19 +599,20 @@ multiversion! {
         if !nt && std::mem::size_of_val(dx) <= NORM_PREFETCH_MAX_BYTES {
             prefetch_lines(dx);
         }
+        let (scale, rs) = DevScale::new::<T>(inv, batch);
         let (mut sdx, mut sdxx) = (0.0, 0.0);
         for (ci, gm) in gamma.iter().enumerate() {
             let r = ci * hw..(ci + 1) * hw;
-            let (a, b) = sum_dy_dev(&dy[r.clone()], &x[r], mean);
+            let (a, b) = sum_dy_dev(&dy[r.clone()], &x[r], mean, scale);
             sums[2 * ci] = a;
             sums[2 * ci + 1] = b;
             sdx += gm.to_f() * a;
             sdxx += gm.to_f() * b;
         }
-        // sum dxhat = sdx, sum dxhat * xhat = sdxx * inv (times inv three times: see the
-        // channel path)
+        // sum dxhat = sdx, sum dxhat * xhat = sdxx * rs (the deviations were scaled by
+        // inv / rs), times inv twice more (not inv^3 at once: see the channel path)
         let (k2, k3) = if batch {
-            (-(sdxx / cnt) * inv * inv * inv, -inv * sdx / cnt)
+            (-(sdxx / cnt) * rs * inv * inv, -inv * sdx / cnt)
         } else {
             (0.0, 0.0)
         };
@@ -535,7 +645,12 @@ pub fn train_forward<T: Float>(
             });
             let cnt = (n * hw) as f64;
             for (ch, (s, t)) in st.chunks_exact_mut(2).zip(tot.chunks_exact(2)).enumerate() {
-                let (m, v) = moments(t[0], t[1], k[ch].to_f(), cnt);
+                let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+                let (mut s1, mut s2) = (t[0], t[1]);
+                if squares_lost(s1, s2, cnt, (0..n).map(plane), k[ch]) {
+                    (s1, s2) = wide_shifted((0..n).map(plane), k[ch]);
+                }
+                let (m, v) = moments(s1, s2, k[ch].to_f(), cnt);
                 s[0] = m;
                 s[1] = v;
             }
@@ -635,16 +750,20 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
     } = a;
     let BwdOut { dx, dgamma, dbeta } = o;
     if let Some((n, c, hw)) = channel_dims(l) {
+        let (scale, rs): (Vec<DevScale>, Vec<f64>) = inv_std
+            .iter()
+            .map(|&inv| DevScale::new::<T>(inv, batch))
+            .unzip();
         let sums = if hw >= NORM_SAMPLE_MAJOR_MIN_HW {
             let chw = c * hw;
             plane_sums(n, c, par, &|i, s| {
                 let r = i * chw..(i + 1) * chw;
-                sample_dsums(&dout[r.clone()], &x[r], hw, mean, s)
+                sample_dsums(&dout[r.clone()], &x[r], hw, mean, &scale, s)
             })
         } else {
             let mut sums = vec![0.0f64; 2 * c];
             par.for_each_chunk(&mut sums, 2, &|ch, s, _| {
-                let (a, b) = channel_dsums(dout, x, n, c, hw, ch, mean[ch]);
+                let (a, b) = channel_dsums(dout, x, n, c, hw, ch, mean[ch], scale[ch]);
                 s[0] = a;
                 s[1] = b;
             });
@@ -654,8 +773,9 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
         let ks: Vec<(f64, f64, f64, f64)> = (0..c)
             .map(|ch| {
                 let (sdy, sdyx) = (sums[2 * ch], sums[2 * ch + 1]);
-                let (gm, inv) = (gamma[ch].to_f(), inv_std[ch]);
-                dgamma[ch] = T::from_f(sdyx * inv);
+                // sdyx is sum dy * (x - m) * inv / rs (see `DevScale`).
+                let (gm, inv, rs) = (gamma[ch].to_f(), inv_std[ch], rs[ch]);
+                dgamma[ch] = T::from_f(sdyx * rs);
                 dbeta[ch] = T::from_f(sdy);
                 if batch {
                     // dx = inv*gm*dy - inv*gm*sdy/cnt - (x-m)*inv^3*gm*sdyx/cnt. The sum is
@@ -665,7 +785,7 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
                     (
                         mean[ch],
                         inv * gm,
-                        -(gm * sdyx / cnt) * inv * inv * inv,
+                        -(gm * sdyx / cnt) * rs * inv * inv,
                         -inv * gm * sdy / cnt,
                     )
                 } else {
@@ -702,7 +822,12 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
                 nt,
             );
         });
-        // dgamma[c] = sum_n sum dy*(x-m) * inv, dbeta[c] = sum_n sum dy, over samples in order.
+        // dgamma[c] = sum_n (sum dy*(x-m) * inv / rs) * rs, dbeta[c] = sum_n sum dy, over
+        // samples in order.
+        let rs: Vec<f64> = inv_std
+            .iter()
+            .map(|&inv| DevScale::new::<T>(inv, batch).1)
+            .collect();
         let nsamples = groups / g;
         let cch = g * cg;
         for ch in 0..cch {
@@ -711,7 +836,7 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
                 let gi = s * g + ch / cg;
                 let ci = ch % cg;
                 dbt += sums[gi * 2 * cg + 2 * ci];
-                dgm += sums[gi * 2 * cg + 2 * ci + 1] * inv_std[gi];
+                dgm += sums[gi * 2 * cg + 2 * ci + 1] * rs[gi];
             }
             dgamma[ch] = T::from_f(dgm);
             dbeta[ch] = T::from_f(dbt);
