@@ -457,9 +457,17 @@ fn norm_t<T: Float>(b: &mut Bytes<'_>) {
         (f, r) => panic!("{kind:?}: fast {:?} vs reference {:?}", f.err(), r.err()),
     };
     let tol = if T::NAME == "f32" { 1e-3 } else { 1e-9 };
-    let close = |what: &str, f: &[T], r: &[T], scale: f64| {
+    // `noise`: how far the reference's own f64 rounding may reach. Where that is past T's
+    // range, a non-finite reference value may be rounding noise (dx of a constant batch with
+    // eps = 1e-300 and a constant dout: the exact dx is 0, the fast closed form gives 0, the
+    // reference's graph cancels two 1e150 terms and rounds the 1e134 remainder to inf in f32),
+    // so the fast value is not held to it.
+    let close_noisy = |what: &str, f: &[T], r: &[T], scale: f64, noise: f64| {
         for (i, (&f, &r)) in f.iter().zip(r).enumerate() {
             let (f, r) = (f.to_f(), r.to_f());
+            if !r.is_finite() && noise.is_finite() && noise > T::max_value().to_f() {
+                continue;
+            }
             if !r.is_finite() || !scale.is_finite() {
                 // Past the range (a zero-variance group with a tiny eps: 1 / sqrt(eps) = 1e150,
                 // cubed in dx) the reference's f64 graph and the fast closed form overflow in
@@ -488,6 +496,7 @@ fn norm_t<T: Float>(b: &mut Bytes<'_>) {
             );
         }
     };
+    let close = |what: &str, f: &[T], r: &[T], scale: f64| close_noisy(what, f, r, scale, 0.0);
     let maxabs = |t: &[T]| t.iter().fold(0.0f64, |m, v| m.max(v.to_f().abs()));
     let gmax = maxabs(gamma.data());
     close(
@@ -555,11 +564,13 @@ fn norm_t<T: Float>(b: &mut Bytes<'_>) {
     let dmax = maxabs(dout.data());
     let xmax = maxabs(x.data());
     let count = shape.iter().product::<usize>().max(1) as f64;
-    close(
+    close_noisy(
         "dx",
         dx.data(),
         grads_n.0.data(),
         maxabs(grads_n.0.data()) + 4.0 * inv * gmax * dmax + 1.0,
+        // a few ulps of f64 per term of the graph's sums over the group
+        16.0 * count * f64::EPSILON * 4.0 * inv * gmax * dmax,
     );
     close(
         "dgamma",
