@@ -65,7 +65,12 @@ impl<'a> Parallelism<'a> {
     /// `self`, or `Sequential` when the call touches fewer than `PAR_MIN_ELEMS` elements.
     /// Results do not depend on it (every kernel's partition is a function of the shape only).
     pub(crate) fn for_work(self, elems: usize) -> Parallelism<'a> {
-        if elems < PAR_MIN_ELEMS {
+        self.for_work_above(elems, PAR_MIN_ELEMS)
+    }
+
+    /// `self`, or `Sequential` below `min` elements (a kernel's own threshold).
+    pub(crate) fn for_work_above(self, elems: usize, min: usize) -> Parallelism<'a> {
+        if elems < min {
             Parallelism::Sequential
         } else {
             self

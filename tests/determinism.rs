@@ -100,8 +100,9 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
         PoolParam::new(2, 2, 2),
         par,
     ));
-    // Norms: spatial batch norm, group norm, layer norm, batch norm (N, D).
-    let x: Tensor<T> = rng.randn(&[7, 6, 5, 33], 3.0, 5.0);
+    // Norms: spatial batch norm, group norm, layer norm, batch norm (N, D). Above
+    // NORM_PAR_MIN_ELEMS (32K), below which a norm call runs on the calling thread.
+    let x: Tensor<T> = rng.randn(&[7, 6, 25, 33], 3.0, 5.0);
     let gm: Tensor<T> = rng.randn(&[6], 1.0, 0.0);
     let bt: Tensor<T> = rng.randn(&[6], 1.0, 0.0);
     let dout: Tensor<T> = rng.randn(x.shape(), 1.0, 0.0);
@@ -148,9 +149,9 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
         &dout,
         NormParam::default().into(),
     ));
-    let x2 = x.clone().reshape(&[7, 990]).unwrap();
-    let d2 = dout.clone().reshape(&[7, 990]).unwrap();
-    let g2: Tensor<T> = rng.randn(&[990], 1.0, 0.0);
+    let x2 = x.clone().reshape(&[7, 4950]).unwrap();
+    let d2 = dout.clone().reshape(&[7, 4950]).unwrap();
+    let g2: Tensor<T> = rng.randn(&[4950], 1.0, 0.0);
     outs.extend(norm(
         NormKind::LayerNorm,
         &x2,

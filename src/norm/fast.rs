@@ -25,7 +25,8 @@ use crate::cpu::multiversion;
 use crate::parallel::Parallelism;
 use crate::scalar::Float;
 use crate::tuning::{
-    NORM_FLUSH_ROWS, NORM_LANES, NORM_PREFETCH_MAX_BYTES, NORM_SAMPLE_MAJOR_MIN_HW,
+    NORM_FLUSH_ROWS, NORM_LANES, NORM_PAR_MIN_ELEMS, NORM_PREFETCH_MAX_BYTES,
+    NORM_SAMPLE_MAJOR_MIN_HW,
 };
 
 #[inline(always)]
@@ -634,6 +635,7 @@ pub fn train_forward<T: Float>(
     out: &mut [T],
     par: Parallelism<'_>,
 ) -> (Vec<f64>, Vec<f64>) {
+    let par = par.for_work_above(x.len(), NORM_PAR_MIN_ELEMS);
     if let Some((n, c, hw)) = channel_dims(l) {
         let mut st = vec![0.0f64; 2 * c];
         if hw >= NORM_SAMPLE_MAJOR_MIN_HW {
@@ -705,6 +707,7 @@ pub fn normalize<T: Float>(
     out: &mut [T],
     par: Parallelism<'_>,
 ) {
+    let par = par.for_work_above(x.len(), NORM_PAR_MIN_ELEMS);
     if let Some((n, c, hw)) = channel_dims(l) {
         let mab: Vec<(f64, f64, f64)> = (0..c)
             .map(|ch| (mean[ch], gamma[ch].to_f() * inv_std[ch], beta[ch].to_f()))
@@ -749,6 +752,7 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
         dout,
     } = a;
     let BwdOut { dx, dgamma, dbeta } = o;
+    let par = par.for_work_above(x.len(), NORM_PAR_MIN_ELEMS);
     if let Some((n, c, hw)) = channel_dims(l) {
         let (scale, rs): (Vec<DevScale>, Vec<f64>) = inv_std
             .iter()
