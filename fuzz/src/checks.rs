@@ -582,6 +582,22 @@ fn norm_t<T: Float>(b: &mut Bytes<'_>) {
     let inv = cache_n.inv_std().iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let dmax = maxabs(dout.data());
     let xmax = maxabs(x.data());
+    // dx and dgamma scale with inv_std, which the reference cannot know for a group whose
+    // variance lies below its own rounding noise (its naive mean is off by ~count u max|x|:
+    // a constant channel of 1e50 gets variance (1 ulp)^2 = 1e68, inv_std 1e-34, where the
+    // exact value, the fast kernel's, is 1/sqrt(eps)). There the two kernels' inv_std differ
+    // by any factor and dx and dgamma are not comparable; out is (x_hat is bounded by
+    // sqrt(count) either way), and dbeta does not depend on the statistics.
+    let var_noise = (4.0 * count * f64::EPSILON * finite_max(&xs)).powi(2);
+    let stats_noisy = eps < var_noise
+        && cache_n
+            .inv_std()
+            .iter()
+            .any(|&i| i.is_finite() && i > 0.0 && 1.0 / (i * i) < 2.0 * var_noise + eps);
+    if stats_noisy {
+        close("dbeta", dbt.data(), grads_n.2.data(), count * dmax + 1.0);
+        return;
+    }
     close_noisy(
         "dx",
         dx.data(),
