@@ -411,11 +411,12 @@ fn norm_t<T: Float>(b: &mut Bytes<'_>) {
     let np = NormParam { eps };
     if std::env::var_os("FUZZ_DEBUG").is_some() {
         eprintln!(
-            "norm {} {kind:?} {shape:?} eps {eps} {bp:?} {par:?}\nx {:?}\ngamma {:?}\nbeta {:?}",
+            "norm {} {kind:?} {shape:?} eps {eps} {bp:?} {par:?}\nx {:?}\ngamma {:?}\nbeta {:?}\ndout {:?}",
             T::NAME,
             x.data(),
             gamma.data(),
-            beta.data()
+            beta.data(),
+            dout.data()
         );
     }
     let mut bp_n = bp.clone();
@@ -588,6 +589,7 @@ fn norm_t<T: Float>(b: &mut Bytes<'_>) {
     // exact value, the fast kernel's, is 1/sqrt(eps)). There the two kernels' inv_std differ
     // by any factor and dx and dgamma are not comparable; out is (x_hat is bounded by
     // sqrt(count) either way), and dbeta does not depend on the statistics.
+    let ds: Vec<f64> = dout.data().iter().map(|v| v.to_f()).collect();
     let var_noise = (4.0 * count * f64::EPSILON * finite_max(&xs)).powi(2);
     let stats_noisy = eps < var_noise
         && cache_n
@@ -603,8 +605,14 @@ fn norm_t<T: Float>(b: &mut Bytes<'_>) {
         dx.data(),
         grads_n.0.data(),
         maxabs(grads_n.0.data()) + 4.0 * inv * gmax * dmax + 1.0,
-        // a few ulps of f64 per term of the graph's sums over the group
-        16.0 * count * f64::EPSILON * 4.0 * inv * gmax * dmax,
+        // a few ulps of f64 per term of the graph's sums over the group (finite values: an
+        // infinite dout in one channel does not make another channel's noise infinite)
+        16.0 * count
+            * f64::EPSILON
+            * 4.0
+            * finite_max(cache_n.inv_std())
+            * finite_max(&gs)
+            * finite_max(&ds),
     );
     close(
         "dgamma",
