@@ -542,9 +542,9 @@ fn norm_t<T: Float>(b: &mut Bytes<'_>) {
             maxabs(out_n.data()) + gmax + maxabs(beta.data()) + 1.0 + mean_noise,
         );
     }
-    // Running statistics are compared on finite inputs only: with infinities in the batch one
-    // case gave a finite fast update where the reference's was NaN (open; see issue 19's note).
-    if kind.is_batch() && !specials {
+    // Running statistics, NaN and infinities included (the fast variance of a group holding an
+    // infinity is NaN, as the reference's; it was clamped to 0 before, a finite update).
+    if kind.is_batch() {
         for (f, r) in [
             (&bp_f.running_mean, &bp_n.running_mean),
             (&bp_f.running_var, &bp_n.running_var),

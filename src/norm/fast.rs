@@ -264,7 +264,11 @@ fn wide_shifted<'a, T: Float + 'a>(planes: impl Iterator<Item = &'a [T]>, k: T) 
 #[inline(always)]
 fn moments(s1: f64, s2: f64, k: f64, cnt: f64) -> (f64, f64) {
     let m = s1 / cnt;
-    (k + m, (s2 / cnt - m * m).max(0.0))
+    // Clamps a rounding-negative variance to 0 but keeps a NaN (an infinity in the group:
+    // inf - inf), as the reference's variance is; `f64::max` would turn it into 0, a finite
+    // running variance and a finite 1 / sqrt(eps) from infinite data.
+    let v = s2 / cnt - m * m;
+    (k + m, if v < 0.0 { 0.0 } else { v })
 }
 
 /// Whether the element-wise pass of a call that touches `bytes` (inputs and output) writes
