@@ -75,11 +75,12 @@ pub(crate) const NORM_PREFETCH_MAX_BYTES: usize = 256 * 1024;
 /// Decides the bits: yes: it chooses the order of pass 1's partial sums. Used in `norm/fast.rs`.
 pub(crate) const NORM_SAMPLE_MAJOR_MIN_HW: usize = 64;
 
-/// Below this many elements of x, a normalisation call runs on the calling thread. A norm pass
-/// moves 2-4 GB/s per thread, so the 15-25 us a wake-up of the helpers costs (see
-/// `PAR_MIN_ELEMS`) is the time of a pass over ~16K f32 elements: below twice that, helpers
-/// cannot pay for themselves. Without it the fuzzer's tiny cases with `Threads(usize::MAX)`
-/// woke up to a hundred helpers per call on two cores (80 execs/s).
+/// Below this many elements of x, a normalisation call runs on the calling thread. bn_fwd f32
+/// on the bn shape (2M elements, 2 threads, Intel Xeon model 207) takes 0.6 ms, about 13 GB/s
+/// of reads and writes per thread, so the 15-25 us a wake-up of the helpers costs (see
+/// `PAR_MIN_ELEMS`) is the time of a pass over 25-40K f32 elements: below that, helpers cannot
+/// pay for themselves. Without it the fuzzer's tiny cases with `Threads(usize::MAX)` woke up to
+/// a hundred helpers per call on two cores (80 execs/s).
 ///
 /// Decides the bits: no (every norm partition gives the same bits). Used in `norm/fast.rs`.
 pub(crate) const NORM_PAR_MIN_ELEMS: usize = 32 * 1024;
