@@ -260,6 +260,22 @@ fn wide_shifted<'a, T: Float + 'a>(planes: impl Iterator<Item = &'a [T]>, k: T) 
     (s1, s2)
 }
 
+/// The shifted sums `s` of the planes, or, where `squares_lost` says f32 lost them, the same
+/// sums recomputed in f64.
+#[inline(always)]
+fn kept_or_wide<'a, T: Float + 'a>(
+    s: (f64, f64),
+    cnt: f64,
+    planes: impl Iterator<Item = &'a [T]> + Clone,
+    k: T,
+) -> (f64, f64) {
+    if squares_lost(s.0, s.1, cnt, planes.clone(), k) {
+        wide_shifted(planes, k)
+    } else {
+        s
+    }
+}
+
 /// Mean and (uncorrected) variance from shifted sums over `cnt` elements.
 #[inline(always)]
 fn moments(s1: f64, s2: f64, k: f64, cnt: f64) -> (f64, f64) {
@@ -474,9 +490,7 @@ multiversion! {
             s1 += a;
             s2 += b;
         }
-        if squares_lost(s1, s2, cnt, (0..n).map(plane), k) {
-            (s1, s2) = wide_shifted((0..n).map(plane), k);
-        }
+        let (s1, s2) = kept_or_wide((s1, s2), cnt, (0..n).map(plane), k);
         moments(s1, s2, k.to_f(), cnt)
     }
 }
@@ -496,10 +510,7 @@ multiversion! {
     /// Returns (mean, var).
     fn group_forward<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], eps: f64, nt: bool) -> (f64, f64) {
         let k = x[0];
-        let (mut s1, mut s2) = shifted_sums(x, k);
-        if squares_lost(s1, s2, x.len() as f64, std::iter::once(x), k) {
-            (s1, s2) = wide_shifted(std::iter::once(x), k);
-        }
+        let (s1, s2) = kept_or_wide(shifted_sums(x, k), x.len() as f64, std::iter::once(x), k);
         let (mean, var) = moments(s1, s2, k.to_f(), x.len() as f64);
         let inv = 1.0 / (var + eps).sqrt();
         for (ci, (gm, bt)) in gamma.iter().zip(beta).enumerate() {
@@ -652,10 +663,7 @@ pub fn train_forward<T: Float>(
             let cnt = (n * hw) as f64;
             for (ch, (s, t)) in st.chunks_exact_mut(2).zip(tot.chunks_exact(2)).enumerate() {
                 let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-                let (mut s1, mut s2) = (t[0], t[1]);
-                if squares_lost(s1, s2, cnt, (0..n).map(plane), k[ch]) {
-                    (s1, s2) = wide_shifted((0..n).map(plane), k[ch]);
-                }
+                let (s1, s2) = kept_or_wide((t[0], t[1]), cnt, (0..n).map(plane), k[ch]);
                 let (m, v) = moments(s1, s2, k[ch].to_f(), cnt);
                 s[0] = m;
                 s[1] = v;
