@@ -347,3 +347,123 @@ fn conv_backward_weights_into_gives_backward_intos_dw_and_db() {
         }
     }
 }
+
+/// Asserts bitwise equality (-0.0 differs from 0.0), naming the first element that differs.
+fn same_bits<T: Float>(what: &str, a: &Tensor<T>, b: &Tensor<T>) {
+    assert_eq!(a.shape(), b.shape(), "{what}: shape");
+    let first =
+        (a.data().iter().zip(b.data())).position(|(u, v)| u.to_f().to_bits() != v.to_f().to_bits());
+    if let Some(i) = first {
+        panic!(
+            "{what}: element {i} is {} against {}",
+            a.data()[i],
+            b.data()[i]
+        );
+    }
+}
+
+/// Plain plan + relu_forward / relu_backward + plain backward, against the fused plan: the
+/// same bits for out, the mask, dx, dgamma, dbeta and the running statistics.
+fn fused_relu_case<T: Float>(kind: NormKind, shape: &[usize], test_mode: bool, par: Parallelism) {
+    let what = format!("{kind:?} {shape:?} test_mode={test_mode} {par:?}");
+    let mut rng = Rng::new(shape.iter().product::<usize>() as u64);
+    let x: Tensor<T> = rng.randn(shape, 1.5, 0.3);
+    let c = shape[1];
+    // beta shifts some channels mostly negative and some mostly positive: both sides of the
+    // ReLU, and whole dead channels.
+    let gamma: Tensor<T> = rng.randn(&[c], 1.0, 0.2);
+    let beta: Tensor<T> = rng.randn(&[c], 1.5, 0.0);
+    let dout: Tensor<T> = rng.randn(shape, 1.0, 0.0);
+    let plain = NormPlan::<T>::new(kind, shape).unwrap();
+    let fused = plain.with_relu();
+    assert!(fused.relu() && !plain.relu());
+    let mut bn_param = |()| {
+        let mut p = BnParam::<T>::train();
+        if test_mode {
+            p.mode = Mode::Test;
+            let rm: Tensor<T> = rng.randn(&[c], 0.3, 0.0);
+            let rv: Tensor<T> = rng.randn(&[c], 0.2, 1.0);
+            p.running_mean = Some(rm.into_vec());
+            p.running_var = Some(rv.map(|v: &T| v.abs()).into_vec());
+        }
+        p
+    };
+    let (mut bp_plain, mut bp_fused) = (bn_param(()), bn_param(()));
+    bp_fused.running_mean.clone_from(&bp_plain.running_mean);
+    bp_fused.running_var.clone_from(&bp_plain.running_var);
+    let run = |plan: &NormPlan<T>, bp: &mut BnParam<T>| {
+        let mut out = Tensor::<T>::zeros(shape).unwrap();
+        let st = if kind.is_batch() {
+            plan.forward_into(&x, &gamma, &beta, bp, &mut out, &mut [], par)
+        } else {
+            plan.forward_into(
+                &x,
+                &gamma,
+                &beta,
+                NormParam::default(),
+                &mut out,
+                &mut [],
+                par,
+            )
+        }
+        .unwrap();
+        (out, st)
+    };
+    let (y, st_plain) = run(&plain, &mut bp_plain);
+    let (out, st) = run(&fused, &mut bp_fused);
+    let (relu_out, relu_cache) = relu_forward(&y).unwrap();
+    same_bits(&format!("{what}: out"), &out, &relu_out);
+    assert!(st_plain.relu_mask().is_none());
+    let mask = st.relu_mask().expect("a fused forward keeps its mask");
+    let want: Vec<u8> = y.data().iter().map(|&v| u8::from(v > T::zero())).collect();
+    assert!(mask == want.as_slice(), "{what}: mask");
+    assert!(
+        mask.contains(&0) && mask.contains(&1),
+        "{what}: both sides of the ReLU"
+    );
+    assert_eq!(bp_plain, bp_fused, "{what}: running statistics");
+    let grads = |plan: &NormPlan<T>, st: &NormStats, d: &Tensor<T>| {
+        let mut dx = Tensor::<T>::zeros(shape).unwrap();
+        let (mut dg, mut db) = (
+            Tensor::<T>::zeros(&[c]).unwrap(),
+            Tensor::zeros(&[c]).unwrap(),
+        );
+        plan.backward_into(&x, &gamma, st, d, &mut dx, &mut dg, &mut db, &mut [], par)
+            .map(|()| (dx, dg, db))
+    };
+    let d_relu = relu_backward(&dout, &relu_cache).unwrap();
+    let (ex, eg, eb) = grads(&plain, &st_plain, &d_relu).unwrap();
+    let (dx, dg, db) = grads(&fused, &st, &dout).unwrap();
+    same_bits(&format!("{what}: dx"), &dx, &ex);
+    same_bits(&format!("{what}: dgamma"), &dg, &eg);
+    same_bits(&format!("{what}: dbeta"), &db, &eb);
+    // Statistics with a mask belong to the fused plan only, and the other way round.
+    assert_eq!(grads(&plain, &st, &dout).unwrap_err().arg(), "stats");
+    assert_eq!(grads(&fused, &st_plain, &dout).unwrap_err().arg(), "stats");
+}
+
+#[test]
+fn fused_norm_relu_is_bitwise_the_unfused_pair() {
+    // Per layout the paths of src/norm/fast.rs: short planes (one job per channel) and planes
+    // of 64+ elements not a multiple of 64 (sample-major), (N, D) batch norm, layer norm and
+    // group norm blocks; above NORM_PAR_MIN_ELEMS (32K) so that 2 threads split the work.
+    let cases: [(NormKind, &[usize]); 6] = [
+        (NormKind::SpatialBatchNorm, &[40, 8, 11, 11]),
+        (NormKind::SpatialBatchNorm, &[6, 16, 19, 19]),
+        (NormKind::BatchNorm, &[300, 130]),
+        (NormKind::LayerNorm, &[50, 700]),
+        (NormKind::GroupNorm { groups: 3 }, &[6, 12, 23, 23]),
+        (NormKind::SpatialBatchNorm, &[2, 3, 4, 5]),
+    ];
+    for (kind, shape) in cases {
+        for par in [Parallelism::Sequential, Parallelism::Threads(2)] {
+            for test_mode in [false, true] {
+                if test_mode && !kind.is_batch() {
+                    continue;
+                }
+                fused_relu_case::<f32>(kind, shape, test_mode, par);
+                fused_relu_case::<f64>(kind, shape, test_mode, par);
+            }
+        }
+    }
+}

@@ -2,15 +2,18 @@
 //! chained, with one cache per pair. [`Kernels`] picks the fast kernels (the default) or the
 //! references, so a model can be run on the ground truth to check it.
 //!
-//! The norm–ReLU pairs are fused: the forward clamps the normalised output in place and keeps
-//! one bit per element of where it was positive (the ReLU's mask, as oneDNN's `fuse_norm_relu`
-//! keeps a mask in its workspace), and the backward masks a copy of dout with those bits
-//! before the norm's backward. The unfused pair allocates a second activation-sized tensor in
-//! the forward and keeps a full copy of the norm's output in the ReLU's cache.
+//! The norm–ReLU pairs are fused: with the fast kernels they run the kernels crate's
+//! [`NormPlan::with_relu`], whose forward clamps in its output pass and keeps a byte mask of
+//! where the output was positive (as oneDNN's `fuse_norm_relu` keeps a mask in its workspace),
+//! and whose backward applies the mask to dout inside both of its passes. The unfused pair
+//! allocates a second activation-sized tensor in the forward, keeps a full copy of the norm's
+//! output in the ReLU's cache, and writes and re-reads a masked dout in the backward. With the
+//! reference kernels the pair runs unfused (the reference norm, then the ReLU).
 
 use fastlayers::{
-    self as fl, AffineCache, BnParam, ConvCache, ConvParam, Float, NormCache, NormParam, PoolCache,
-    PoolParam, ReluCache, Tensor, TensorView,
+    self as fl, AffineCache, BnParam, ConvCache, ConvParam, Float, NormCache, NormKind, NormParam,
+    NormParams, NormPlan, NormStats, Parallelism, PoolCache, PoolParam, ReluCache, Tensor,
+    TensorView,
 };
 
 use rayon::prelude::*;
@@ -64,14 +67,29 @@ pub struct ConvBnReluPoolCache<T> {
     pool: Option<PoolCache<T>>,
 }
 
-/// A norm fused with the ReLU after it: the norm's cache and the clamped output (the mask).
+/// A norm fused with the ReLU after it.
 #[derive(Clone, Debug)]
 pub struct NormReluCache<T> {
-    norm: NormCache<T>,
-    /// Bit i of word i / 64: output i was positive.
-    mask: Vec<u64>,
-    shape: Vec<usize>,
-    which: NormWhich,
+    inner: NormReluInner<T>,
+}
+
+#[derive(Clone, Debug)]
+enum NormReluInner<T> {
+    /// The kernels crate's fused plan ([`NormPlan::with_relu`]): its statistics hold the mask.
+    Fused {
+        plan: NormPlan<T>,
+        x: Tensor<T>,
+        gamma: Tensor<T>,
+        stats: NormStats,
+    },
+    /// The reference norm's cache and the ReLU's mask (bit i of word i / 64: output i was
+    /// positive), applied between the two reference kernels.
+    Reference {
+        norm: NormCache<T>,
+        mask: Vec<u64>,
+        shape: Vec<usize>,
+        which: NormWhich,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,7 +225,8 @@ impl Kernels {
         })
     }
 
-    /// A norm then ReLU, fused: out = max(norm(x), 0) and the cache.
+    /// A norm then ReLU, fused: out = max(norm(x), 0) and the cache. The fast kernels run the
+    /// kernels crate's fused plan; the references run the reference norm, then the ReLU.
     pub fn norm_relu_forward<T: Float>(
         self,
         x: TensorView<'_, T>,
@@ -215,27 +234,32 @@ impl Kernels {
         beta: TensorView<'_, T>,
         norm: NormArg<'_, T>,
     ) -> Result<(Tensor<T>, NormReluCache<T>)> {
-        let fast = self == Kernels::Fast;
-        let (mut out, cache, which) = match norm {
-            NormArg::Batch(p) if fast => {
-                let (o, c) = fl::batchnorm_forward(x, gamma, beta, p)?;
-                (o, c, NormWhich::Batch)
-            }
+        if self == Kernels::Fast {
+            let (kind, params): (NormKind, NormParams<'_, T>) = match norm {
+                NormArg::Batch(p) => (NormKind::BatchNorm, p.into()),
+                NormArg::Spatial(p) => (NormKind::SpatialBatchNorm, p.into()),
+                NormArg::Layer(p) => (NormKind::LayerNorm, p.into()),
+            };
+            let plan = NormPlan::<T>::new(kind, x.shape())?.with_relu();
+            let mut out = Tensor::zeros(x.shape())?;
+            let par = Parallelism::Current;
+            let stats = plan.forward_into(x, gamma, beta, params, &mut out, &mut [], par)?;
+            let inner = NormReluInner::Fused {
+                plan,
+                x: x.to_owned(),
+                gamma: gamma.to_owned(),
+                stats,
+            };
+            return Ok((out, NormReluCache { inner }));
+        }
+        let (mut out, norm, which) = match norm {
             NormArg::Batch(p) => {
                 let (o, c) = fl::batchnorm_forward_naive(x, gamma, beta, p)?;
                 (o, c, NormWhich::Batch)
             }
-            NormArg::Spatial(p) if fast => {
-                let (o, c) = fl::spatial_batchnorm_forward(x, gamma, beta, p)?;
-                (o, c, NormWhich::Spatial)
-            }
             NormArg::Spatial(p) => {
                 let (o, c) = fl::spatial_batchnorm_forward_naive(x, gamma, beta, p)?;
                 (o, c, NormWhich::Spatial)
-            }
-            NormArg::Layer(p) if fast => {
-                let (o, c) = fl::layernorm_forward(x, gamma, beta, p)?;
-                (o, c, NormWhich::Layer)
             }
             NormArg::Layer(p) => {
                 let (o, c) = fl::layernorm_forward_naive(x, gamma, beta, p)?;
@@ -244,42 +268,65 @@ impl Kernels {
         };
         let mask = relu_in_place(out.data_mut());
         let shape = out.shape().to_vec();
-        Ok((
-            out,
-            NormReluCache {
-                norm: cache,
-                mask,
-                shape,
-                which,
-            },
-        ))
+        let inner = NormReluInner::Reference {
+            norm,
+            mask,
+            shape,
+            which,
+        };
+        Ok((out, NormReluCache { inner }))
     }
 
-    /// The fused norm-ReLU backward: (dx, dgamma, dbeta).
+    /// The fused norm-ReLU backward: (dx, dgamma, dbeta). Runs the kernels the cache's forward
+    /// ran (a cache holds one or the other).
     pub fn norm_relu_backward<T: Float>(
         self,
         dout: TensorView<'_, T>,
         cache: &NormReluCache<T>,
     ) -> Result<(Tensor<T>, Tensor<T>, Tensor<T>)> {
-        if dout.shape() != cache.shape.as_slice() {
+        let (norm, mask, shape, which) = match &cache.inner {
+            NormReluInner::Fused {
+                plan,
+                x,
+                gamma,
+                stats,
+            } => {
+                let mut dx = Tensor::zeros(x.shape())?;
+                let mut dgamma = Tensor::zeros(gamma.shape())?;
+                let mut dbeta = Tensor::zeros(gamma.shape())?;
+                plan.backward_into(
+                    x,
+                    gamma,
+                    stats,
+                    dout,
+                    &mut dx,
+                    &mut dgamma,
+                    &mut dbeta,
+                    &mut [],
+                    Parallelism::Current,
+                )?;
+                return Ok((dx, dgamma, dbeta));
+            }
+            NormReluInner::Reference {
+                norm,
+                mask,
+                shape,
+                which,
+            } => (norm, mask, shape, *which),
+        };
+        if dout.shape() != shape.as_slice() {
             return Err(fl::Error::Shape {
                 arg: "dout",
-                expected: format!("{:?}", cache.shape),
+                expected: format!("{shape:?}"),
                 found: format!("{:?}", dout.shape()),
             }
             .into());
         }
-        let d = Tensor::new(masked(dout.data(), &cache.mask), dout.shape())?;
-        let c = &cache.norm;
-        Ok(match (cache.which, self) {
-            (NormWhich::Batch, Kernels::Fast) => fl::batchnorm_backward(&d, c)?,
-            (NormWhich::Batch, Kernels::Reference) => fl::batchnorm_backward_naive(&d, c)?,
-            (NormWhich::Spatial, Kernels::Fast) => fl::spatial_batchnorm_backward(&d, c)?,
-            (NormWhich::Spatial, Kernels::Reference) => {
-                fl::spatial_batchnorm_backward_naive(&d, c)?
-            }
-            (NormWhich::Layer, Kernels::Fast) => fl::layernorm_backward(&d, c)?,
-            (NormWhich::Layer, Kernels::Reference) => fl::layernorm_backward_naive(&d, c)?,
+        let d = Tensor::new(masked(dout.data(), mask), dout.shape())?;
+        Ok(match which {
+            NormWhich::Batch => fl::batchnorm_backward_naive(&d, norm)?,
+            NormWhich::Spatial => fl::spatial_batchnorm_backward_naive(&d, norm)?,
+            NormWhich::Layer => fl::layernorm_backward_naive(&d, norm)?,
         })
     }
 

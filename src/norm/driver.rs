@@ -28,6 +28,9 @@ pub(crate) struct BwdIn<'a, T> {
     pub mean: &'a [f64],
     pub inv_std: &'a [f64],
     pub dout: &'a [T],
+    /// The fused ReLU's mask (1 where the forward's output was positive): dout counts only
+    /// there. None for a plain norm.
+    pub mask: Option<&'a [u8]>,
 }
 
 /// What a norm backward writes.
@@ -39,7 +42,8 @@ pub(crate) struct BwdOut<'a, T> {
 
 /// The kernels a norm layer runs: the reference or the fast ones.
 pub(crate) trait NormKernels {
-    /// Normalises x into out with batch statistics; returns per-group (mean, var).
+    /// Normalises x into out with batch statistics; returns per-group (mean, var). With
+    /// `relu`, then clamps out at 0 and writes the mask (1 where out was positive) into it.
     #[allow(clippy::too_many_arguments)]
     fn train_forward<T: Float>(
         l: &NormLayout,
@@ -48,9 +52,10 @@ pub(crate) trait NormKernels {
         beta: &[T],
         eps: f64,
         out: &mut [T],
+        relu: Option<&mut [u8]>,
         par: Parallelism<'_>,
     ) -> (Vec<f64>, Vec<f64>);
-    /// Normalises x into out with fixed per-group statistics.
+    /// Normalises x into out with fixed per-group statistics (and the ReLU as above).
     #[allow(clippy::too_many_arguments)]
     fn normalize<T: Float>(
         l: &NormLayout,
@@ -60,6 +65,7 @@ pub(crate) trait NormKernels {
         mean: &[f64],
         inv_std: &[f64],
         out: &mut [T],
+        relu: Option<&mut [u8]>,
         par: Parallelism<'_>,
     );
     /// dx, dgamma, dbeta (closed form).
@@ -75,10 +81,12 @@ impl NormKernels for Reference {
         beta: &[T],
         eps: f64,
         out: &mut [T],
+        relu: Option<&mut [u8]>,
         _: Parallelism<'_>,
     ) -> (Vec<f64>, Vec<f64>) {
         let (mean, var) = reference::stats(l, x);
         reference::normalize(l, x, gamma, beta, &mean, &inv_std_of(&var, eps), out);
+        relu_after(out, relu);
         (mean, var)
     }
     fn normalize<T: Float>(
@@ -89,12 +97,41 @@ impl NormKernels for Reference {
         mean: &[f64],
         inv_std: &[f64],
         out: &mut [T],
+        relu: Option<&mut [u8]>,
         _: Parallelism<'_>,
     ) {
-        reference::normalize(l, x, gamma, beta, mean, inv_std, out)
+        reference::normalize(l, x, gamma, beta, mean, inv_std, out);
+        relu_after(out, relu);
     }
     fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, _: Parallelism<'_>) {
-        reference::backward(a, o)
+        let Some(mask) = a.mask else {
+            return reference::backward(a, o);
+        };
+        // The ReLU's backward first, as the unfused pair runs it.
+        let d: Vec<T> = a
+            .dout
+            .iter()
+            .zip(mask)
+            .map(|(&d, &m)| if m != 0 { d } else { T::zero() })
+            .collect();
+        reference::backward(
+            BwdIn {
+                dout: &d,
+                mask: None,
+                ..a
+            },
+            o,
+        )
+    }
+}
+
+/// The unfused ReLU after a reference norm: out = max(out, 0), mask = out > 0.
+fn relu_after<T: Float>(out: &mut [T], relu: Option<&mut [u8]>) {
+    if let Some(mask) = relu {
+        for (o, m) in out.iter_mut().zip(mask) {
+            *m = u8::from(*o > T::zero());
+            *o = crate::affine::relu(*o);
+        }
     }
 }
 
@@ -107,9 +144,10 @@ impl NormKernels for Fast {
         beta: &[T],
         eps: f64,
         out: &mut [T],
+        relu: Option<&mut [u8]>,
         par: Parallelism<'_>,
     ) -> (Vec<f64>, Vec<f64>) {
-        fast::train_forward(l, x, gamma, beta, eps, out, par)
+        fast::train_forward(l, x, gamma, beta, eps, out, relu, par)
     }
     fn normalize<T: Float>(
         l: &NormLayout,
@@ -119,9 +157,10 @@ impl NormKernels for Fast {
         mean: &[f64],
         inv_std: &[f64],
         out: &mut [T],
+        relu: Option<&mut [u8]>,
         par: Parallelism<'_>,
     ) {
-        fast::normalize(l, x, gamma, beta, mean, inv_std, out, par)
+        fast::normalize(l, x, gamma, beta, mean, inv_std, out, relu, par)
     }
     fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Parallelism<'_>) {
         fast::backward(a, o, par)
@@ -188,11 +227,13 @@ pub(crate) fn inv_std_of(var: &[f64], eps: f64) -> Vec<f64> {
 }
 
 /// Batch norm forward (plain or spatial) with the given kernels, into `out` (validated first:
-/// on error neither `out` nor `p` is touched). Returns the cache's statistics.
+/// on error neither `out` nor `p` is touched), then the fused ReLU if `relu` (its mask, out's
+/// length) is given. Returns the cache's statistics.
 pub(crate) fn bn_forward_into<T: Float, K: NormKernels>(
     pr: &Prepared<'_, T>,
     p: &mut BnParam<T>,
     out: &mut [T],
+    relu: Option<&mut [u8]>,
     par: Parallelism<'_>,
 ) -> Result<(Vec<f64>, Vec<f64>, bool)> {
     let l = pr.layout;
@@ -211,7 +252,7 @@ pub(crate) fn bn_forward_into<T: Float, K: NormKernels>(
     }
     let (mean, inv_std, batch_stats) = match p.mode {
         Mode::Train => {
-            let (mean, var) = K::train_forward(&l, pr.x, pr.gamma, pr.beta, p.eps, out, par);
+            let (mean, var) = K::train_forward(&l, pr.x, pr.gamma, pr.beta, p.eps, out, relu, par);
             let m = p.momentum;
             for ch in 0..l.channels() {
                 let (old_m, old_v) = (rm[ch].to_f(), rv[ch].to_f());
@@ -237,7 +278,7 @@ pub(crate) fn bn_forward_into<T: Float, K: NormKernels>(
             let mean: Vec<f64> = rm.iter().map(|v| v.to_f()).collect();
             let var: Vec<f64> = rv.iter().map(|v| v.to_f()).collect();
             let inv = inv_std_of(&var, p.eps);
-            K::normalize(&l, pr.x, pr.gamma, pr.beta, &mean, &inv, out, par);
+            K::normalize(&l, pr.x, pr.gamma, pr.beta, &mean, &inv, out, relu, par);
             (mean, inv, false)
         }
     };
@@ -253,7 +294,7 @@ pub(crate) fn bn_forward<T: Float, K: NormKernels>(
     par: Parallelism<'_>,
 ) -> Result<(Tensor<T>, NormCache<T>)> {
     let mut out = Tensor::zeros(&pr.layout.shape())?;
-    let (mean, inv_std, batch_stats) = bn_forward_into::<T, K>(&pr, p, out.data_mut(), par)?;
+    let (mean, inv_std, batch_stats) = bn_forward_into::<T, K>(&pr, p, out.data_mut(), None, par)?;
     Ok((out, make_cache(pr, mean, inv_std, batch_stats)?))
 }
 
@@ -279,13 +320,14 @@ pub(crate) fn per_sample_forward_into<T: Float, K: NormKernels>(
     pr: &Prepared<'_, T>,
     p: &NormParam,
     out: &mut [T],
+    relu: Option<&mut [u8]>,
     par: Parallelism<'_>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let l = pr.layout;
     check_eps(p.eps)?;
     check_batch_stats(&l)?;
     expect_shape("out", &[out.len()], &[l.numel()])?;
-    let (mean, var) = K::train_forward(&l, pr.x, pr.gamma, pr.beta, p.eps, out, par);
+    let (mean, var) = K::train_forward(&l, pr.x, pr.gamma, pr.beta, p.eps, out, relu, par);
     Ok((mean, inv_std_of(&var, p.eps)))
 }
 
@@ -295,7 +337,7 @@ pub(crate) fn per_sample_forward<T: Float, K: NormKernels>(
     par: Parallelism<'_>,
 ) -> Result<(Tensor<T>, NormCache<T>)> {
     let mut out = Tensor::zeros(&pr.layout.shape())?;
-    let (mean, inv_std) = per_sample_forward_into::<T, K>(&pr, p, out.data_mut(), par)?;
+    let (mean, inv_std) = per_sample_forward_into::<T, K>(&pr, p, out.data_mut(), None, par)?;
     Ok((out, make_cache(pr, mean, inv_std, true)?))
 }
 
@@ -341,6 +383,7 @@ pub(crate) fn kernel_backward<T: Float, K: NormKernels>(
         mean: &cache.mean,
         inv_std: &cache.inv_std,
         dout: dout.data(),
+        mask: None,
     };
     let o = BwdOut {
         dx: dx.data_mut(),

@@ -460,6 +460,32 @@ fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64),
     }
 }
 
+multiversion! {
+    /// The fused ReLU after a norm's output pass: clamps `out` at 0 (NaN stays NaN, as
+    /// `relu_forward`) and records in `mask` where it was positive, while the run is in cache.
+    fn relu_run<T>(out: &mut [T], mask: &mut [u8]) {
+        for (o, m) in out.iter_mut().zip(mask) {
+            *m = u8::from(*o > T::zero());
+            *o = crate::affine::relu(*o);
+        }
+    }
+}
+
+/// dy where the fused ReLU passed (mask set), else 0, as `relu_backward` gives it: `dy` itself
+/// without a mask, else the masked run written into `scratch` (a plane or a block, in cache),
+/// so the sums and dx see exactly the values the unfused pair would.
+#[inline(always)]
+fn masked<'s, T: Float>(dy: &'s [T], mask: Option<&[u8]>, scratch: &'s mut Vec<T>) -> &'s [T] {
+    let Some(mask) = mask else { return dy };
+    scratch.clear();
+    scratch.extend(
+        dy.iter()
+            .zip(mask)
+            .map(|(&d, &m)| T::select(m != 0, d, T::zero())),
+    );
+    scratch
+}
+
 /// (N, C, HW) of a channel layout, or None for a group layout.
 fn channel_dims(l: &NormLayout) -> Option<(usize, usize, usize)> {
     match *l {
@@ -535,11 +561,13 @@ multiversion! {
 
 multiversion! {
     /// Per-channel (sum dy, sum dy * (x - mean)) of channel `ch` over N planes.
-    fn channel_dsums<T>(dy: &[T], x: &[T], n: usize, c: usize, hw: usize, ch: usize, mean: f64, scale: DevScale) -> (f64, f64) {
+    fn channel_dsums<T>(dy: &[T], mask: Option<&[u8]>, x: &[T], n: usize, c: usize, hw: usize, ch: usize, mean: f64, scale: DevScale) -> (f64, f64) {
         let (mut a, mut b) = (0.0, 0.0);
+        let mut scratch = Vec::new();
         for i in 0..n {
             let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-            let (s, t) = sum_dy_dev(&dy[r.clone()], &x[r], mean, scale);
+            let d = masked(&dy[r.clone()], mask.map(|m| &m[r.clone()]), &mut scratch);
+            let (s, t) = sum_dy_dev(d, &x[r], mean, scale);
             a += s;
             b += t;
         }
@@ -551,10 +579,12 @@ multiversion! {
     /// Pass 1 backward over one sample of a channel layout: per channel plane
     /// (sum dy, sum dy * (x - mean)) into `out[2 ch..2 ch + 2]`, the same per-plane sums
     /// `channel_dsums` adds up.
-    fn sample_dsums<T>(dy: &[T], x: &[T], hw: usize, mean: &[f64], scale: &[DevScale], out: &mut [f64]) {
+    fn sample_dsums<T>(dy: &[T], mask: Option<&[u8]>, x: &[T], hw: usize, mean: &[f64], scale: &[DevScale], out: &mut [f64]) {
+        let mut scratch = Vec::new();
         for (ch, ((&m, &sc), o)) in mean.iter().zip(scale).zip(out.chunks_exact_mut(2)).enumerate() {
             let r = ch * hw..(ch + 1) * hw;
-            let (a, b) = sum_dy_dev(&dy[r.clone()], &x[r], m, sc);
+            let d = masked(&dy[r.clone()], mask.map(|m| &m[r.clone()]), &mut scratch);
+            let (a, b) = sum_dy_dev(d, &x[r], m, sc);
             o[0] = a;
             o[1] = b;
         }
@@ -598,10 +628,12 @@ fn plane_sums(
 
 multiversion! {
     /// Pass 2 backward over one sample of a channel layout: per channel (mean, k1, k2, k3).
-    fn channel_sample_dx<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, ks: &[(f64, f64, f64, f64)], nt: bool) {
+    fn channel_sample_dx<T>(dy: &[T], mask: Option<&[u8]>, x: &[T], dx: &mut [T], hw: usize, ks: &[(f64, f64, f64, f64)], nt: bool) {
+        let mut scratch = Vec::new();
         for (ch, &(m, k1, k2, k3)) in ks.iter().enumerate() {
             let r = ch * hw..(ch + 1) * hw;
-            dx_run(&dy[r.clone()], &x[r.clone()], &mut dx[r], m, (k1, k2, k3), nt);
+            let d = masked(&dy[r.clone()], mask.map(|m| &m[r.clone()]), &mut scratch);
+            dx_run(d, &x[r.clone()], &mut dx[r], m, (k1, k2, k3), nt);
         }
         fence(nt);
     }
@@ -610,7 +642,9 @@ multiversion! {
 multiversion! {
     /// One group layout block, backward: per-channel sums into `sums` ((sum dy, sum dy*(x-m))
     /// per channel), then dx for the block.
-    fn group_backward<T>(dy: &[T], x: &[T], dx: &mut [T], hw: usize, gamma: &[T], mean: f64, inv: f64, batch: bool, sums: &mut [f64], nt: bool) {
+    fn group_backward<T>(dy: &[T], mask: Option<&[u8]>, x: &[T], dx: &mut [T], hw: usize, gamma: &[T], mean: f64, inv: f64, batch: bool, sums: &mut [f64], nt: bool) {
+        let mut scratch = Vec::new();
+        let dy = masked(dy, mask, &mut scratch);
         let cnt = x.len() as f64;
         if !nt && std::mem::size_of_val(dx) <= NORM_PREFETCH_MAX_BYTES {
             prefetch_lines(dx);
@@ -641,6 +675,8 @@ multiversion! {
 }
 
 /// Train-mode forward: normalises x into out with batch statistics; returns per-group (mean, var).
+/// With `relu` (x's length), the fused ReLU clamps out and records its mask (see `relu_run`).
+#[allow(clippy::too_many_arguments)]
 pub fn train_forward<T: Float>(
     l: &NormLayout,
     x: &[T],
@@ -648,6 +684,7 @@ pub fn train_forward<T: Float>(
     beta: &[T],
     eps: f64,
     out: &mut [T],
+    relu: Option<&mut [u8]>,
     par: Parallelism<'_>,
 ) -> (Vec<f64>, Vec<f64>) {
     let par = par.for_work_above(x.len(), NORM_PAR_MIN_ELEMS);
@@ -677,17 +714,32 @@ pub fn train_forward<T: Float>(
         }
         let (mean, var): (Vec<f64>, Vec<f64>) = st.chunks(2).map(|s| (s[0], s[1])).unzip();
         let inv = super::driver::inv_std_of(&var, eps);
-        normalize(l, x, gamma, beta, &mean, &inv, out, par);
+        normalize(l, x, gamma, beta, &mean, &inv, out, relu, par);
         (mean, var)
     } else {
         let (groups, cg, hw, g) = group_dims(l);
-        let nt = streaming(2 * std::mem::size_of_val(x));
+        // The fused ReLU re-reads the block it just wrote: plain stores keep it in cache.
+        let nt = relu.is_none() && streaming(2 * std::mem::size_of_val(x));
         let mut st = vec![0.0f64; 2 * groups];
-        par.for_each_chunk2(out, cg * hw, &mut st, 2, &|gi, o, s, _| {
+        let blk_len = cg * hw;
+        let masks: Vec<Option<&mut [u8]>> = match relu {
+            Some(m) => m.chunks_mut(blk_len).map(Some).collect(),
+            None => (0..groups).map(|_| None).collect(),
+        };
+        let items: Vec<_> = out
+            .chunks_mut(blk_len)
+            .zip(st.chunks_mut(2))
+            .zip(masks)
+            .enumerate()
+            .collect();
+        par.for_each_item(items, &|(gi, ((o, s), mask)), _| {
             let c0 = (gi % g) * cg;
-            let blk = &x[gi * cg * hw..(gi + 1) * cg * hw];
+            let blk = &x[gi * blk_len..(gi + 1) * blk_len];
             let (gm, bt) = (&gamma[c0..c0 + cg], &beta[c0..c0 + cg]);
             let (m, v) = group_forward(blk, o, hw, gm, bt, eps, nt);
+            if let Some(mask) = mask {
+                relu_run(o, mask);
+            }
             s[0] = m;
             s[1] = v;
         });
@@ -707,6 +759,9 @@ fn sample_chunk(n: usize, c: usize, hw: usize, threads: usize) -> usize {
     }
 }
 
+/// One chunk of the output pass: `job(i, out_chunk_i)`.
+type ChunkJob<'a, T> = dyn Fn(usize, &mut [T]) + Sync + 'a;
+
 /// Forward with fixed statistics (batch norm test mode, and pass 2 of train mode).
 #[allow(clippy::too_many_arguments)]
 pub fn normalize<T: Float>(
@@ -717,38 +772,40 @@ pub fn normalize<T: Float>(
     mean: &[f64],
     inv_std: &[f64],
     out: &mut [T],
+    relu: Option<&mut [u8]>,
     par: Parallelism<'_>,
 ) {
     let par = par.for_work_above(x.len(), NORM_PAR_MIN_ELEMS);
-    if let Some((n, c, hw)) = channel_dims(l) {
+    // The fused ReLU re-reads each chunk it just wrote: plain stores keep it in cache.
+    let nt = relu.is_none() && streaming(2 * std::mem::size_of_val(x));
+    let (chunk, job): (usize, Box<ChunkJob<'_, T>>) = if let Some((n, c, hw)) = channel_dims(l) {
         let mab: Vec<(f64, f64, f64)> = (0..c)
             .map(|ch| (mean[ch], gamma[ch].to_f() * inv_std[ch], beta[ch].to_f()))
             .collect();
         let chunk = sample_chunk(n, c, hw, par.threads());
-        let nt = streaming(2 * std::mem::size_of_val(x));
-        par.for_each_chunk(out, chunk, &|i, o, _| {
+        let job = move |i: usize, o: &mut [T]| {
             let start = i * chunk;
             let ch0 = (start / hw) % c;
             let nch = chunk / hw;
             channel_sample_affine(&x[start..start + chunk], o, hw, &mab[ch0..ch0 + nch], nt);
-        });
+        };
+        (chunk, Box::new(job))
     } else {
         let (_, cg, hw, g) = group_dims(l);
-        let nt = streaming(2 * std::mem::size_of_val(x));
-        par.for_each_chunk(out, cg * hw, &|gi, o, _| {
+        let job = move |gi: usize, o: &mut [T]| {
             let c0 = (gi % g) * cg;
             let blk = &x[gi * cg * hw..(gi + 1) * cg * hw];
-            group_affine(
-                blk,
-                o,
-                hw,
-                &gamma[c0..c0 + cg],
-                &beta[c0..c0 + cg],
-                mean[gi],
-                inv_std[gi],
-                nt,
-            );
-        });
+            let (gm, bt) = (&gamma[c0..c0 + cg], &beta[c0..c0 + cg]);
+            group_affine(blk, o, hw, gm, bt, mean[gi], inv_std[gi], nt);
+        };
+        (cg * hw, Box::new(job))
+    };
+    match relu {
+        Some(mask) => par.for_each_chunk2(out, chunk, mask, chunk, &|i, o, m, _| {
+            job(i, o);
+            relu_run(o, m);
+        }),
+        None => par.for_each_chunk(out, chunk, &|i, o, _| job(i, o)),
     }
 }
 
@@ -762,6 +819,7 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
         mean,
         inv_std,
         dout,
+        mask,
     } = a;
     let BwdOut { dx, dgamma, dbeta } = o;
     let par = par.for_work_above(x.len(), NORM_PAR_MIN_ELEMS);
@@ -774,12 +832,13 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
             let chw = c * hw;
             plane_sums(n, c, par, &|i, s| {
                 let r = i * chw..(i + 1) * chw;
-                sample_dsums(&dout[r.clone()], &x[r], hw, mean, &scale, s)
+                let m = mask.map(|m| &m[r.clone()]);
+                sample_dsums(&dout[r.clone()], m, &x[r], hw, mean, &scale, s)
             })
         } else {
             let mut sums = vec![0.0f64; 2 * c];
             par.for_each_chunk(&mut sums, 2, &|ch, s, _| {
-                let (a, b) = channel_dsums(dout, x, n, c, hw, ch, mean[ch], scale[ch]);
+                let (a, b) = channel_dsums(dout, mask, x, n, c, hw, ch, mean[ch], scale[ch]);
                 s[0] = a;
                 s[1] = b;
             });
@@ -816,7 +875,8 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
             let ch0 = (start / hw) % c;
             let nch = chunk / hw;
             let r = start..start + chunk;
-            channel_sample_dx(&dout[r.clone()], &x[r], d, hw, &ks[ch0..ch0 + nch], nt);
+            let m = mask.map(|m| &m[r.clone()]);
+            channel_sample_dx(&dout[r.clone()], m, &x[r], d, hw, &ks[ch0..ch0 + nch], nt);
         });
     } else {
         let (groups, cg, hw, g) = group_dims(l);
@@ -827,6 +887,7 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>, par: Paralle
             let r = gi * cg * hw..(gi + 1) * cg * hw;
             group_backward(
                 &dout[r.clone()],
+                mask.map(|m| &m[r.clone()]),
                 &x[r],
                 d,
                 hw,

@@ -67,12 +67,26 @@ impl<T> From<&NormParam> for NormParams<'_, T> {
 /// The statistics a norm forward normalised with (batch statistics, or batch norm's running ones
 /// in test mode), as its backward needs them. Only a forward builds one; a backward checks it
 /// against its own plan.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct NormStats {
     layout: NormLayout,
     batch_stats: bool,
     mean: Vec<f64>,
     inv_std: Vec<f64>,
+    /// A fused ReLU's mask (1 where the output was positive), None for a plain norm.
+    relu_mask: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for NormStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NormStats")
+            .field("layout", &self.layout)
+            .field("batch_stats", &self.batch_stats)
+            .field("mean", &self.mean)
+            .field("inv_std", &self.inv_std)
+            .field("relu_mask_len", &self.relu_mask.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl NormStats {
@@ -93,6 +107,11 @@ impl NormStats {
     pub fn inv_std(&self) -> &[f64] {
         &self.inv_std
     }
+    /// A fused ReLU's mask (see [`NormPlan::with_relu`]): element i is 1 where the forward's
+    /// output i was positive, else 0. None for a plain norm.
+    pub fn relu_mask(&self) -> Option<&[u8]> {
+        self.relu_mask.as_deref()
+    }
 }
 
 /// A normalisation layer planned once for its kind and input shape.
@@ -111,6 +130,7 @@ impl NormStats {
 #[derive(Clone, Copy, Debug)]
 pub struct NormPlan<T> {
     layout: NormLayout,
+    relu: bool,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -119,8 +139,22 @@ impl<T: Float> NormPlan<T> {
     pub fn new(kind: NormKind, x_shape: &[usize]) -> Result<Self> {
         Ok(NormPlan {
             layout: layout_of(kind, x_shape)?,
+            relu: false,
             _t: PhantomData,
         })
+    }
+    /// The same norm with the ReLU after it fused in, as oneDNN's `fuse_norm_relu`: the
+    /// forward writes max(norm(x), 0) in its output pass and keeps a byte mask of where the
+    /// output was positive in the [`NormStats`]; the backward applies the mask to dout inside
+    /// both of its passes. Bitwise the unfused pair's results (`relu_forward` after the norm,
+    /// `relu_backward` before its backward), one pass over the tensors fewer each way.
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
+    }
+    /// Whether the ReLU is fused in.
+    pub fn relu(&self) -> bool {
+        self.relu
     }
     /// The layer.
     pub fn kind(&self) -> NormKind {
@@ -162,12 +196,15 @@ impl<T: Float> NormPlan<T> {
         expect_shape("x", x.shape(), &self.layout.shape())?;
         expect_shape("out", out.shape(), &self.layout.shape())?;
         let pr = prepare(kind, x, gamma.into(), beta.into())?;
+        let mut relu_mask = self.relu.then(|| vec![0u8; self.layout.numel()]);
+        let relu = relu_mask.as_deref_mut();
         let (mean, inv_std, batch_stats) = match (params.into(), kind.is_batch()) {
             (NormParams::Batch(bp), true) => {
-                bn_forward_into::<T, Fast>(&pr, bp, out.data_mut(), par)?
+                bn_forward_into::<T, Fast>(&pr, bp, out.data_mut(), relu, par)?
             }
             (NormParams::PerSample(np), false) => {
-                let (m, s) = per_sample_forward_into::<T, Fast>(&pr, &np, out.data_mut(), par)?;
+                let (m, s) =
+                    per_sample_forward_into::<T, Fast>(&pr, &np, out.data_mut(), relu, par)?;
                 (m, s, true)
             }
             (NormParams::Batch(_), false) => {
@@ -190,6 +227,7 @@ impl<T: Float> NormPlan<T> {
             batch_stats,
             mean,
             inv_std,
+            relu_mask,
         })
     }
 
@@ -225,6 +263,20 @@ impl<T: Float> NormPlan<T> {
                 ),
             ));
         }
+        if stats.relu_mask.is_some() != self.relu {
+            let with = |r: bool| {
+                if r {
+                    "with the fused ReLU"
+                } else {
+                    "without a ReLU"
+                }
+            };
+            return Err(Error::cache(
+                "stats",
+                format!("statistics of a forward {}", with(self.relu)),
+                format!("those of a forward {}", with(stats.relu_mask.is_some())),
+            ));
+        }
         expect_shape("x", x.shape(), &l.shape())?;
         check_affine("gamma", &gamma, &l)?;
         expect_shape("dout", dout.shape(), &l.shape())?;
@@ -239,6 +291,7 @@ impl<T: Float> NormPlan<T> {
             mean: &stats.mean,
             inv_std: &stats.inv_std,
             dout: dout.data(),
+            mask: stats.relu_mask.as_deref(),
         };
         let o = BwdOut {
             dx: dx.data_mut(),

@@ -53,7 +53,12 @@ pub(crate) fn backward<T: Float>(a: BwdIn<'_, T>, o: BwdOut<'_, T>) {
         mean,
         inv_std,
         dout,
+        mask,
     } = a;
+    debug_assert!(
+        mask.is_none(),
+        "a fused ReLU's mask is applied by the caller"
+    );
     let BwdOut { dx, dgamma, dbeta } = o;
     let xhat = |i: usize| (x[i].to_f() - mean[l.group_of(i)]) * inv_std[l.group_of(i)];
     let mut dg = vec![0.0f64; l.channels()];
