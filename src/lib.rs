@@ -95,8 +95,8 @@ pub use affine::{
     relu_grad,
 };
 pub use conv::{
-    ConvAlgorithm, ConvCache, ConvDirection, ConvPlan, conv_backward_fast, conv_backward_naive,
-    conv_forward_fast, conv_forward_naive,
+    ConvAlgorithm, ConvCache, ConvDirection, ConvPlan, ConvWeights, conv_backward_fast,
+    conv_backward_naive, conv_forward_fast, conv_forward_naive,
 };
 pub use dropout::{DropoutCache, DropoutParam, dropout_backward, dropout_forward};
 pub use error::{Error, Result};

@@ -467,3 +467,84 @@ fn fused_norm_relu_is_bitwise_the_unfused_pair() {
         }
     }
 }
+
+fn packed_forward_case<T: Float>(alg: ConvAlgorithm, groups: usize) {
+    let mut rng = Rng::new(7 + groups as u64);
+    let (xs, ws_) = ([3, 8, 16, 15], [12, 8 / groups, 3, 3]);
+    let p = ConvParam::new(1, 1).with_groups(groups);
+    let base = ConvPlan::<T>::new(&xs, &ws_, &p).unwrap();
+    let plan = match base.with_algorithm(ConvDirection::Forward, alg) {
+        Ok(plan) => plan,
+        // Only im2col runs without the explicit x86 kernels (FASTLAYERS_SIMD=portable).
+        Err(_) if base.simd_level() == cpu::SimdLevel::Portable => return,
+        Err(e) => panic!("{alg:?} groups {groups} is forcible here: {e}"),
+    };
+    assert_eq!(plan.algorithm(ConvDirection::Forward), alg);
+    let w: Tensor<T> = rng.randn(&ws_, 0.3, 0.0);
+    let b: Tensor<T> = rng.randn(&[12], 0.5, 0.0);
+    let packed = plan.pack_weights(&w, &b).unwrap();
+    let out_shape = plan.geom().out_shape();
+    for threads in [1, 2] {
+        let par = Parallelism::Threads(threads);
+        let mut ws = vec![T::zero(); plan.forward_workspace_len(par).unwrap()];
+        // Several inputs through the same packed weights, one with an infinity (Winograd's
+        // fallback to im2col on non-finite data must see the same weights).
+        for round in 0..3 {
+            let mut x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+            if round == 2 {
+                x.data_mut()[17] = T::infinity();
+            }
+            let mut want = Tensor::<T>::zeros(&out_shape).unwrap();
+            plan.forward_into(&x, &w, &b, &mut want, &mut ws, par)
+                .unwrap();
+            let mut got = Tensor::<T>::full(&out_shape, T::nan()).unwrap();
+            plan.forward_packed_into(&x, &packed, &mut got, &mut ws, par)
+                .unwrap();
+            let what = format!("{alg:?} groups {groups} threads {threads} round {round}");
+            let same = want.data().iter().zip(got.data());
+            assert!(
+                same.clone()
+                    .all(|(a, b)| a.to_f().to_bits() == b.to_f().to_bits()),
+                "{what}: packed forward differs from forward_into"
+            );
+        }
+    }
+    // Weights packed by another plan (another algorithm, or another shape) are refused before
+    // anything is written.
+    let other = [ConvAlgorithm::Im2col, ConvAlgorithm::Direct]
+        .into_iter()
+        .find(|&o| o != alg)
+        .unwrap();
+    let plan2 = ConvPlan::<T>::new(&xs, &ws_, &p)
+        .unwrap()
+        .with_algorithm(ConvDirection::Forward, other)
+        .unwrap();
+    let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let par = Parallelism::Sequential;
+    let mut ws = vec![T::zero(); plan2.forward_workspace_len(par).unwrap()];
+    let mut out = Tensor::<T>::full(&out_shape, T::nan()).unwrap();
+    let e = plan2
+        .forward_packed_into(&x, &packed, &mut out, &mut ws, par)
+        .unwrap_err();
+    assert_eq!(e.arg(), "weights");
+    assert!(
+        out.data().iter().all(|v| v.is_nan()),
+        "nothing written on error"
+    );
+    let e = plan.pack_weights(&b, &b).unwrap_err();
+    assert_eq!(e.arg(), "w");
+}
+
+#[test]
+fn packed_weights_forward_is_bitwise_forward_into() {
+    for alg in [
+        ConvAlgorithm::Im2col,
+        ConvAlgorithm::Direct,
+        ConvAlgorithm::Winograd,
+    ] {
+        for groups in [1, 2] {
+            packed_forward_case::<f32>(alg, groups);
+            packed_forward_case::<f64>(alg, groups);
+        }
+    }
+}

@@ -219,6 +219,17 @@ pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<
                 .then(|| once(|| drop(conv_forward_naive(&x, &w, &b, &cp))) * 1e3);
             emit(row("conv_fwd", name, ms, naive, Some(g.flops())));
         }
+        // Weights packed once (inference): only when the filter names it, as it is not one of
+        // the anchors' ops.
+        let asked = o.filter.as_deref().is_some_and(|f| f.contains("packed"));
+        if asked && wanted(o, "conv_fwd_packed", name) {
+            let packed = plan.pack_weights(&w, &b)?;
+            let ms = median_ms(o.budget, || {
+                plan.forward_packed_into(&x, &packed, &mut out, &mut ws_buf, par)
+                    .expect("validated");
+            });
+            emit(row("conv_fwd_packed", name, ms, None, Some(g.flops())));
+        }
         if wanted(o, "conv_bwd", name) {
             let ms = median_ms(o.budget, || {
                 plan.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)

@@ -69,7 +69,8 @@ pub(super) fn direct_conv<T: Float>(
 }
 
 /// Forward into caller buffers: `out` (N*F*HO*WO), `ws` at least `workspace_len(g, par.threads())`.
-/// Slices must have the lengths `g` implies (checked by the public wrappers).
+/// Slices must have the lengths `g` implies (checked by the public wrappers). Packs the weights
+/// into the front of `ws`, then runs `forward_packed` with the rest.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_into<T: Float>(
     g: &ConvGeom,
@@ -81,25 +82,43 @@ pub(super) fn forward_into<T: Float>(
     ws: &mut [T],
     par: Parallelism<'_>,
 ) {
-    let threads = par.threads();
-    let sh = a.s;
-    debug_assert!(ws.len() >= forward_workspace_len(g, a, threads).unwrap_or(usize::MAX));
-    debug_assert_eq!(out.len(), g.n * g.f * g.pixels());
-    let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
-    if let Some(wg) = a.wino_fwd(g) {
-        return forward_winograd(g, a, wg, x, w, b, out, ws, par);
-    }
-    if a.fwd == ConvAlgorithm::Direct {
-        return forward_direct(g, a, x, w, b, out, ws, par);
-    }
-    // The weights are packed once per call and shared by every image and tile, with the bias as
-    // an extra column (K + 1): B gets a row of ones, so the GEMM writes out = W col + b directly
-    // (its first KC block stores) and out is neither pre-filled nor read.
-    let k1 = k + 1;
-    // Row panels fitted to F/G (5-row panels for 25 filters); never larger than `sh`'s packing,
-    // so the workspace sized with `sh` holds it.
-    let sa = pg::rows_shape(sh, fg);
+    debug_assert!(ws.len() >= forward_workspace_len(g, a, par.threads()).unwrap_or(usize::MAX));
     let (wp, ws) = ws.split_at_mut(packed_w_len(g, a));
+    pack_weights(g, a, w, b, wp);
+    forward_packed(g, a, wp, x, b, out, ws, par);
+}
+
+/// Packs w (and for im2col the bias) the way `a`'s forward reads them, into `wp` (at least
+/// `packed_w_len(g, a)`): once per call, shared by every image and tile, or once for many
+/// calls (`ConvPlan::pack_weights`).
+pub(super) fn pack_weights<T: Float>(g: &ConvGeom, a: &Algos, w: &[T], b: &[T], wp: &mut [T]) {
+    debug_assert!(wp.len() >= packed_w_len(g, a));
+    let (k, fg, cg) = (g.k_rows(), g.fg(), g.cg());
+    if let Some(wg) = a.wino_fwd(g) {
+        let gl = wg.packed_len();
+        for grp in 0..g.groups() {
+            let wgr = &w[grp * fg * cg * 9..(grp + 1) * fg * cg * 9];
+            let k = |o: usize, i: usize| -> [T; 9] {
+                std::array::from_fn(|t| wgr[(o * cg + i) * 9 + t])
+            };
+            winograd::pack_weights(&wg, k, &mut wp[grp * gl..(grp + 1) * gl]);
+        }
+        return;
+    }
+    let sa = pg::rows_shape(a.s, fg);
+    if a.fwd == ConvAlgorithm::Direct {
+        let ga = pg::packed_a_len(sa, fg, k);
+        for grp in 0..g.groups() {
+            let wg = &w[grp * fg * k..(grp + 1) * fg * k];
+            pg::pack_a(sa, fg, k, wg, k, 1, &mut wp[grp * ga..(grp + 1) * ga]);
+        }
+        return;
+    }
+    // im2col: the bias is an extra column (K + 1): B gets a row of ones, so the GEMM writes
+    // out = W col + b directly (its first KC block stores) and out is neither pre-filled nor
+    // read. Row panels fitted to F/G (5-row panels for 25 filters); never larger than the
+    // plan shape's packing, so `packed_w_len` holds them.
+    let k1 = k + 1;
     let ga = pg::packed_a_len(sa, fg, k1);
     debug_assert!(g.groups() * ga <= wp.len());
     for grp in 0..g.groups() {
@@ -108,7 +127,34 @@ pub(super) fn forward_into<T: Float>(
         let get = |i: usize, kk: usize| if kk < k { wg[i * k + kk] } else { bg[i] };
         pg::pack_a_with(sa, fg, k1, get, &mut wp[grp * ga..(grp + 1) * ga]);
     }
-    let wp = &*wp;
+}
+
+/// The forward with weights `pack_weights` packed for the same `a`; `ws` holds the per-thread
+/// slots (`threads * fwd_slot_len`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_packed<T: Float>(
+    g: &ConvGeom,
+    a: &Algos,
+    wp: &[T],
+    x: &[T],
+    b: &[T],
+    out: &mut [T],
+    ws: &mut [T],
+    par: Parallelism<'_>,
+) {
+    let threads = par.threads();
+    let sh = a.s;
+    debug_assert_eq!(out.len(), g.n * g.f * g.pixels());
+    let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
+    if let Some(wg) = a.wino_fwd(g) {
+        return forward_winograd(g, a, wg, wp, x, b, out, ws, par);
+    }
+    if a.fwd == ConvAlgorithm::Direct {
+        return forward_direct(g, a, wp, x, b, out, ws, par);
+    }
+    let k1 = k + 1;
+    let sa = pg::rows_shape(sh, fg);
+    let ga = pg::packed_a_len(sa, fg, k1);
     let slots = Slots::new(ws, threads, fwd_slot_len(g, a));
     let th = tile_rows(g);
     let tiles = g.ho.div_ceil(th);
@@ -151,27 +197,19 @@ pub(super) fn forward_into<T: Float>(
 
 /// The forward as Winograd F(2x2, 3x3) (see `wino_fwd`), per image.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn forward_winograd<T: Float>(
+fn forward_winograd<T: Float>(
     g: &ConvGeom,
     a: &Algos,
     wg: Wino,
+    wp: &[T],
     x: &[T],
-    w: &[T],
     b: &[T],
     out: &mut [T],
     ws: &mut [T],
     par: Parallelism<'_>,
 ) {
     let (p, fg, cg, chw) = (g.pixels(), g.fg(), g.cg(), g.c * g.h * g.w);
-    let (wp, ws) = ws.split_at_mut(packed_w_len(g, a));
     let gl = wg.packed_len();
-    for grp in 0..g.groups() {
-        let wgr = &w[grp * fg * cg * 9..(grp + 1) * fg * cg * 9];
-        let k =
-            |o: usize, i: usize| -> [T; 9] { std::array::from_fn(|t| wgr[(o * cg + i) * 9 + t]) };
-        winograd::pack_weights(&wg, k, &mut wp[grp * gl..(grp + 1) * gl]);
-    }
-    let wp = &*wp;
     let slots = Slots::new(ws, par.threads(), fwd_slot_len(g, a));
     par.for_each_chunk(out, g.f * p, &|n, on, slot| {
         slots.with(slot, |ws| {
@@ -192,11 +230,11 @@ pub(super) fn forward_winograd<T: Float>(
 
 /// The forward as a direct convolution (see `direct_fwd`), per image.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn forward_direct<T: Float>(
+fn forward_direct<T: Float>(
     g: &ConvGeom,
     a: &Algos,
+    wp: &[T],
     x: &[T],
-    w: &[T],
     b: &[T],
     out: &mut [T],
     ws: &mut [T],
@@ -205,13 +243,7 @@ pub(super) fn forward_direct<T: Float>(
     let sh = a.s;
     let (p, k, fg, chw) = (g.pixels(), g.k_rows(), g.fg(), g.c * g.h * g.w);
     let sa = pg::rows_shape(sh, fg);
-    let (wp, ws) = ws.split_at_mut(packed_w_len(g, a));
     let ga = pg::packed_a_len(sa, fg, k);
-    for grp in 0..g.groups() {
-        let wg = &w[grp * fg * k..(grp + 1) * fg * k];
-        pg::pack_a(sa, fg, k, wg, k, 1, &mut wp[grp * ga..(grp + 1) * ga]);
-    }
-    let wp = &*wp;
     let pd = fwd_pad(g);
     let slots = Slots::new(ws, par.threads(), fwd_slot_len(g, a));
     par.for_each_chunk(out, g.f * p, &|n, on, slot| {

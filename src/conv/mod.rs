@@ -40,7 +40,7 @@ mod plan;
 pub(crate) mod reference;
 mod winograd;
 
-pub use plan::{ConvAlgorithm, ConvPlan, Direction as ConvDirection};
+pub use plan::{ConvAlgorithm, ConvPlan, ConvWeights, Direction as ConvDirection};
 
 use crate::error::{Result, expect_shape};
 use crate::parallel::Parallelism;

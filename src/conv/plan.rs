@@ -222,7 +222,12 @@ impl Algos {
     /// outputs to NaN (inf - inf) where the reference has infinities or finite values; on
     /// such data the forward runs im2col.
     pub(crate) fn for_forward<T: Float>(self, x: &[T], w: &[T]) -> Algos {
-        if self.fwd == ConvAlgorithm::Winograd && !(all_finite(w) && all_finite(x)) {
+        self.for_forward_with(x, || all_finite(w))
+    }
+
+    /// `for_forward` with w's finiteness given (scanned once when the weights were packed).
+    fn for_forward_with<T: Float>(self, x: &[T], w_finite: impl FnOnce() -> bool) -> Algos {
+        if self.fwd == ConvAlgorithm::Winograd && !(w_finite() && all_finite(x)) {
             return Algos {
                 fwd: ConvAlgorithm::Im2col,
                 ..self
@@ -412,6 +417,48 @@ pub(super) fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// Where every tap of every output is padding (or there are none): out = bias + the sum of
+/// 0 * w over the filter's taps, which is the bias, or NaN where a weight is not finite (as the
+/// reference, and the kernels on a non-empty input, give).
+fn fill_empty_work<T: Float>(g: &ConvGeom, w: &[T], b: &[T], out: &mut [T]) {
+    let p = g.pixels();
+    let kf = g.cg() * g.kh * g.kw;
+    let zero_terms: Vec<T> = (0..g.f)
+        .map(|f| {
+            w[f * kf..(f + 1) * kf]
+                .iter()
+                .fold(T::zero(), |a, &v| a + T::zero() * v)
+        })
+        .collect();
+    for (o, chunk) in out.chunks_mut(p.max(1)).enumerate() {
+        let f = o % g.f.max(1);
+        chunk.fill(b[f] + zero_terms[f]);
+    }
+}
+
+/// A convolution's weights and bias packed once by [`ConvPlan::pack_weights`] for that plan's
+/// forward, to run many forwards with [`ConvPlan::forward_packed_into`] without re-packing.
+/// Only a plan builds one; it is bound to that plan's shape and algorithm.
+#[derive(Clone)]
+pub struct ConvWeights<T> {
+    geom: ConvGeom,
+    algos: Algos,
+    w: Vec<T>,
+    b: Vec<T>,
+    w_finite: bool,
+    packed: Vec<T>,
+}
+
+impl<T> std::fmt::Debug for ConvWeights<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvWeights")
+            .field("geom", &self.geom)
+            .field("forward", &self.algos.fwd)
+            .field("packed_len", &self.packed.len())
+            .finish()
+    }
+}
+
 /// A convolution planned once for its shapes and parameters: validated, its algorithm per
 /// direction chosen by the cost model (shape, SIMD level, kernel shape; never timing, so a given
 /// machine and shape always run the same code and give the same bits), its exact workspace
@@ -576,22 +623,7 @@ impl<T: Float> ConvPlan<T> {
             "ConvPlan::forward_workspace_len",
         )?;
         if empty_work(g) {
-            // Every tap of every output is padding (or there are none): out = bias + the sum
-            // of 0 * w over the filter's taps, which is the bias, or NaN where a weight is not
-            // finite (as the reference, and the kernels on a non-empty input, give).
-            let p = g.pixels();
-            let kf = g.cg() * g.kh * g.kw;
-            let zero_terms: Vec<T> = (0..g.f)
-                .map(|f| {
-                    w.data()[f * kf..(f + 1) * kf]
-                        .iter()
-                        .fold(T::zero(), |a, &v| a + T::zero() * v)
-                })
-                .collect();
-            for (o, chunk) in out.data_mut().chunks_mut(p.max(1)).enumerate() {
-                let f = o % g.f.max(1);
-                chunk.fill(b.data()[f] + zero_terms[f]);
-            }
+            fill_empty_work(g, w.data(), b.data(), out.data_mut());
             return Ok(());
         }
         super::forward::forward_into(
@@ -604,6 +636,96 @@ impl<T: Float> ConvPlan<T> {
             workspace,
             par,
         );
+        Ok(())
+    }
+
+    /// Packs w (F, C/groups, KH, KW) and b (F,) once for this plan's forward, for a caller whose
+    /// weights stay unchanged over many calls (inference, or evaluating a model between
+    /// updates): [`ConvPlan::forward_packed_into`] then skips the packing (and w's finiteness
+    /// scan) that every [`ConvPlan::forward_into`] does. The result is tied to this plan's shape
+    /// and algorithm, and keeps copies of w and b for the calls whose data make the forward fall
+    /// back to im2col (a non-finite x under Winograd).
+    pub fn pack_weights<'a>(
+        &self,
+        w: impl Into<TensorView<'a, T>>,
+        b: impl Into<TensorView<'a, T>>,
+    ) -> Result<ConvWeights<T>>
+    where
+        T: 'a,
+    {
+        let (w, b) = (w.into(), b.into());
+        let g = &self.geom;
+        expect_shape("w", w.shape(), &g.w_shape())?;
+        expect_shape("b", b.shape(), &[g.f])?;
+        let mut packed = vec![T::zero(); packed_w_len(g, &self.algos)];
+        if !empty_work(g) {
+            super::forward::pack_weights(g, &self.algos, w.data(), b.data(), &mut packed);
+        }
+        Ok(ConvWeights {
+            geom: self.geom,
+            algos: self.algos,
+            w: w.data().to_vec(),
+            b: b.data().to_vec(),
+            w_finite: all_finite(w.data()),
+            packed,
+        })
+    }
+
+    /// [`ConvPlan::forward_into`] with weights packed by [`ConvPlan::pack_weights`] of this plan
+    /// (an `Err` naming `weights` for another plan's): the same workspace, the same bits.
+    pub fn forward_packed_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        weights: &ConvWeights<T>,
+        out: impl Into<TensorViewMut<'o, T>>,
+        workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (x, mut out) = (x.into(), out.into());
+        let g = &self.geom;
+        if weights.geom != *g || weights.algos != self.algos {
+            return Err(Error::param(
+                "weights",
+                format!(
+                    "weights packed by this plan ({:?}, {:?})",
+                    g, self.algos.fwd
+                ),
+                format!(
+                    "weights packed for {:?}, {:?}",
+                    weights.geom, weights.algos.fwd
+                ),
+            ));
+        }
+        expect_shape("x", x.shape(), &g.x_shape())?;
+        expect_shape("out", out.shape(), &g.out_shape())?;
+        check_ws(
+            workspace,
+            self.forward_workspace_len(par)?,
+            "ConvPlan::forward_workspace_len",
+        )?;
+        let (w, b) = (&weights.w[..], &weights.b[..]);
+        if empty_work(g) {
+            fill_empty_work(g, w, b, out.data_mut());
+            return Ok(());
+        }
+        let a = self.algos.for_forward_with(x.data(), || weights.w_finite);
+        if a == weights.algos {
+            super::forward::forward_packed(
+                g,
+                &a,
+                &weights.packed,
+                x.data(),
+                b,
+                out.data_mut(),
+                workspace,
+                par,
+            );
+        } else {
+            super::forward::forward_into(g, &a, x.data(), w, b, out.data_mut(), workspace, par);
+        }
         Ok(())
     }
 
