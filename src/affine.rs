@@ -182,6 +182,23 @@ pub mod fast {
         par: Parallelism<'_>,
     ) {
         let mut out_t = vec![T::zero(); m * n];
+        forward_ws(n, d, m, x, w, b, out, &mut out_t, par)
+    }
+
+    /// [`forward_par`] with the caller's M x N buffer for out^T.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_ws<T: Float>(
+        n: usize,
+        d: usize,
+        m: usize,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+        out: &mut [T],
+        out_t: &mut [T],
+        par: Parallelism<'_>,
+    ) {
+        let out_t = &mut out_t[..m * n];
         // out^T (M x N) = w^T (M x D) x^T (D x N); rows r0.. of w^T start at column r0 of w.
         par_gemm(
             m,
@@ -189,10 +206,10 @@ pub mod fast {
             n,
             &|r0| tr(&w[r0.min(w.len())..], m),
             tr(x, d),
-            &mut out_t,
+            out_t,
             par,
         );
-        transpose(m, n, &out_t, out);
+        transpose(m, n, out_t, out);
         for row in out.chunks_mut(m.max(1)).take(n) {
             for (o, &bj) in row.iter_mut().zip(b) {
                 *o += bj;
@@ -355,64 +372,195 @@ pub fn affine_backward<'a, T: Float>(
     backward_with(dout.into(), cache, fast::backward)
 }
 
-/// Fast affine forward into the caller's `out` (N, M) on `par`'s threads, with no allocation
-/// of a cache: the framework entry point (the backward takes x and w again). Same bits as
-/// [`affine_forward`]. Everything is validated before `out` is written.
-pub fn affine_forward_into<'a, 'o, T: Float>(
-    x: impl Into<TensorView<'a, T>>,
-    w: impl Into<TensorView<'a, T>>,
-    b: impl Into<TensorView<'a, T>>,
-    out: impl Into<TensorViewMut<'o, T>>,
-    par: Parallelism<'_>,
-) -> Result<()> {
-    let (x, w, b, mut out) = (x.into(), w.into(), b.into(), out.into());
-    let (n, d, m) = affine_dims(x.shape(), w.shape(), b.shape())?;
-    expect_shape("out", out.shape(), &[n, m])?;
-    fast::forward_par(n, d, m, x.data(), w.data(), b.data(), out.data_mut(), par);
-    Ok(())
+/// An affine layer planned once for x (N, d1, ..., dk) read as (N, D) and w (D, M), b (M,):
+/// the framework API, validated once, with the forward's workspace (out^T, M x N, for the
+/// transposed GEMM that splits over threads by contiguous blocks) supplied by the caller, so no
+/// call allocates. Same bits as [`affine_forward`] / [`affine_backward`] for any thread count.
+///
+/// ```
+/// use fastlayers::{AffinePlan, Parallelism, Tensor};
+/// let x = Tensor::<f32>::linspace(-1.0, 1.0, &[4, 2, 3])?;
+/// let w = Tensor::<f32>::linspace(-0.5, 0.5, &[6, 5])?;
+/// let b = Tensor::<f32>::zeros(&[5])?;
+/// let plan = AffinePlan::<f32>::new(x.shape(), w.shape())?;
+/// let par = Parallelism::Sequential;
+/// let mut out = Tensor::zeros(&plan.out_shape())?;
+/// let mut ws = vec![0.0; plan.workspace_len(par)?];
+/// plan.forward_into(&x, &w, &b, &mut out, &mut ws, par)?;
+/// # Ok::<(), fastlayers::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffinePlan<T> {
+    x_shape: Vec<usize>,
+    n: usize,
+    d: usize,
+    m: usize,
+    _t: std::marker::PhantomData<fn() -> T>,
 }
 
-/// Fast affine backward into the caller's buffers from the forward's x and w: dx (x's shape;
-/// skipped when None, for a layer whose input needs no gradient), dw (D, M), db (M,). Same bits
-/// as [`affine_backward`]. Everything is validated before anything is written.
-#[allow(clippy::too_many_arguments)]
-pub fn affine_backward_into<'a, 'o, T: Float>(
-    x: impl Into<TensorView<'a, T>>,
-    w: impl Into<TensorView<'a, T>>,
-    dout: impl Into<TensorView<'a, T>>,
-    dx: Option<TensorViewMut<'o, T>>,
-    dw: impl Into<TensorViewMut<'o, T>>,
-    db: impl Into<TensorViewMut<'o, T>>,
-    par: Parallelism<'_>,
-) -> Result<()> {
-    let (x, w, dout) = (x.into(), w.into(), dout.into());
-    let (mut dw, mut db) = (dw.into(), db.into());
-    let m = if w.shape().len() == 2 {
-        w.shape()[1]
-    } else {
-        0
-    };
-    let (n, d, m) = affine_dims(x.shape(), w.shape(), &[m])?;
-    expect_shape("dout", dout.shape(), &[n, m])?;
-    let mut dx = dx;
-    if let Some(dx) = &dx {
-        expect_shape("dx", dx.shape(), x.shape())?;
+impl<T: Float> AffinePlan<T> {
+    /// Validates x (N, d1, ..., dk) against w (D, M) with D = d1 * ... * dk.
+    pub fn new(x_shape: &[usize], w_shape: &[usize]) -> Result<Self> {
+        let m = if w_shape.len() == 2 { w_shape[1] } else { 0 };
+        let (n, d, m) = affine_dims(x_shape, w_shape, &[m])?;
+        Ok(AffinePlan {
+            x_shape: x_shape.to_vec(),
+            n,
+            d,
+            m,
+            _t: std::marker::PhantomData,
+        })
     }
-    expect_shape("dw", dw.shape(), &[d, m])?;
-    expect_shape("db", db.shape(), &[m])?;
-    fast::backward_par(
-        n,
-        d,
-        m,
-        x.data(),
-        w.data(),
-        dout.data(),
-        dx.as_mut().map(|v| v.data_mut()),
-        dw.data_mut(),
-        db.data_mut(),
-        par,
-    );
-    Ok(())
+    /// x's (and dx's) shape.
+    pub fn x_shape(&self) -> &[usize] {
+        &self.x_shape
+    }
+    /// w's (and dw's) shape (D, M).
+    pub fn w_shape(&self) -> [usize; 2] {
+        [self.d, self.m]
+    }
+    /// out's (and dout's) shape (N, M).
+    pub fn out_shape(&self) -> [usize; 2] {
+        [self.n, self.m]
+    }
+    /// Workspace (elements of T) the forward needs: out^T (M x N); the backward needs none.
+    pub fn workspace_len(&self, _par: Parallelism<'_>) -> Result<usize> {
+        // N * M was checked not to overflow when the plan was built.
+        Ok(self.n * self.m)
+    }
+
+    fn check_inputs(&self, x: &TensorView<'_, T>, w: Option<&TensorView<'_, T>>) -> Result<()> {
+        expect_shape("x", x.shape(), &self.x_shape)?;
+        if let Some(w) = w {
+            expect_shape("w", w.shape(), &self.w_shape())?;
+        }
+        Ok(())
+    }
+
+    /// out (N, M) = x w + b into the caller's `out`, with the caller's workspace (at least
+    /// [`AffinePlan::workspace_len`]). Everything is validated before anything is written.
+    pub fn forward_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        w: impl Into<TensorView<'a, T>>,
+        b: impl Into<TensorView<'a, T>>,
+        out: impl Into<TensorViewMut<'o, T>>,
+        workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (x, w, b, mut out) = (x.into(), w.into(), b.into(), out.into());
+        self.check_inputs(&x, Some(&w))?;
+        expect_shape("b", b.shape(), &[self.m])?;
+        expect_shape("out", out.shape(), &self.out_shape())?;
+        let need = self.workspace_len(par)?;
+        if workspace.len() < need {
+            return Err(Error::shape(
+                "workspace",
+                format!("at least {need} elements (AffinePlan::workspace_len)"),
+                format!("{} elements", workspace.len()),
+            ));
+        }
+        let (n, d, m) = (self.n, self.d, self.m);
+        let (x, w, b) = (x.data(), w.data(), b.data());
+        fast::forward_ws(n, d, m, x, w, b, out.data_mut(), workspace, par);
+        Ok(())
+    }
+
+    /// dx (x's shape), dw (D, M) and db (M,) from the forward's x and w and dout (N, M).
+    /// Everything is validated before anything is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        w: impl Into<TensorView<'a, T>>,
+        dout: impl Into<TensorView<'a, T>>,
+        dx: impl Into<TensorViewMut<'o, T>>,
+        dw: impl Into<TensorViewMut<'o, T>>,
+        db: impl Into<TensorViewMut<'o, T>>,
+        workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (w, mut dx) = (w.into(), dx.into());
+        expect_shape("w", w.shape(), &self.w_shape())?;
+        expect_shape("dx", dx.shape(), &self.x_shape)?;
+        let w = w.data();
+        self.backward_with(
+            x.into(),
+            dout.into(),
+            Some((w, dx.data_mut())),
+            dw.into(),
+            db.into(),
+            workspace,
+            par,
+        )
+    }
+
+    /// dw (D, M) and db (M,) only, for a layer whose input needs no gradient (a network's first
+    /// layer). The same dw and db bits as [`AffinePlan::backward_into`].
+    pub fn backward_weights_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        dout: impl Into<TensorView<'a, T>>,
+        dw: impl Into<TensorViewMut<'o, T>>,
+        db: impl Into<TensorViewMut<'o, T>>,
+        workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        self.backward_with(
+            x.into(),
+            dout.into(),
+            None,
+            dw.into(),
+            db.into(),
+            workspace,
+            par,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward_with(
+        &self,
+        x: TensorView<'_, T>,
+        dout: TensorView<'_, T>,
+        dx: Option<(&[T], &mut [T])>,
+        mut dw: TensorViewMut<'_, T>,
+        mut db: TensorViewMut<'_, T>,
+        _workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()> {
+        self.check_inputs(&x, None)?;
+        expect_shape("dout", dout.shape(), &self.out_shape())?;
+        expect_shape("dw", dw.shape(), &self.w_shape())?;
+        expect_shape("db", db.shape(), &[self.m])?;
+        let (w, dx) = match dx {
+            Some((w, dx)) => (w, Some(dx)),
+            // dx is skipped: w is not read.
+            None => (&[][..], None),
+        };
+        let (n, d, m) = (self.n, self.d, self.m);
+        fast::backward_par(
+            n,
+            d,
+            m,
+            x.data(),
+            w,
+            dout.data(),
+            dx,
+            dw.data_mut(),
+            db.data_mut(),
+            par,
+        );
+        Ok(())
+    }
 }
 
 /// ReLU's cache: its input.
@@ -460,4 +608,87 @@ pub fn relu_backward<'a, T: Float>(
         .map(|(&d, &x)| relu_grad(x, d))
         .collect();
     Tensor::new(dx, dout.shape())
+}
+
+/// Elements per parallel job of the element-wise plans (ReLU, dropout): whole cache-sized
+/// runs; any split gives the same bits.
+pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 15;
+
+/// A ReLU planned once for its shape: [`relu_forward`] / [`relu_backward`] into the caller's
+/// buffers on `par`'s threads (element-wise: the same bits for any thread count).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReluPlan<T> {
+    shape: Vec<usize>,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Float> ReluPlan<T> {
+    /// Any shape whose element count fits in memory's address range.
+    pub fn new(shape: &[usize]) -> Result<Self> {
+        checked_numel("x", shape)?;
+        Ok(ReluPlan {
+            shape: shape.to_vec(),
+            _t: std::marker::PhantomData,
+        })
+    }
+    /// x's, out's, dout's and dx's shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Workspace (elements of T): none; there so that every plan has the same call shape.
+    pub fn workspace_len(&self, _par: Parallelism<'_>) -> Result<usize> {
+        Ok(0)
+    }
+
+    /// out = max(x, 0) (NaN stays NaN). Validated before anything is written.
+    pub fn forward_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        out: impl Into<TensorViewMut<'o, T>>,
+        _workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (x, mut out) = (x.into(), out.into());
+        expect_shape("x", x.shape(), &self.shape)?;
+        expect_shape("out", out.shape(), &self.shape)?;
+        let x = x.data();
+        let par = par.for_work(x.len());
+        par.for_each_chunk(out.data_mut(), ELEMENTWISE_CHUNK, &|i, o, _| {
+            let xs = &x[i * ELEMENTWISE_CHUNK..];
+            for (o, &v) in o.iter_mut().zip(xs) {
+                *o = relu(v);
+            }
+        });
+        Ok(())
+    }
+
+    /// dx = dout where the forward's x > 0, else 0. Validated before anything is written.
+    pub fn backward_into<'a, 'o>(
+        &self,
+        x: impl Into<TensorView<'a, T>>,
+        dout: impl Into<TensorView<'a, T>>,
+        dx: impl Into<TensorViewMut<'o, T>>,
+        _workspace: &mut [T],
+        par: Parallelism<'_>,
+    ) -> Result<()>
+    where
+        T: 'a + 'o,
+    {
+        let (x, dout, mut dx) = (x.into(), dout.into(), dx.into());
+        expect_shape("x", x.shape(), &self.shape)?;
+        expect_shape("dout", dout.shape(), &self.shape)?;
+        expect_shape("dx", dx.shape(), &self.shape)?;
+        let (x, dout) = (x.data(), dout.data());
+        let par = par.for_work(x.len());
+        par.for_each_chunk(dx.data_mut(), ELEMENTWISE_CHUNK, &|i, o, _| {
+            let r = i * ELEMENTWISE_CHUNK..;
+            for ((o, &v), &d) in o.iter_mut().zip(&x[r.clone()]).zip(&dout[r]) {
+                *o = relu_grad(v, d);
+            }
+        });
+        Ok(())
+    }
 }

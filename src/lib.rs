@@ -90,18 +90,19 @@ mod tensor;
 mod tuning;
 
 pub use affine::{
-    AffineCache, ReluCache, affine_backward, affine_backward_into, affine_backward_naive,
-    affine_forward, affine_forward_into, affine_forward_naive, relu, relu_backward, relu_forward,
-    relu_grad,
+    AffineCache, AffinePlan, ReluCache, ReluPlan, affine_backward, affine_backward_naive,
+    affine_forward, affine_forward_naive, relu, relu_backward, relu_forward, relu_grad,
 };
 pub use conv::{
     ConvAlgorithm, ConvCache, ConvDirection, ConvPlan, ConvWeights, conv_backward_fast,
     conv_backward_naive, conv_forward_fast, conv_forward_naive,
 };
-pub use dropout::{DropoutCache, DropoutParam, dropout_backward, dropout_forward};
+pub use dropout::{
+    DropoutCache, DropoutMask, DropoutParam, DropoutPlan, dropout_backward, dropout_forward,
+};
 pub use error::{Error, Result};
 pub use gradcheck::{eval_numerical_gradient, eval_numerical_gradient_array, rel_error};
-pub use loss::{softmax_loss, svm_loss};
+pub use loss::{LossKind, LossPlan, softmax_loss, svm_loss};
 pub use norm::{
     BnParam, Convention, Mode, NormCache, NormKind, NormParam, NormParams, NormPlan, NormStats,
     batchnorm_backward, batchnorm_backward_alt, batchnorm_backward_alt_naive,

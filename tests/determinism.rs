@@ -175,13 +175,17 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
     let b: Tensor<T> = rng.randn(&[m], 1.0, 0.0);
     let dout: Tensor<T> = rng.randn(&[n, m], 1.0, 0.0);
     let mut out = Tensor::zeros(&[n, m]).unwrap();
-    affine_forward_into(&x, &w, &b, &mut out, par).unwrap();
+    let plan = AffinePlan::<T>::new(x.shape(), w.shape()).unwrap();
+    let mut ws = vec![T::zero(); plan.workspace_len(par).unwrap()];
+    plan.forward_into(&x, &w, &b, &mut out, &mut ws, par)
+        .unwrap();
     let (mut dx, mut dw, mut db) = (
         Tensor::zeros(x.shape()).unwrap(),
         Tensor::zeros(&[d, m]).unwrap(),
         Tensor::zeros(&[m]).unwrap(),
     );
-    affine_backward_into(&x, &w, &dout, Some((&mut dx).into()), &mut dw, &mut db, par).unwrap();
+    plan.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws, par)
+        .unwrap();
     outs.extend([
         bits(out.data()),
         bits(dx.data()),

@@ -548,3 +548,152 @@ fn packed_weights_forward_is_bitwise_forward_into() {
         }
     }
 }
+
+#[test]
+fn affine_relu_dropout_and_loss_plans_match_the_notebook_functions() {
+    let mut rng = Rng::new(77);
+    // Affine on ThreeLayerConvNet's hidden layer shape, so that 2 threads split the products.
+    let (xs, ws_) = ([50, 2, 16, 32], [1024, 100]);
+    let x: Tensor<f64> = rng.randn(&xs, 1.0, 0.0);
+    let w: Tensor<f64> = rng.randn(&ws_, 0.1, 0.0);
+    let b: Tensor<f64> = rng.randn(&[100], 1.0, 0.0);
+    let dout: Tensor<f64> = rng.randn(&[50, 100], 1.0, 0.0);
+    let plan = AffinePlan::<f64>::new(&xs, &ws_).unwrap();
+    assert_eq!(plan.out_shape(), [50, 100]);
+    assert_eq!(
+        AffinePlan::<f64>::new(&xs, &[1023, 100]).unwrap_err().arg(),
+        "w"
+    );
+    let (want, cache) = affine_forward(&x, &w, &b).unwrap();
+    let (ex, ew, eb) = affine_backward(&dout, &cache).unwrap();
+    for par in [Parallelism::Sequential, Parallelism::Threads(2)] {
+        let need = plan.workspace_len(par).unwrap();
+        let (mut out, mut short) = (nan_t(&[50, 100]), nan_buf(need - 1));
+        let e = plan
+            .forward_into(&x, &w, &b, &mut out, &mut short, par)
+            .unwrap_err();
+        assert_eq!(e.arg(), "workspace");
+        assert!(untouched(out.data()) && untouched(&short));
+        let mut ws = nan_buf(need);
+        plan.forward_into(&x, &w, &b, &mut out, &mut ws, par)
+            .unwrap();
+        assert_eq!(out, want, "{par:?}");
+        let (mut dx, mut dw, mut db) = (nan_t(&xs), nan_t(&ws_), nan_t(&[100]));
+        let e = plan
+            .backward_into(
+                &x,
+                &w,
+                &out,
+                &mut dx,
+                &mut dw,
+                &mut nan_t(&[99]),
+                &mut ws,
+                par,
+            )
+            .unwrap_err();
+        assert_eq!(e.arg(), "db");
+        assert!(untouched(dx.data()) && untouched(dw.data()));
+        plan.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws, par)
+            .unwrap();
+        assert_eq!((&dx, &dw, &db), (&ex, &ew, &eb), "{par:?}");
+        let (mut dw2, mut db2) = (nan_t(&ws_), nan_t(&[100]));
+        plan.backward_weights_into(&x, &dout, &mut dw2, &mut db2, &mut ws, par)
+            .unwrap();
+        assert_eq!((&dw2, &db2), (&ew, &eb));
+    }
+    // ReLU and dropout above the parallel threshold, NaN and signed zeros included.
+    let shape = [4, 64, 33, 31];
+    let mut x: Tensor<f64> = rng.randn(&shape, 1.0, 0.0);
+    x.data_mut()[5] = f64::NAN;
+    x.data_mut()[6] = -0.0;
+    let d: Tensor<f64> = rng.randn(&shape, 1.0, 0.0);
+    let relu_plan = ReluPlan::<f64>::new(&shape).unwrap();
+    let (r, rc) = relu_forward(&x).unwrap();
+    let rd = relu_backward(&d, &rc).unwrap();
+    let dplan = DropoutPlan::<f64>::new(&shape).unwrap();
+    let dp = DropoutParam::train(0.7, Some(9));
+    let (dr, dc) = dropout_forward(&x, &dp).unwrap();
+    let ddr = dropout_backward(&d, &dc).unwrap();
+    let bits = |t: &Tensor<f64>| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for par in [Parallelism::Sequential, Parallelism::Threads(2)] {
+        let (mut out, mut dx) = (nan_t(&shape), nan_t(&shape));
+        relu_plan.forward_into(&x, &mut out, &mut [], par).unwrap();
+        relu_plan
+            .backward_into(&x, &d, &mut dx, &mut [], par)
+            .unwrap();
+        assert_eq!(
+            (bits(&out), bits(&dx)),
+            (bits(&r), bits(&rd)),
+            "relu {par:?}"
+        );
+        let mask = dplan.forward_into(&x, &dp, &mut out, &mut [], par).unwrap();
+        assert_eq!(mask.seed(), Some(9));
+        dplan
+            .backward_into(&mask, &d, &mut dx, &mut [], par)
+            .unwrap();
+        assert_eq!(
+            (bits(&out), bits(&dx)),
+            (bits(&dr), bits(&ddr)),
+            "dropout {par:?}"
+        );
+        let test = dplan
+            .forward_into(&x, &DropoutParam::test(0.7), &mut out, &mut [], par)
+            .unwrap();
+        assert_eq!(bits(&out), bits(&x), "test mode is the identity");
+        dplan
+            .backward_into(&test, &d, &mut dx, &mut [], par)
+            .unwrap();
+        assert_eq!(bits(&dx), bits(&d));
+    }
+    let mut out = nan_t(&shape);
+    let e = dplan
+        .forward_into(
+            &x,
+            &DropoutParam::train(1.5, None),
+            &mut out,
+            &mut [],
+            Parallelism::Sequential,
+        )
+        .unwrap_err();
+    assert_eq!(e.arg(), "p");
+    let e = relu_plan
+        .forward_into(
+            &x,
+            &mut nan_t(&[4, 64, 33, 30]),
+            &mut [],
+            Parallelism::Sequential,
+        )
+        .unwrap_err();
+    assert_eq!(e.arg(), "out");
+    assert!(untouched(out.data()));
+    // Losses: the notebook functions' values and dx; labels checked before dx is written.
+    let scores: Tensor<f64> = rng.randn(&[20, 10], 2.0, 0.0);
+    let y: Vec<usize> = (0..20).map(|i| (i * 7) % 10).collect();
+    for kind in [LossKind::Softmax, LossKind::Svm] {
+        let lp = LossPlan::<f64>::new(kind, scores.shape()).unwrap();
+        let (want_loss, want_dx) = match kind {
+            LossKind::Softmax => softmax_loss(&scores, &y),
+            LossKind::Svm => svm_loss(&scores, &y),
+        }
+        .unwrap();
+        let mut dx = nan_t(&[20, 10]);
+        let mut bad = y.clone();
+        bad[3] = 10;
+        let e = lp
+            .loss_into(&scores, &bad, &mut dx, &mut [], Parallelism::Sequential)
+            .unwrap_err();
+        assert_eq!(e.arg(), "y");
+        assert!(untouched(dx.data()));
+        let loss = lp
+            .loss_into(&scores, &y, &mut dx, &mut [], Parallelism::Sequential)
+            .unwrap();
+        assert_eq!(loss.to_bits(), want_loss.to_bits(), "{kind:?}");
+        assert_eq!(bits(&dx), bits(&want_dx), "{kind:?}");
+    }
+    assert_eq!(
+        LossPlan::<f64>::new(LossKind::Svm, &[0, 10])
+            .unwrap_err()
+            .arg(),
+        "x"
+    );
+}

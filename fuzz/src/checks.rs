@@ -651,7 +651,12 @@ fn dense_t<T: Float>(b: &mut Bytes<'_>) {
     let bias: Tensor<T> = b.tensor(&[m], specials);
     let mut out = Tensor::full(&[n, m], sentinel::<T>()).unwrap();
     let naive = affine_forward_naive(&x, &w, &bias);
-    let fast = affine_forward_into(&x, &w, &bias, &mut out, par);
+    let plan = AffinePlan::<T>::new(&xs, w.shape());
+    let mut ws: Vec<T> = Vec::new();
+    let fast = plan.as_ref().map_err(|e| e.clone()).and_then(|p| {
+        ws = vec![T::zero(); p.workspace_len(par)?];
+        p.forward_into(&x, &w, &bias, &mut out, &mut ws, par)
+    });
     match (fast, &naive) {
         (Err(e), Err(en)) => {
             assert_eq!(&e, en);
@@ -666,7 +671,7 @@ fn dense_t<T: Float>(b: &mut Bytes<'_>) {
             assert_eq!(
                 bits(&o2),
                 bits(&out),
-                "affine_forward vs affine_forward_into"
+                "affine_forward vs AffinePlan::forward_into"
             );
             let dout: Tensor<T> = b.tensor(&[n, m], specials);
             let (dxn, dwn, dbn) = affine_backward_naive(&dout, cache).unwrap();
@@ -681,29 +686,14 @@ fn dense_t<T: Float>(b: &mut Bytes<'_>) {
                 Tensor::full(&[m], sentinel::<T>()).unwrap(),
             );
             let bad = Tensor::<T>::zeros(&[n + 1, m]).unwrap();
+            let plan = plan.expect("the forward ran");
             assert!(
-                affine_backward_into(
-                    &x,
-                    &w,
-                    &bad,
-                    Some((&mut dx2).into()),
-                    &mut dw2,
-                    &mut db2,
-                    par
-                )
-                .is_err()
+                plan.backward_into(&x, &w, &bad, &mut dx2, &mut dw2, &mut db2, &mut ws, par)
+                    .is_err()
             );
             assert!(untouched(dx2.data()) && untouched(dw2.data()) && untouched(db2.data()));
-            affine_backward_into(
-                &x,
-                &w,
-                &dout,
-                Some((&mut dx2).into()),
-                &mut dw2,
-                &mut db2,
-                par,
-            )
-            .unwrap();
+            plan.backward_into(&x, &w, &dout, &mut dx2, &mut dw2, &mut db2, &mut ws, par)
+                .unwrap();
             assert_eq!(bits(&dx2), bits(&dx));
             assert_eq!(bits(&dw2), bits(&dw));
             assert_eq!(bits(&db2), bits(&db));

@@ -9,8 +9,8 @@
 //! notebook's sandwich layers on the reference kernels.
 
 use fastlayers::{
-    ConvParam, ConvPlan, Float, Parallelism, PoolParam, PoolPlan, Rng, Tensor, TensorView,
-    affine_backward_into, affine_forward_into, relu, relu_grad, softmax_loss,
+    AffinePlan, ConvParam, ConvPlan, Float, Parallelism, PoolParam, PoolPlan, Rng, Tensor,
+    TensorView, relu, relu_grad, softmax_loss,
 };
 
 use super::{Model, Params, add_l2, check_batch, randn, zeros};
@@ -57,6 +57,9 @@ struct Fast<T> {
     n: usize,
     conv: ConvPlan<T>,
     pool: PoolPlan<T>,
+    fc2: AffinePlan<T>,
+    fc3: AffinePlan<T>,
+    /// Workspace enough for every plan above.
     ws: Vec<T>,
     /// The convolution's output (N, F, H, W).
     a: Tensor<T>,
@@ -139,9 +142,14 @@ impl<T: Float> ThreeLayerConvNet<T> {
             let a_shape = conv.geom().out_shape();
             let pool = PoolPlan::new(&a_shape, &Self::pool_param())?;
             let par = Parallelism::Current;
-            let ws_len = conv.workspace_len(par)?;
             let p_shape = pool.geom().out_shape();
             let p_len: usize = p_shape.iter().product();
+            let fc2 = AffinePlan::new(&[n, p_len / n.max(1)], self.params["W2"].shape())?;
+            let fc3 = AffinePlan::new(&fc2.out_shape(), self.params["W3"].shape())?;
+            let ws_len = conv
+                .workspace_len(par)?
+                .max(fc2.workspace_len(par)?)
+                .max(fc3.workspace_len(par)?);
             self.fast = Some(Fast {
                 n,
                 ws: vec![T::zero(); ws_len],
@@ -155,6 +163,8 @@ impl<T: Float> ThreeLayerConvNet<T> {
                 scores: Tensor::zeros(&[n, self.config.num_classes])?,
                 conv,
                 pool,
+                fc2,
+                fc3,
             });
         }
         Ok(self.fast.as_mut().expect("just built"))
@@ -199,11 +209,13 @@ impl<T: Float> ThreeLayerConvNet<T> {
         let f = fast.as_mut().expect("built by the forward");
         let flat = [n, f.pooled.len() / n.max(1)];
         let pooled = TensorView::new(f.pooled.data(), &flat)?;
-        affine_forward_into(pooled, &p["W2"], &p["b2"], &mut f.h, par)?;
+        f.fc2
+            .forward_into(pooled, &p["W2"], &p["b2"], &mut f.h, &mut f.ws, par)?;
         for v in f.h.data_mut() {
             *v = relu(*v);
         }
-        affine_forward_into(&f.h, &p["W3"], &p["b3"], &mut f.scores, par)?;
+        f.fc3
+            .forward_into(&f.h, &p["W3"], &p["b3"], &mut f.scores, &mut f.ws, par)?;
         let Some(y) = y else {
             return Ok((0.0, f.scores.clone()));
         };
@@ -218,25 +230,20 @@ impl<T: Float> ThreeLayerConvNet<T> {
             grad("b1"),
         );
         let res = (|| -> Result<()> {
-            affine_backward_into(
-                &f.h,
-                &p["W3"],
-                &ds,
-                Some((&mut f.dh).into()),
-                &mut dw3,
-                &mut db3,
-                par,
+            f.fc3.backward_into(
+                &f.h, &p["W3"], &ds, &mut f.dh, &mut dw3, &mut db3, &mut f.ws, par,
             )?;
             for (d, &h) in f.dh.data_mut().iter_mut().zip(f.h.data()) {
                 *d = relu_grad(h, *d);
             }
-            affine_backward_into(
+            f.fc2.backward_into(
                 pooled,
                 &p["W2"],
                 &f.dh,
-                Some((&mut f.dpooled).into()),
+                &mut f.dpooled,
                 &mut dw2,
                 &mut db2,
+                &mut f.ws,
                 par,
             )?;
             // The ReLU's gradient on the pooled values (see the forward), then the scatter.
