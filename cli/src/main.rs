@@ -225,6 +225,16 @@ struct BenchArgs {
     /// Skip the notebook timing cells.
     #[arg(long)]
     no_cells: bool,
+    /// Compare with PyTorch: run the anchor script with this Python (one with torch installed)
+    /// in alternating rounds with ours, and print the ratio table with the targets.
+    #[arg(long, value_name = "PYTHON")]
+    torch: Option<String>,
+    /// The anchor script for --torch (default: ../shared/anchors/torch_layers.py).
+    #[arg(long, value_name = "PATH")]
+    torch_script: Option<std::path::PathBuf>,
+    /// Alternating rounds per side for --torch.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 fn run_bench(a: BenchArgs) -> ExitCode {
@@ -242,6 +252,18 @@ fn run_bench(a: BenchArgs) -> ExitCode {
         filter: a.filter,
         skip_cells: a.no_cells,
     };
+    if let Some(python) = a.torch {
+        let script = a
+            .torch_script
+            .unwrap_or_else(fastlayers_cli::compare::default_script);
+        return match fastlayers_cli::compare::run(&o, &python, &script, a.rounds) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match fastlayers_cli::bench::run(&o) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
