@@ -159,13 +159,26 @@ pub(crate) use multiversion;
 /// Bytes of the largest (last-level) data cache, from CPUID (leaf 4 on Intel, 0x8000001D on
 /// AMD), cached. `None` when the CPU does not report it (or is not x86_64).
 pub fn last_level_cache_bytes() -> Option<usize> {
-    static LLC: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *LLC.get_or_init(detect_llc)
+    caches().iter().rev().find_map(|&c| c)
+}
+
+/// Bytes of one core's data (or unified) cache at `level` (1, 2 or 3), from CPUID as
+/// [`last_level_cache_bytes`]; `None` when the CPU does not report that level. The L3 is the
+/// whole cache as CPUID describes it (shared by the cores that share it).
+pub fn data_cache_bytes(level: usize) -> Option<usize> {
+    caches().get(level.checked_sub(1)?).copied().flatten()
+}
+
+/// [L1d, L2, L3] bytes, detected once.
+fn caches() -> &'static [Option<usize>; 3] {
+    static CACHES: std::sync::OnceLock<[Option<usize>; 3]> = std::sync::OnceLock::new();
+    CACHES.get_or_init(detect_caches)
 }
 
 #[cfg(target_arch = "x86_64")]
-fn detect_llc() -> Option<usize> {
+fn detect_caches() -> [Option<usize>; 3] {
     use std::arch::x86_64::__cpuid_count;
+    let mut out = [None; 3];
     let vendor = __cpuid_count(0, 0);
     let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
     let leaf = if amd {
@@ -173,36 +186,38 @@ fn detect_llc() -> Option<usize> {
         if __cpuid_count(0x8000_0000, 0).eax < 0x8000_001D
             || __cpuid_count(0x8000_0001, 0).ecx & (1 << 22) == 0
         {
-            return None;
+            return out;
         }
         0x8000_001D
     } else {
         if __cpuid_count(0, 0).eax < 4 {
-            return None;
+            return out;
         }
         4
     };
-    let mut best = None;
     for sub in 0..16 {
         let r = __cpuid_count(leaf, sub);
         let kind = r.eax & 0x1f;
         if kind == 0 {
             break;
         }
-        // 1 = data, 3 = unified; the size is ways * partitions * line * sets.
-        if kind == 1 || kind == 3 {
+        // 1 = data, 3 = unified (2 = instruction, skipped); EAX bits 7:5 the level; the size
+        // is ways * partitions * line * sets.
+        let level = ((r.eax >> 5) & 0x7) as usize;
+        if (kind == 1 || kind == 3) && (1..=3).contains(&level) {
             let ways = ((r.ebx >> 22) & 0x3ff) as usize + 1;
             let parts = ((r.ebx >> 12) & 0x3ff) as usize + 1;
             let line = (r.ebx & 0xfff) as usize + 1;
             let sets = r.ecx as usize + 1;
             let bytes = ways * parts * line * sets;
-            best = Some(best.map_or(bytes, |b: usize| b.max(bytes)));
+            let slot = &mut out[level - 1];
+            *slot = Some(slot.map_or(bytes, |b: usize| b.max(bytes)));
         }
     }
-    best
+    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect_llc() -> Option<usize> {
-    None
+fn detect_caches() -> [Option<usize>; 3] {
+    [None; 3]
 }

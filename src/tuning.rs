@@ -9,11 +9,75 @@
 //! Machine facts (cache sizes, the SIMD level) come from [`crate::cpu`] at run time; the
 //! constants here are the fractions and counts applied to them.
 
-/// Target size of one column tile in f32 elements (768 KB): the tile and the GEMM's packed copy
-/// of it stay in L2. f64 tiles hold the same element count (twice the bytes, still in L2).
+// Cache-derived blocks. Each is a fixed fraction of one core's L2, chosen so that on a 1 MB L2
+// (the Zen 5 they were tuned on) they are the constants measured there; a 2 MB L2 (the Intel
+// Xeons) doubles them, a 512 KB one (Zen 3) halves them. Computed once per process, so every
+// plan and kernel of a run sees the same blocks (a workspace sized by a query always fits).
+
+/// The L2 size the cache-derived blocks scale with: one core's L2 from CPUID, or the
+/// `FASTLAYERS_L2_BYTES` environment variable (read once, at the first use: tests reproduce
+/// another machine's blocking with it), clamped to 256 KB..4 MB; 1 MB where neither says.
+pub(crate) fn l2_bytes() -> usize {
+    static L2: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *L2.get_or_init(|| {
+        let env = std::env::var("FASTLAYERS_L2_BYTES").ok();
+        let bytes = env
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .or_else(|| crate::cpu::data_cache_bytes(2))
+            .unwrap_or(1 << 20);
+        bytes.clamp(256 << 10, 4 << 20)
+    })
+}
+
+/// Target size of one column tile, elements of T: 3/16 of the L2 in elements (192K for a 1 MB
+/// L2: 768 KB of f32, the tile and the GEMM's packed KC block of it stay in L2).
 ///
-/// Decides the bits: yes: the tile is the block of pixels dw contracts over. Used in `conv/fast.rs`.
-pub(crate) const IM2COL_TILE_ELEMS: usize = 192 * 1024;
+/// Decides the bits: yes: the tile is the block of pixels dw contracts over. Used in `conv/plan.rs`.
+pub(crate) fn im2col_tile_elems() -> usize {
+    im2col_tile_elems_for(l2_bytes())
+}
+
+fn im2col_tile_elems_for(l2: usize) -> usize {
+    l2 / 16 * 3
+}
+
+/// Target size of the C block of the direct convolution, elements: 1/32 of the L2 in elements
+/// (32K for 1 MB: 128 KB of f32, which with the weights' KC block and the padded image stays in
+/// L2; on the Zen 5 32K measured 1-2% faster than 16K, 64K no better).
+///
+/// Decides the bits: no: row blocks of the output; every sum keeps its order. Used in `conv/forward.rs`.
+pub(crate) fn direct_c_elems() -> usize {
+    direct_c_elems_for(l2_bytes())
+}
+
+fn direct_c_elems_for(l2: usize) -> usize {
+    l2 / 32
+}
+
+/// Target elements of one Winograd block's V and M together (tile rows are blocked to this):
+/// 1/8 of the L2 in elements (128K for 1 MB: 512 KB of f32, half the L2; on the Zen 5 64K and
+/// 256K measured the same on res2_conv).
+///
+/// Decides the bits: yes for dw (its dU sums run over a block's tiles), no for the forward and dx. Used in `conv/winograd.rs`.
+pub(crate) fn wino_block_elems() -> usize {
+    wino_block_elems_for(l2_bytes())
+}
+
+fn wino_block_elems_for(l2: usize) -> usize {
+    l2 / 8
+}
+
+/// Largest dx block `group_backward` prefetches whole: a quarter of the L2, so the lines are
+/// still in cache when the dx pass reaches them.
+///
+/// Decides the bits: no: a prefetch only. Used in `norm/fast.rs`.
+pub(crate) fn norm_prefetch_max_bytes() -> usize {
+    norm_prefetch_max_bytes_for(l2_bytes())
+}
+
+fn norm_prefetch_max_bytes_for(l2: usize) -> usize {
+    l2 / 4
+}
 
 /// Image chunks of the dw reduction: a constant, so the partition depends on N only.
 ///
@@ -33,22 +97,9 @@ pub(crate) const WINO_MIN_CHANNELS: usize = 96;
 /// Decides the bits: yes: it chooses the algorithm. Used in `conv/fast.rs`.
 pub(crate) const DIRECT_DX_MIN_CHANNELS: usize = 16;
 
-/// Target size of the C block of the direct convolution, elements (128 KB of f32: with the
-/// weights' KC block and the padded image it stays in a 512 KB L2; 32K measured 1-2% faster
-/// than 16K on the forwards, 64K no better).
-///
-/// Decides the bits: no: row blocks of the output; every sum keeps its order. Used in `conv/fast.rs`.
-pub(crate) const DIRECT_C_ELEMS: usize = 32 * 1024;
-
-/// Target elements of one block's V and M together (tile rows are blocked to this): 512 KB of
-/// f32, half the Zen 5's 1 MB L2 (64K and 256K measured the same on res2_conv, 2 threads).
-///
-/// Decides the bits: yes for dw (its dU sums run over a block's tiles), no for the forward and dx. Used in `conv/winograd.rs`.
-pub(crate) const WINO_BLOCK_ELEMS: usize = 128 * 1024;
-
 /// Fewest tiles a block holds (when the image has them): the GEMM's N, a few NR panels.
 ///
-/// Decides the bits: as WINO_BLOCK_ELEMS. Used in `conv/winograd.rs`.
+/// Decides the bits: as `wino_block_elems`. Used in `conv/winograd.rs`.
 pub(crate) const WINO_MIN_BLOCK_TILES: usize = 64;
 
 /// Lanes of T that accumulate side by side.
@@ -61,12 +112,6 @@ pub(crate) const NORM_LANES: usize = 16;
 ///
 /// Decides the bits: yes: where the T accumulators flush to f64. Used in `norm/fast.rs`.
 pub(crate) const NORM_FLUSH_ROWS: usize = 8;
-
-/// Largest dx block `group_backward` prefetches whole: a quarter of a 1 MB L2, so the lines are
-/// still in cache when the dx pass reaches them.
-///
-/// Decides the bits: no: a prefetch only. Used in `norm/fast.rs`.
-pub(crate) const NORM_PREFETCH_MAX_BYTES: usize = 256 * 1024;
 
 /// Planes at least this long take the sample-major pass 1 (`plane_sums`); shorter ones (batch
 /// norm (N, D) has planes of 1) keep one job per channel, whose N x C partials would be as large
@@ -127,4 +172,41 @@ pub fn streaming_threshold() -> usize {
 pub fn set_streaming_threshold(bytes: Option<usize>) {
     let v = bytes.map_or(usize::MAX, |b| b.min(usize::MAX - 1));
     STREAM_MIN.store(v, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_derived_blocks_are_the_tuned_constants_on_a_1mb_l2_and_scale_with_it() {
+        // The Zen 5 (1 MB L2) values the kernels were tuned with.
+        let mb = 1 << 20;
+        assert_eq!(im2col_tile_elems_for(mb), 192 * 1024);
+        assert_eq!(direct_c_elems_for(mb), 32 * 1024);
+        assert_eq!(wino_block_elems_for(mb), 128 * 1024);
+        assert_eq!(norm_prefetch_max_bytes_for(mb), 256 * 1024);
+        for f in [
+            im2col_tile_elems_for,
+            direct_c_elems_for,
+            wino_block_elems_for,
+            norm_prefetch_max_bytes_for,
+        ] {
+            assert_eq!(f(2 * mb), 2 * f(mb));
+            assert_eq!(f(mb / 2), f(mb) / 2);
+        }
+        let l2 = l2_bytes();
+        assert!((256 << 10..=4 << 20).contains(&l2), "{l2}");
+        // scripts/test runs this again with the override set.
+        if let Some(v) = std::env::var("FASTLAYERS_L2_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            assert_eq!(
+                l2,
+                usize::clamp(v, 256 << 10, 4 << 20),
+                "the override is honoured"
+            );
+        }
+    }
 }

@@ -181,6 +181,14 @@ fn wanted(o: &Options, op: &str, shape: &str) -> bool {
     })
 }
 
+/// "L1d 48K, L2 2048K, L3 491520K" as CPUID reports them (the blocking scales with the L2).
+pub fn cache_summary() -> String {
+    let kb = |l: usize| {
+        fastlayers::cpu::data_cache_bytes(l).map_or("?".to_string(), |b| format!("{}K", b >> 10))
+    };
+    format!("L1d {}, L2 {}, L3 {}", kb(1), kb(2), kb(3))
+}
+
 /// Times every named shape for dtype T; `emit` receives each row as soon as it is measured.
 pub fn named_shapes<T: Float>(o: &Options, emit: &mut dyn FnMut(Row)) -> Result<()> {
     let par = Parallelism::Threads(o.threads);
@@ -479,15 +487,17 @@ pub fn run(o: &Options) -> Result<()> {
     let peak64 = fastlayers::hooks::measure_gflops(true, o.threads);
     if o.json {
         println!(
-            "{{\"op\": \"peak\", \"threads\": {}, \"gflops_f32\": {peak32:.1}, \"gflops_f64\": {peak64:.1}, \"simd\": \"{:?}\"}}",
+            "{{\"op\": \"peak\", \"threads\": {}, \"gflops_f32\": {peak32:.1}, \"gflops_f64\": {peak64:.1}, \"simd\": \"{:?}\", \"caches\": \"{}\"}}",
             o.threads,
-            fastlayers::cpu::simd_level()
+            fastlayers::cpu::simd_level(),
+            cache_summary()
         );
     } else {
         println!(
-            "fastlayers bench: {} threads, SIMD {:?}; measured peak {peak32:.1} GFLOP/s f32, {peak64:.1} GFLOP/s f64\n",
+            "fastlayers bench: {} threads, SIMD {:?}, caches {}; measured peak {peak32:.1} GFLOP/s f32, {peak64:.1} GFLOP/s f64\n",
             o.threads,
-            fastlayers::cpu::simd_level()
+            fastlayers::cpu::simd_level(),
+            cache_summary()
         );
         if !o.skip_cells {
             print!("{}", notebook_cells(231)?);

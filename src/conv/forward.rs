@@ -14,7 +14,7 @@ use crate::tuning::*;
 /// Output rows per row block of the direct convolution: the block's C (F/G x rows x WO) stays
 /// in L1/L2 across the KC blocks that add into it.
 pub(super) fn direct_rows(m: usize, ho: usize, wo: usize) -> usize {
-    let most = (DIRECT_C_ELEMS / (m * wo).max(1)).clamp(1, ho.max(1));
+    let most = (direct_c_elems() / (m * wo).max(1)).clamp(1, ho.max(1));
     ho.div_ceil(ho.div_ceil(most).max(1)).max(1)
 }
 
@@ -91,6 +91,7 @@ pub(super) fn forward_into<T: Float>(
 /// Packs w (and for im2col the bias) the way `a`'s forward reads them, into `wp` (at least
 /// `packed_w_len(g, a)`): once per call, shared by every image and tile, or once for many
 /// calls (`ConvPlan::pack_weights`).
+#[inline(never)]
 pub(super) fn pack_weights<T: Float>(g: &ConvGeom, a: &Algos, w: &[T], b: &[T], wp: &mut [T]) {
     debug_assert!(wp.len() >= packed_w_len(g, a));
     let (k, fg, cg) = (g.k_rows(), g.fg(), g.cg());
@@ -132,6 +133,7 @@ pub(super) fn pack_weights<T: Float>(g: &ConvGeom, a: &Algos, w: &[T], b: &[T], 
 /// The forward with weights `pack_weights` packed for the same `a`; `ws` holds the per-thread
 /// slots (`threads * fwd_slot_len`).
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 pub(super) fn forward_packed<T: Float>(
     g: &ConvGeom,
     a: &Algos,

@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 
 /// Output rows per column tile: a function of the shape only.
 pub(super) fn tile_rows(g: &ConvGeom) -> usize {
-    let most = (IM2COL_TILE_ELEMS / (g.k_rows() * g.wo).max(1)).clamp(1, g.ho);
+    let most = (im2col_tile_elems() / (g.k_rows() * g.wo).max(1)).clamp(1, g.ho);
     // Equal tiles: 32 rows at most 10 a tile are 4 x 8, not 10 + 10 + 10 + 2 (a last tile of
     // few pixels still streams all the packed weights).
     g.ho.div_ceil(g.ho.div_ceil(most))

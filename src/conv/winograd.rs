@@ -31,7 +31,7 @@
 use crate::cpu::multiversion;
 use crate::gemm::{self as pg, BSrc, Shape};
 use crate::scalar::Float;
-use crate::tuning::{WINO_BLOCK_ELEMS, WINO_MIN_BLOCK_TILES};
+use crate::tuning::{WINO_MIN_BLOCK_TILES, wino_block_elems};
 
 /// A stride-1, undilated 3 x 3 correlation of `cin` planes of h x w, zero-padded by (ph, pw),
 /// into `cout` planes of ho x wo (ho = h + 2 ph - 2).
@@ -61,10 +61,10 @@ impl Wino {
     fn tw(&self) -> usize {
         self.wo().div_ceil(2)
     }
-    /// Tile rows per block: equal blocks whose V and M hold about `WINO_BLOCK_ELEMS`.
+    /// Tile rows per block: equal blocks whose V and M hold about `wino_block_elems()`.
     fn tb(&self) -> usize {
         let per_row = 16 * self.tw() * (self.cin + self.cout);
-        let most = (WINO_BLOCK_ELEMS / per_row.max(1))
+        let most = (wino_block_elems() / per_row.max(1))
             .max(WINO_MIN_BLOCK_TILES.div_ceil(self.tw()))
             .clamp(1, self.th().max(1));
         self.th().div_ceil(self.th().div_ceil(most))

@@ -25,8 +25,8 @@ use crate::cpu::multiversion;
 use crate::parallel::Parallelism;
 use crate::scalar::Float;
 use crate::tuning::{
-    NORM_FLUSH_ROWS, NORM_LANES, NORM_PAR_MIN_ELEMS, NORM_PREFETCH_MAX_BYTES,
-    NORM_SAMPLE_MAJOR_MIN_HW,
+    NORM_FLUSH_ROWS, NORM_LANES, NORM_PAR_MIN_ELEMS, NORM_SAMPLE_MAJOR_MIN_HW,
+    norm_prefetch_max_bytes,
 };
 
 #[inline(always)]
@@ -646,7 +646,7 @@ multiversion! {
         let mut scratch = Vec::new();
         let dy = masked(dy, mask, &mut scratch);
         let cnt = x.len() as f64;
-        if !nt && std::mem::size_of_val(dx) <= NORM_PREFETCH_MAX_BYTES {
+        if !nt && std::mem::size_of_val(dx) <= norm_prefetch_max_bytes() {
             prefetch_lines(dx);
         }
         let (scale, rs) = DevScale::new::<T>(inv, batch);
