@@ -655,7 +655,7 @@ impl<T: Float> ReluPlan<T> {
         expect_shape("x", x.shape(), &self.shape)?;
         expect_shape("out", out.shape(), &self.shape)?;
         let x = x.data();
-        let par = par.for_work(x.len());
+        let par = par.for_bytes(std::mem::size_of_val(x));
         par.for_each_chunk(out.data_mut(), ELEMENTWISE_CHUNK, &|i, o, _| {
             let xs = &x[i * ELEMENTWISE_CHUNK..];
             for (o, &v) in o.iter_mut().zip(xs) {
@@ -682,7 +682,7 @@ impl<T: Float> ReluPlan<T> {
         expect_shape("dout", dout.shape(), &self.shape)?;
         expect_shape("dx", dx.shape(), &self.shape)?;
         let (x, dout) = (x.data(), dout.data());
-        let par = par.for_work(x.len());
+        let par = par.for_bytes(std::mem::size_of_val(x));
         par.for_each_chunk(dx.data_mut(), ELEMENTWISE_CHUNK, &|i, o, _| {
             let r = i * ELEMENTWISE_CHUNK..;
             for ((o, &v), &d) in o.iter_mut().zip(&x[r.clone()]).zip(&dout[r]) {

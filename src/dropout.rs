@@ -228,7 +228,7 @@ impl<T: Float> DropoutPlan<T> {
 /// out[i] = v[i] * mask_value(seed, i, p), or v[i] without a draw, in parallel chunks.
 fn apply<T: Float>(v: &[T], draw: Option<(u64, f64)>, out: &mut [T], par: Parallelism<'_>) {
     const CHUNK: usize = crate::affine::ELEMENTWISE_CHUNK;
-    let par = par.for_work(v.len());
+    let par = par.for_bytes(std::mem::size_of_val(v));
     par.for_each_chunk(out, CHUNK, &|c, o, _| {
         let base = c * CHUNK;
         let vs = &v[base..base + o.len()];

@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// A job over a pair of chunks: (index, chunk of a, chunk of b, slot).
 pub(crate) type ChunkPairFn<'f, A, B> = dyn Fn(usize, &mut [A], &mut [B], usize) + Sync + 'f;
 
-/// How many threads a kernel may use. A kernel may use fewer: pooling calls that touch fewer
-/// than 512K elements run on the calling thread whatever is asked (waking a pool costs more than
-/// it saves there). Results never depend on the choice.
+/// How many threads a kernel may use. A kernel may use fewer: pooling and element-wise calls
+/// that touch fewer than 2 MB, and norm calls on fewer than 32K elements, run on the calling
+/// thread whatever is asked (waking a pool costs more than it saves there). Results never
+/// depend on the choice.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum Parallelism<'a> {
     /// The rayon pool the call is made from, when called inside `pool.install(..)`. Called from
@@ -66,6 +67,11 @@ impl<'a> Parallelism<'a> {
     /// Results do not depend on it (every kernel's partition is a function of the shape only).
     pub(crate) fn for_work(self, elems: usize) -> Parallelism<'a> {
         self.for_work_above(elems, PAR_MIN_ELEMS)
+    }
+
+    /// `self`, or `Sequential` when a memory-bound call touches fewer than `PAR_MIN_BYTES`.
+    pub(crate) fn for_bytes(self, bytes: usize) -> Parallelism<'a> {
+        self.for_work_above(bytes, crate::tuning::PAR_MIN_BYTES)
     }
 
     /// `self`, or `Sequential` below `min` elements (a kernel's own threshold).

@@ -134,8 +134,20 @@ pub(crate) const NORM_PAR_MIN_ELEMS: usize = 32 * 1024;
 /// tens of microseconds (measured on the Zen 3 VM: nb_pool, 307K elements, took 0.09 ms on one
 /// thread and 0.10-0.22 ms on two), more than splitting such a problem saves.
 ///
-/// Decides the bits: no: results are bitwise the same for any thread count. Used in `parallel.rs`.
+/// Decides the bits: no: results are bitwise the same for any thread count. Used in `parallel.rs`
+/// (the affine GEMMs, whose work is counted in multiply-adds / 64).
 pub(crate) const PAR_MIN_ELEMS: usize = 512 * 1024;
+
+/// Below this many bytes touched, a memory-bound kernel (pooling, the element-wise plans) runs
+/// on the calling thread: the bytes, not the elements, set its time, so f64 data (twice the
+/// bytes per element) splits at half the elements. 2 MB is `PAR_MIN_ELEMS` of f32, where the
+/// f32 calls stay. Intel Xeon reporting model 167, nb_pool f64 (2.4 MB; best medians of three
+/// alternating runs of `fastlayers bench --filter nb_pool`): forward 0.107 -> 0.028 ms, backward
+/// 0.122 -> 0.062-0.10 on two threads; nb_pool f32 (1.2 MB) backward ran slower split (0.060 ->
+/// 0.073-0.079 ms).
+///
+/// Decides the bits: no. Used in `pool/fast.rs`, `affine.rs` (ReLU), `dropout.rs`.
+pub(crate) const PAR_MIN_BYTES: usize = 2 << 20;
 
 /// How long the calling thread spins for the last helper before it sleeps in rayon's wait: the
 /// wake-up it saves costs tens of microseconds here; a helper still busy after this is running

@@ -223,7 +223,7 @@ pub(crate) fn forward_into<T: Float>(
     par: Parallelism<'_>,
 ) {
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
-    let par = par.for_work(x.len());
+    let par = par.for_bytes(std::mem::size_of_val(x));
     let (two, unclipped) = (path == PoolPath::TwoByTwo, path == PoolPath::PhaseSplit);
     let per_job = planes_per_job(plane);
     par.for_each_chunk2(
@@ -334,7 +334,7 @@ pub(crate) fn backward_into<T: Float>(
     par: Parallelism<'_>,
 ) {
     let (plane, oplane) = (g.h * g.w, g.ho * g.wo);
-    let par = par.for_work(dx.len());
+    let par = par.for_bytes(std::mem::size_of_val(dx));
     let per_job = planes_per_job(plane);
     let two = path == PoolPath::TwoByTwo;
     par.for_each_chunk(dx, plane * per_job, &|j, dxs, _| {
