@@ -486,14 +486,15 @@ impl<T: Float> AffinePlan<T> {
     where
         T: 'a + 'o,
     {
-        let (w, mut dx) = (w.into(), dx.into());
-        expect_shape("w", w.shape(), &self.w_shape())?;
+        // In argument order: x, w, dout, dx (then dw, db in `backward_with`).
+        let (x, w, dout, mut dx) = (x.into(), w.into(), dout.into(), dx.into());
+        self.check_inputs(&x, Some(&w))?;
+        expect_shape("dout", dout.shape(), &self.out_shape())?;
         expect_shape("dx", dx.shape(), &self.x_shape)?;
-        let w = w.data();
         self.backward_with(
-            x.into(),
-            dout.into(),
-            Some((w, dx.data_mut())),
+            x,
+            dout,
+            Some((w.data(), dx.data_mut())),
             dw.into(),
             db.into(),
             workspace,

@@ -98,6 +98,18 @@ fn svm_rows<T: Float>(x: &[T], y: &[usize], c: usize, dx: &mut [T]) -> f64 {
     loss * inv_n
 }
 
+/// The notebook functions' shared part: checks, dx allocated, the loss's rows.
+fn with_rows<T: Float>(
+    x: TensorView<'_, T>,
+    y: &[usize],
+    rows: fn(&[T], &[usize], usize, &mut [T]) -> f64,
+) -> Result<(f64, Tensor<T>)> {
+    let (_, c) = check(&x, y)?;
+    let mut dx = Tensor::zeros(x.shape())?;
+    let loss = rows(x.data(), y, c, dx.data_mut());
+    Ok((loss, dx))
+}
+
 /// Softmax (cross-entropy) loss: mean over rows of `-log softmax(x_i)[y_i]`;
 /// dx = (softmax(x) - onehot(y)) / N. Computed in f64 with the row maximum subtracted first.
 ///
@@ -110,11 +122,7 @@ pub fn softmax_loss<'a, T: Float>(
     x: impl Into<TensorView<'a, T>>,
     y: &[usize],
 ) -> Result<(f64, Tensor<T>)> {
-    let x = x.into();
-    let (_, c) = check(&x, y)?;
-    let mut dx = Tensor::zeros(x.shape())?;
-    let loss = softmax_rows(x.data(), y, c, dx.data_mut());
-    Ok((loss, dx))
+    with_rows(x.into(), y, softmax_rows)
 }
 
 /// Multiclass SVM (hinge) loss with margin 1: mean over rows of
@@ -124,11 +132,7 @@ pub fn svm_loss<'a, T: Float>(
     x: impl Into<TensorView<'a, T>>,
     y: &[usize],
 ) -> Result<(f64, Tensor<T>)> {
-    let x = x.into();
-    let (_, c) = check(&x, y)?;
-    let mut dx = Tensor::zeros(x.shape())?;
-    let loss = svm_rows(x.data(), y, c, dx.data_mut());
-    Ok((loss, dx))
+    with_rows(x.into(), y, svm_rows)
 }
 
 /// Which classification loss a [`LossPlan`] computes.
