@@ -1,0 +1,76 @@
+//! Times one named convolution shape with each direction's algorithm forced, against the plan's
+//! own choice: `cargo run --release --example force -- SHAPE f32|f64 THREADS ALG...` with ALG
+//! among im2col, direct, winograd (all three directions forced to it).
+use fastlayers::*;
+use fastlayers_cli::bench::{CONV_SHAPES, median_ms};
+
+fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
+    let (_, xs, ws, s, p) = *CONV_SHAPES
+        .iter()
+        .find(|c| c.0 == name)
+        .expect("a named shape");
+    let par = Parallelism::Threads(threads);
+    let mut rng = Rng::new(0);
+    let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
+    let b: Tensor<T> = rng.randn(&[ws[0]], 1.0, 0.0);
+    let base = ConvPlan::<T>::new(&xs, &ws, &ConvParam::new(s, p)).expect("valid");
+    let dout: Tensor<T> = rng.randn(&base.geom().out_shape(), 1.0, 0.0);
+    let mut plans = vec![("plan".to_string(), base)];
+    for a in algs {
+        let alg = match a.as_str() {
+            "im2col" => ConvAlgorithm::Im2col,
+            "direct" => ConvAlgorithm::Direct,
+            _ => ConvAlgorithm::Winograd,
+        };
+        let mut pl = base;
+        for dir in [
+            ConvDirection::Forward,
+            ConvDirection::DataGrad,
+            ConvDirection::WeightGrad,
+        ] {
+            if let Ok(q) = pl.with_algorithm(dir, alg) {
+                pl = q;
+            }
+        }
+        plans.push((a.clone(), pl));
+    }
+    for (label, pl) in &plans {
+        let mut ws_buf = vec![T::zero(); pl.workspace_len(par).expect("fits")];
+        let mut out = Tensor::zeros(&pl.geom().out_shape()).unwrap();
+        let (mut dx, mut dw, mut db) = (
+            Tensor::zeros(&xs).unwrap(),
+            Tensor::zeros(&ws).unwrap(),
+            Tensor::zeros(&[ws[0]]).unwrap(),
+        );
+        let f = median_ms(1.0, || {
+            pl.forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
+                .unwrap()
+        });
+        let bw = median_ms(1.0, || {
+            pl.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
+                .unwrap()
+        });
+        let dwo = median_ms(1.0, || {
+            pl.backward_weights_into(&x, &dout, &mut dw, &mut db, &mut ws_buf, par)
+                .unwrap()
+        });
+        println!(
+            "{name} {} {label:>8}: fwd {f:.3} ms, bwd {bw:.3} ms (dw only {dwo:.3}) [{:?} {:?} {:?}]",
+            T::NAME,
+            pl.algorithm(ConvDirection::Forward),
+            pl.algorithm(ConvDirection::DataGrad),
+            pl.algorithm(ConvDirection::WeightGrad)
+        );
+    }
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let threads = a.get(2).and_then(|t| t.parse().ok()).unwrap_or(2);
+    let algs = a.get(3..).unwrap_or(&[]).to_vec();
+    match a.get(1).map(String::as_str) {
+        Some("f64") => run::<f64>(&a[0], threads, &algs),
+        _ => run::<f32>(&a[0], threads, &algs),
+    }
+}
