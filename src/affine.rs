@@ -2,7 +2,7 @@
 //!
 //! affine: x (N, d1, ..., dk) is read as (N, D) with D = d1*...*dk; out = x w + b, w (D, M), b (M,).
 
-use crate::error::{Error, Result, checked_numel, expect_shape, fmt_shape};
+use crate::error::{Error, Result, check_workspace, checked_numel, expect_shape, fmt_shape};
 use crate::parallel::Parallelism;
 use crate::scalar::Float;
 use crate::tensor::{Tensor, TensorView, TensorViewMut};
@@ -455,14 +455,11 @@ impl<T: Float> AffinePlan<T> {
         self.check_inputs(&x, Some(&w))?;
         expect_shape("b", b.shape(), &[self.m])?;
         expect_shape("out", out.shape(), &self.out_shape())?;
-        let need = self.workspace_len(par)?;
-        if workspace.len() < need {
-            return Err(Error::shape(
-                "workspace",
-                format!("at least {need} elements (AffinePlan::workspace_len)"),
-                format!("{} elements", workspace.len()),
-            ));
-        }
+        check_workspace(
+            workspace,
+            self.workspace_len(par)?,
+            "AffinePlan::workspace_len",
+        )?;
         let (n, d, m) = (self.n, self.d, self.m);
         let (x, w, b) = (x.data(), w.data(), b.data());
         fast::forward_ws(n, d, m, x, w, b, out.data_mut(), workspace, par);

@@ -148,6 +148,18 @@ pub(crate) fn expect_rank(
 }
 
 /// Product of extents with overflow checking.
+/// A caller's workspace of at least `need` elements (`query` names the method that says how many).
+pub(crate) fn check_workspace<T>(ws: &[T], need: usize, query: &str) -> Result<()> {
+    if ws.len() < need {
+        return Err(Error::shape(
+            "workspace",
+            format!("at least {need} elements ({query})"),
+            format!("{} elements", ws.len()),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn checked_numel(arg: &'static str, shape: &[usize]) -> Result<usize> {
     shape.iter().try_fold(1usize, |acc, &d| {
         acc.checked_mul(d).ok_or_else(|| Error::Overflow {

@@ -4,7 +4,7 @@
 use super::im2col::*;
 use super::winograd::Wino;
 use crate::cpu::SimdLevel;
-use crate::error::{Error, Result, expect_shape};
+use crate::error::{Error, Result, check_workspace, expect_shape};
 use crate::gemm::{self as pg, Shape};
 use crate::parallel::Parallelism;
 use crate::params::{ConvGeom, ConvParam};
@@ -494,17 +494,6 @@ fn dir_index(dir: Direction) -> usize {
     }
 }
 
-fn check_ws<T>(ws: &[T], need: usize, query: &str) -> Result<()> {
-    if ws.len() < need {
-        return Err(Error::shape(
-            "workspace",
-            format!("at least {need} elements ({query})"),
-            format!("{} elements", ws.len()),
-        ));
-    }
-    Ok(())
-}
-
 fn overflow() -> Error {
     crate::error::overflow("workspace", "workspace length")
 }
@@ -617,7 +606,7 @@ impl<T: Float> ConvPlan<T> {
         expect_shape("w", w.shape(), &g.w_shape())?;
         expect_shape("b", b.shape(), &[g.f])?;
         expect_shape("out", out.shape(), &g.out_shape())?;
-        check_ws(
+        check_workspace(
             workspace,
             self.forward_workspace_len(par)?,
             "ConvPlan::forward_workspace_len",
@@ -701,7 +690,7 @@ impl<T: Float> ConvPlan<T> {
         }
         expect_shape("x", x.shape(), &g.x_shape())?;
         expect_shape("out", out.shape(), &g.out_shape())?;
-        check_ws(
+        check_workspace(
             workspace,
             self.forward_workspace_len(par)?,
             "ConvPlan::forward_workspace_len",
@@ -810,7 +799,7 @@ impl<T: Float> ConvPlan<T> {
         }
         expect_shape("dw", dw.shape(), &g.w_shape())?;
         expect_shape("db", db.shape(), &[g.f])?;
-        check_ws(
+        check_workspace(
             workspace,
             self.backward_workspace_len(par)?,
             "ConvPlan::backward_workspace_len",
