@@ -1,6 +1,7 @@
 //! Times one named convolution shape with each direction's algorithm forced, against the plan's
 //! own choice: `cargo run --release --example force -- SHAPE f32|f64 THREADS ALG...` with ALG
-//! among im2col, direct, winograd (all three directions forced to it).
+//! among im2col, direct, winograd (all three directions forced to it), or DIR=ALG with DIR one
+//! of fwd, dx, dw (that direction only).
 use fastlayers::*;
 use fastlayers_cli::bench::{CONV_SHAPES, median_ms};
 
@@ -18,19 +19,28 @@ fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
     let dout: Tensor<T> = rng.randn(&base.geom().out_shape(), 1.0, 0.0);
     let mut plans = vec![("plan".to_string(), base)];
     for a in algs {
-        let alg = match a.as_str() {
+        // "direct" forces every direction; "dx=direct" (fwd=, dx=, dw=) one of them.
+        let all = [
+            ConvDirection::Forward,
+            ConvDirection::DataGrad,
+            ConvDirection::WeightGrad,
+        ];
+        let (dirs, name): (&[ConvDirection], &str) = match a.split_once('=') {
+            Some(("fwd", n)) => (&all[..1], n),
+            Some(("dx", n)) => (&all[1..2], n),
+            Some(("dw", n)) => (&all[2..], n),
+            _ => (&all[..], a.as_str()),
+        };
+        let alg = match name {
             "im2col" => ConvAlgorithm::Im2col,
             "direct" => ConvAlgorithm::Direct,
             _ => ConvAlgorithm::Winograd,
         };
         let mut pl = base;
-        for dir in [
-            ConvDirection::Forward,
-            ConvDirection::DataGrad,
-            ConvDirection::WeightGrad,
-        ] {
-            if let Ok(q) = pl.with_algorithm(dir, alg) {
-                pl = q;
+        for &dir in dirs {
+            match pl.with_algorithm(dir, alg) {
+                Ok(q) => pl = q,
+                Err(e) => eprintln!("{a}: {e}"),
             }
         }
         plans.push((a.clone(), pl));
