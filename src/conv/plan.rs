@@ -605,12 +605,7 @@ impl<T: Float> ConvPlan<T> {
         expect_shape("x", x.shape(), &g.x_shape())?;
         expect_shape("w", w.shape(), &g.w_shape())?;
         expect_shape("b", b.shape(), &[g.f])?;
-        expect_shape("out", out.shape(), &g.out_shape())?;
-        check_workspace(
-            workspace,
-            self.forward_workspace_len(par)?,
-            "ConvPlan::forward_workspace_len",
-        )?;
+        self.check_forward_out(&out, workspace, par)?;
         if empty_work(g) {
             fill_empty_work(g, w.data(), b.data(), out.data_mut());
             return Ok(());
@@ -660,6 +655,21 @@ impl<T: Float> ConvPlan<T> {
         })
     }
 
+    /// The forward's out shape and workspace length (both forward entry points).
+    fn check_forward_out(
+        &self,
+        out: &TensorViewMut<'_, T>,
+        workspace: &[T],
+        par: Parallelism<'_>,
+    ) -> Result<()> {
+        expect_shape("out", out.shape(), &self.geom.out_shape())?;
+        check_workspace(
+            workspace,
+            self.forward_workspace_len(par)?,
+            "ConvPlan::forward_workspace_len",
+        )
+    }
+
     /// [`ConvPlan::forward_into`] with weights packed by [`ConvPlan::pack_weights`] of this plan
     /// (an `Err` naming `weights` for another plan's): the same workspace, the same bits.
     pub fn forward_packed_into<'a, 'o>(
@@ -689,12 +699,7 @@ impl<T: Float> ConvPlan<T> {
             ));
         }
         expect_shape("x", x.shape(), &g.x_shape())?;
-        expect_shape("out", out.shape(), &g.out_shape())?;
-        check_workspace(
-            workspace,
-            self.forward_workspace_len(par)?,
-            "ConvPlan::forward_workspace_len",
-        )?;
+        self.check_forward_out(&out, workspace, par)?;
         let (w, b) = (&weights.w[..], &weights.b[..]);
         if empty_work(g) {
             fill_empty_work(g, w, b, out.data_mut());

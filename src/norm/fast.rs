@@ -463,7 +463,7 @@ fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64),
 multiversion! {
     /// The fused ReLU after a norm's output pass: clamps `out` at 0 (NaN stays NaN, as
     /// `relu_forward`) and records in `mask` where it was positive, while the run is in cache.
-    fn relu_run<T>(out: &mut [T], mask: &mut [u8]) {
+    pub(crate) fn relu_run<T>(out: &mut [T], mask: &mut [u8]) {
         for (o, m) in out.iter_mut().zip(mask) {
             *m = u8::from(*o > T::zero());
             *o = crate::affine::relu(*o);
