@@ -790,7 +790,26 @@ fn check_norm<T: Float>(c: &NormCase, tol: f64) {
     let mut bn_f = bn.clone();
     let (out_r, cache_r) = naive(&x, &gamma, &beta, c, &mut bn_r).unwrap();
     let (out_f, cache_f) = fast(&x, &gamma, &beta, c, &mut bn_f).unwrap();
-    assert_close("out", &out_f, &out_r, tol);
+    // The fast kernels apply the statistics as one fused x * scale + shift (scale = gamma
+    // inv_std, shift = beta - mean scale), whose rounding is relative to those two terms, not
+    // to out: where the mean is large beside the spread they exceed |out| (a group of two with
+    // mean 6.5, std 2.9 and gamma -1.48, beta -1.26 gives out 0.2196 from a shift of 2.0; the
+    // fast f32 value is 2.5 ulps of that shift off, 1.2e-6 of |out| as a norm). The reference's
+    // own mean carries ulps of |mean| into x - mean too. So each element's error is bounded by
+    // tol times |gamma| inv_std (|x| + |mean|) + |beta| + |out|.
+    let kind_r = cache_r.kind();
+    for (i, (&f, &r)) in out_f.data().iter().zip(out_r.data()).enumerate() {
+        let (gi, ci) = group_channel(kind_r, &xs, i);
+        let terms = gamma.data()[ci].to_f().abs()
+            * cache_r.inv_std()[gi]
+            * (x.data()[i].to_f().abs() + cache_r.mean()[gi].abs())
+            + beta.data()[ci].to_f().abs()
+            + r.to_f().abs();
+        assert!(
+            (f.to_f() - r.to_f()).abs() <= tol * terms,
+            "out[{i}]: {f} vs {r}, terms {terms:e}"
+        );
+    }
     if let (Some(a), Some(b)) = (&bn_r.running_mean, &bn_f.running_mean) {
         assert!(
             norm_error(a, b) <= tol
