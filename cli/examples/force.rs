@@ -1,7 +1,9 @@
 //! Times one named convolution shape with each direction's algorithm forced, against the plan's
 //! own choice: `cargo run --release --example force -- SHAPE f32|f64 THREADS ALG...` with ALG
 //! among im2col, direct, winograd (all three directions forced to it), or DIR=ALG with DIR one
-//! of fwd, dx, dw (that direction only).
+//! of fwd, dx, dw (that direction only). With `LOOP=fwd|bwd|dw` (and `LOOPS=SECONDS`, default 4)
+//! it runs that one call in a loop on the first plan and prints the mean time, for `perf record`
+//! or alternating A/B runs of two builds.
 use fastlayers::*;
 use fastlayers_cli::bench::{CONV_SHAPES, median_ms};
 
@@ -53,6 +55,34 @@ fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
             Tensor::zeros(&ws).unwrap(),
             Tensor::zeros(&[ws[0]]).unwrap(),
         );
+        if let Ok(which) = std::env::var("LOOP") {
+            // One direction in a loop, for `perf record` or an A/B of two builds.
+            let secs: f64 = std::env::var("LOOPS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(4.0);
+            let t = std::time::Instant::now();
+            let mut n = 0;
+            while t.elapsed().as_secs_f64() < secs {
+                match which.as_str() {
+                    "dw" => pl
+                        .backward_weights_into(&x, &dout, &mut dw, &mut db, &mut ws_buf, par)
+                        .unwrap(),
+                    "bwd" => pl
+                        .backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
+                        .unwrap(),
+                    _ => pl
+                        .forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
+                        .unwrap(),
+                }
+                n += 1;
+            }
+            println!(
+                "{which}: {:.3} ms",
+                t.elapsed().as_secs_f64() * 1e3 / n as f64
+            );
+            return;
+        }
         let f = median_ms(1.0, || {
             pl.forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
                 .unwrap()
