@@ -766,7 +766,6 @@ fn check_norm<T: Float>(c: &NormCase, tol: f64) {
                 .collect(),
         );
     }
-    let p = NormParam::default();
     let (naive, fast): (Fwd<T>, Fwd<T>) = match c.kind {
         0 => (
             |x, g, b, _, bn| batchnorm_forward_naive(x, g, b, bn),
@@ -785,7 +784,6 @@ fn check_norm<T: Float>(c: &NormCase, tol: f64) {
             |x, g, b, c, _| spatial_groupnorm_forward(x, g, b, c.g, &NormParam::default()),
         ),
     };
-    let _ = p;
     let mut bn_r = bn.clone();
     let mut bn_f = bn.clone();
     let (out_r, cache_r) = naive(&x, &gamma, &beta, c, &mut bn_r).unwrap();
@@ -797,9 +795,9 @@ fn check_norm<T: Float>(c: &NormCase, tol: f64) {
     // fast f32 value is 2.5 ulps of that shift off, 1.2e-6 of |out| as a norm). The reference's
     // own mean carries ulps of |mean| into x - mean too. So each element's error is bounded by
     // tol times |gamma| inv_std (|x| + |mean|) + |beta| + |out|.
-    let kind_r = cache_r.kind();
+    let kind = cache_r.kind();
     for (i, (&f, &r)) in out_f.data().iter().zip(out_r.data()).enumerate() {
-        let (gi, ci) = group_channel(kind_r, &xs, i);
+        let (gi, ci) = group_channel(kind, &xs, i);
         let terms = gamma.data()[ci].to_f().abs()
             * cache_r.inv_std()[gi]
             * (x.data()[i].to_f().abs() + cache_r.mean()[gi].abs())
@@ -855,7 +853,6 @@ fn check_norm<T: Float>(c: &NormCase, tol: f64) {
     // bounded relative to the sum of the absolute terms. And xhat itself carries an absolute error
     // of a few ulps of T (the mean is accurate to a few ulps of the data's spread), which matters
     // for elements next to the mean (tiny xhat): hence |xhat| + 1 per term.
-    let kind = cache_r.kind();
     let (mut s_g, mut s_b) = (vec![0.0f64; ch], vec![0.0f64; ch]);
     for (i, (&d, &v)) in dout.data().iter().zip(x.data()).enumerate() {
         let (gi, c) = group_channel(kind, &xs, i);

@@ -55,6 +55,18 @@ fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
             Tensor::zeros(&ws).unwrap(),
             Tensor::zeros(&[ws[0]]).unwrap(),
         );
+        // Each direction's call, shared by the loop mode and the medians.
+        let mut call = |dir: &str| match dir {
+            "dw" => pl
+                .backward_weights_into(&x, &dout, &mut dw, &mut db, &mut ws_buf, par)
+                .unwrap(),
+            "bwd" => pl
+                .backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
+                .unwrap(),
+            _ => pl
+                .forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
+                .unwrap(),
+        };
         if let Ok(which) = std::env::var("LOOP") {
             // One direction in a loop, for `perf record` or an A/B of two builds.
             let secs: f64 = std::env::var("LOOPS")
@@ -64,17 +76,7 @@ fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
             let t = std::time::Instant::now();
             let mut n = 0;
             while t.elapsed().as_secs_f64() < secs {
-                match which.as_str() {
-                    "dw" => pl
-                        .backward_weights_into(&x, &dout, &mut dw, &mut db, &mut ws_buf, par)
-                        .unwrap(),
-                    "bwd" => pl
-                        .backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
-                        .unwrap(),
-                    _ => pl
-                        .forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
-                        .unwrap(),
-                }
+                call(&which);
                 n += 1;
             }
             println!(
@@ -83,18 +85,9 @@ fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
             );
             return;
         }
-        let f = median_ms(1.0, || {
-            pl.forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
-                .unwrap()
-        });
-        let bw = median_ms(1.0, || {
-            pl.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
-                .unwrap()
-        });
-        let dwo = median_ms(1.0, || {
-            pl.backward_weights_into(&x, &dout, &mut dw, &mut db, &mut ws_buf, par)
-                .unwrap()
-        });
+        let f = median_ms(1.0, || call("fwd"));
+        let bw = median_ms(1.0, || call("bwd"));
+        let dwo = median_ms(1.0, || call("dw"));
         println!(
             "{name} {} {label:>8}: fwd {f:.3} ms, bwd {bw:.3} ms (dw only {dwo:.3}) [{:?} {:?} {:?}]",
             T::NAME,
