@@ -2,8 +2,9 @@
 //! the output (out or dx) each at a given byte offset past a 2 MB boundary, in slots 20 MB
 //! apart, so their distances modulo 4 KB are the offsets' differences. Every placement is timed
 //! in the same rounds (10 calls each, 30 rounds), so drifts of a shared host hit all alike.
-//! `cargo run --release --example placement -- gnf|gnb|bnf|bnb f32|f64 X,DOUT,OUT ...`
-//! (STREAM_MB=0 streams every output pass; the default follows the LLC-derived threshold).
+//! `cargo run --release --example placement -- gnf|gnb|bnf|bnb f32|f64 X,DOUT,OUT[,MB] ...`
+//! (MB, or STREAM_MB for every placement, sets the streaming-store threshold in MB: 0 streams
+//! every output pass, 1000 none; the default follows the LLC-derived threshold).
 //! Made for the streaming stores' 4K-aliasing hazard (src/norm/fast.rs, `Store`).
 use fastlayers::*;
 use fastlayers_cli::bench;
@@ -28,7 +29,7 @@ fn place<T: Float>(arena: &mut [T], offs: [usize; 3], n: usize) -> [&mut [T]; 3]
     ]
 }
 
-fn run<T: Float>(op: &str, cfgs: &[[usize; 3]], rounds: usize) {
+fn run<T: Float>(op: &str, cfgs: &[([usize; 3], Option<usize>)], rounds: usize) {
     let par = Parallelism::Threads(2);
     let c = bench::NORM_SHAPE[1];
     let sh = bench::NORM_SHAPE;
@@ -52,7 +53,8 @@ fn run<T: Float>(op: &str, cfgs: &[[usize; 3]], rounds: usize) {
         .unwrap();
     let mut res: Vec<Vec<f64>> = vec![vec![]; cfgs.len()];
     for _ in 0..rounds {
-        for (ci, offs) in cfgs.iter().enumerate() {
+        for (ci, (offs, thr)) in cfgs.iter().enumerate() {
+            hooks::set_streaming_threshold(*thr);
             let [x, dout, o] = place(&mut arena, *offs, n);
             x.copy_from_slice(x0.data());
             dout.copy_from_slice(dout0.data());
@@ -110,11 +112,12 @@ fn run<T: Float>(op: &str, cfgs: &[[usize; 3]], rounds: usize) {
             }
         }
     }
-    for (ci, offs) in cfgs.iter().enumerate() {
+    for (ci, (offs, thr)) in cfgs.iter().enumerate() {
         let r = &mut res[ci];
         r.sort_by(f64::total_cmp);
+        let stream = thr.map_or("default".to_string(), |b| format!("{} MB", b >> 20));
         println!(
-            "{op} {} x/dout/out {:>4} {:>4} {:>4}: median {:.3} p10 {:.3}",
+            "{op} {} x/dout/out {:>4} {:>4} {:>4} stream threshold {stream}: median {:.3} p10 {:.3}",
             T::NAME,
             offs[0],
             offs[1],
@@ -127,15 +130,14 @@ fn run<T: Float>(op: &str, cfgs: &[[usize; 3]], rounds: usize) {
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    if let Ok(mb) = std::env::var("STREAM_MB") {
-        let mb: f64 = mb.parse().unwrap();
-        hooks::set_streaming_threshold(Some((mb * 1048576.0) as usize));
-    }
-    let cfgs: Vec<[usize; 3]> = a[3..]
+    let mb = |s: &str| s.parse::<usize>().expect("MB") << 20;
+    let all = std::env::var("STREAM_MB").ok().map(|s| mb(&s));
+    let cfgs: Vec<([usize; 3], Option<usize>)> = a[3..]
         .iter()
         .map(|s| {
-            let v: Vec<usize> = s.split(',').map(|t| t.parse().unwrap()).collect();
-            [v[0], v[1], v[2]]
+            let v: Vec<&str> = s.split(',').collect();
+            let off = |k: usize| v[k].parse().expect("X,DOUT,OUT[,MB]");
+            ([off(0), off(1), off(2)], v.get(3).map(|s| mb(s)).or(all))
         })
         .collect();
     if a[2] == "f32" {
