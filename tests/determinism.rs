@@ -16,10 +16,29 @@ fn conv_bits<T: Float>(
     (xs, ws, p): ([usize; 4], [usize; 4], ConvParam),
     par: Parallelism<'_>,
 ) -> [Vec<u64>; 4] {
+    conv_bits_with::<T>(rng, (xs, ws, p), None, par)
+}
+
+/// `conv_bits` with every direction forced to `alg` (where it can run).
+fn conv_bits_with<T: Float>(
+    rng: &mut Rng,
+    (xs, ws, p): ([usize; 4], [usize; 4], ConvParam),
+    alg: Option<ConvAlgorithm>,
+    par: Parallelism<'_>,
+) -> [Vec<u64>; 4] {
     let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
     let w: Tensor<T> = rng.randn(&ws, 1.0, 0.0);
     let b: Tensor<T> = rng.randn(&[ws[0]], 1.0, 0.0);
-    let plan = ConvPlan::<T>::new(&xs, &ws, &p).unwrap();
+    let mut plan = ConvPlan::<T>::new(&xs, &ws, &p).unwrap();
+    if let Some(alg) = alg {
+        for dir in [
+            ConvDirection::Forward,
+            ConvDirection::DataGrad,
+            ConvDirection::WeightGrad,
+        ] {
+            plan = plan.with_algorithm(dir, alg).unwrap_or(plan);
+        }
+    }
     let mut wsb = vec![T::zero(); plan.workspace_len(par).unwrap()];
     let g = *plan.geom();
     let mut out = Tensor::zeros(&g.out_shape()).unwrap();
@@ -87,6 +106,14 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
     outs.extend(conv_bits::<T>(
         &mut rng,
         ([5, 96, 16, 16], [96, 96, 3, 3], p),
+        par,
+    ));
+    // F(4x4, 3x3) on every direction (the f64 cost model's choice from 64 channels and 64
+    // tiles; forced for f32), N = 3.
+    outs.extend(conv_bits_with::<T>(
+        &mut rng,
+        ([3, 16, 32, 32], [16, 16, 3, 3], p),
+        Some(ConvAlgorithm::Winograd4x4),
         par,
     ));
     // Pooling, overlapping.

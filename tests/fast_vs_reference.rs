@@ -9,15 +9,17 @@
 //!   |fast - ref| <= 4 (K + 2) u_T * S, with S the same convolution run on |x|, |w|, |b|
 //!   (for dx/dw/db: the backward run on |dout| with |x|, |w|). u_T = 2^-24 (f32) or 2^-53 (f64):
 //!   about 1e-13 of S in f64, 1e-4 of S in f32 for K ~ 100.
-//! - Winograd F(2x2, 3x3) does not meet that bound: its transforms form products of input and
-//!   weight values that the direct sum never forms (1-D: y0 = (d0-d2)g0 + (d1+d2)(g0+g1+g2)/2 +
-//!   ...), so cancellation inside a tile is not bounded by S. Evaluated in absolute values, one
-//!   tile and channel is at most 2 (sum|d|)(sum|g|) in 1-D, 4 (sum over the 4 x 4 input
-//!   window |d|)(sum over the 3 x 3 kernel |g|) in 2-D, and the rounding depth (cin + about 16)
-//!   stays within 4 (K + 2); so the Winograd rows use the same 4 (K + 2) u with the scale
-//!   S_W = 4 sum_channels (window sum)(kernel sum) (+ |b|), and for dw (dU over tiles, then
-//!   G^T dU G, row sums of |G^T| at most 2) S_W = 4 sum_tiles (2 x 2 dout block sum)(4 x 4 x
-//!   window sum). `winograd_scales` computes them.
+//! - Winograd F(2x2, 3x3) and F(4x4, 3x3) do not meet that bound: their transforms form
+//!   products of input and weight values that the direct sum never forms (1-D F(2, 3): y0 =
+//!   (d0-d2)g0 + (d1+d2)(g0+g1+g2)/2 + ...), so cancellation inside a tile is not bounded by S.
+//!   The classic bound of any sum-of-products evaluation holds instead: |fast - exact| <=
+//!   gamma_d * (the same algorithm run on absolute values), d the rounding depth along any path
+//!   (the input transform's few additions, the rounding of U, the product, the sum over
+//!   channels, the output transform's additions: at most cin + 4 (m + 2) here). So the Winograd
+//!   rows use 4 (K + 4 (m + 2) + 2) u with the scale S_W = |A^T| (sum over channels of
+//!   (|G| |g| |G^T|) . (|B^T| |d| |B|)) |A| (+ |b|) per tile, d the padded input patch, and for
+//!   dw S_W = |G^T| (sum over tiles of (|A| |dY| |A^T|) . (|B^T| |d| |B|)) |G|.
+//!   `winograd_scales` computes them from the published matrices (Lavin & Gray, 2015).
 //! - max pooling: the same comparisons in the same order, so fast == reference bit for bit.
 //! - normalisation: both accumulate in f64 and round once to T at the end, so they differ by at
 //!   most a couple of ulps of T: `max|a - b| / max|b| <= 1e-6` (f32), `1e-12` (f64).
@@ -162,16 +164,47 @@ fn winograd_case() -> impl Strategy<Value = ConvCase> {
         .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
 }
 
+/// As `winograd_case` with outputs of at least 22 x 22 (36 tiles of 4 x 4, more than a tile
+/// panel at the widest level), for F(4x4, 3x3).
+fn winograd4_case() -> impl Strategy<Value = ConvCase> {
+    (
+        (
+            (
+                1usize..=2,
+                prop_oneof![3 => Just(1usize), 1 => Just(2usize)],
+            ),
+            (1usize..=12, 1usize..=12),
+            (24usize..=30, 24usize..=34),
+            Just((3usize, 3usize)),
+            Just((1usize, 1usize)),
+            (0usize..=3, 0usize..=3),
+            Just((1usize, 1usize)),
+        ),
+        any::<u64>(),
+    )
+        .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
+}
+
 const DIRECTIONS: [ConvDirection; 3] = [
     ConvDirection::Forward,
     ConvDirection::DataGrad,
     ConvDirection::WeightGrad,
 ];
-const ALGORITHMS: [ConvAlgorithm; 3] = [
+const ALGORITHMS: [ConvAlgorithm; 4] = [
     ConvAlgorithm::Im2col,
     ConvAlgorithm::Direct,
     ConvAlgorithm::Winograd,
+    ConvAlgorithm::Winograd4x4,
 ];
+
+/// The output tile side of a Winograd algorithm.
+fn wino_tile(alg: ConvAlgorithm) -> Option<usize> {
+    match alg {
+        ConvAlgorithm::Winograd => Some(2),
+        ConvAlgorithm::Winograd4x4 => Some(4),
+        _ => None,
+    }
+}
 
 /// Whether this CPU has the explicit GEMM kernels the Direct and Winograd algorithms need.
 fn explicit_kernels() -> bool {
@@ -206,7 +239,11 @@ fn check_conv<T: Float>(
     let plan = ConvPlan::<T>::new(&c.xs, &c.ws, &c.p).unwrap();
     let par = Parallelism::Current;
     let mut ran = vec![];
-    let wino = std::cell::OnceCell::new();
+    // Winograd scales (forward, dx, dw) per tile side, computed on first use.
+    let wino: [std::cell::OnceCell<Scales<T>>; 2] = Default::default();
+    let wscales = |m: usize| wino[m / 4].get_or_init(|| winograd_scales(c, &x, &w, &b, &dout, m));
+    // The rounding depth of a Winograd row: K plus the transforms' (see the module doc).
+    let depth = |alg: ConvAlgorithm, kd: usize| kd + wino_tile(alg).map_or(0, |m| 4 * (m + 2));
     for dir in DIRECTIONS {
         for alg in ALGORITHMS {
             let Ok(p) = plan.with_algorithm(dir, alg) else {
@@ -219,12 +256,11 @@ fn check_conv<T: Float>(
             if dir == ConvDirection::Forward {
                 let mut out = Tensor::full(out_r.shape(), T::nan()).unwrap();
                 p.forward_into(&x, &w, &b, &mut out, &mut ws, par).unwrap();
-                let s = if alg == ConvAlgorithm::Winograd {
-                    &wino.get_or_init(|| winograd_scales(c, &x, &w, &b, &dout)).0
-                } else {
-                    &scale
+                let s = match wino_tile(alg) {
+                    Some(m) => &wscales(m).0,
+                    None => &scale,
                 };
-                assert_bounded(&format!("{what} out"), &out, &out_r, s, k);
+                assert_bounded(&format!("{what} out"), &out, &out_r, s, depth(alg, k));
                 continue;
             }
             let mut dx = Tensor::full(&c.xs, T::nan()).unwrap();
@@ -233,18 +269,16 @@ fn check_conv<T: Float>(
             p.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws, par)
                 .unwrap();
             // Each Winograd direction against its own scale (see the module doc).
-            let wscales = || wino.get_or_init(|| winograd_scales(c, &x, &w, &b, &dout));
-            let sx = match p.algorithm(ConvDirection::DataGrad) {
-                ConvAlgorithm::Winograd => &wscales().1,
-                _ => &sx,
-            };
-            let sw = match p.algorithm(ConvDirection::WeightGrad) {
-                ConvAlgorithm::Winograd => &wscales().2,
-                _ => &sw,
-            };
-            assert_bounded(&format!("{what} dx"), &dx, &dx_r, sx, f * c.ws[2] * c.ws[3]);
-            assert_bounded(&format!("{what} dw"), &dw, &dw_r, sw, n * ho * wo);
-            assert_bounded(&format!("{what} db"), &db, &db_r, &sb, n * ho * wo);
+            let (ax, aw) = (
+                p.algorithm(ConvDirection::DataGrad),
+                p.algorithm(ConvDirection::WeightGrad),
+            );
+            let sx = wino_tile(ax).map_or(&sx, |m| &wscales(m).1);
+            let sw = wino_tile(aw).map_or(&sw, |m| &wscales(m).2);
+            let (kx, kw) = (f * c.ws[2] * c.ws[3], n * ho * wo);
+            assert_bounded(&format!("{what} dx"), &dx, &dx_r, sx, depth(ax, kx));
+            assert_bounded(&format!("{what} dw"), &dw, &dw_r, sw, depth(aw, kw));
+            assert_bounded(&format!("{what} db"), &db, &db_r, &sb, kw);
         }
     }
     if explicit_kernels() {
@@ -255,111 +289,252 @@ fn check_conv<T: Float>(
     ran
 }
 
+/// A small matrix as rows.
+type Matrix = Vec<Vec<f64>>;
+
+/// The error scales of (out, dx, dw).
+type Scales<T> = (Tensor<T>, Tensor<T>, Tensor<T>);
+
+/// B^T, G and A^T of F(m x m, 3 x 3), m = 2 or 4 (Lavin & Gray, 2015), as rows.
+fn wino_matrices(m: usize) -> (Matrix, Matrix, Matrix) {
+    let v = |rows: &[&[f64]]| rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>();
+    if m == 2 {
+        (
+            v(&[
+                &[1., 0., -1., 0.],
+                &[0., 1., 1., 0.],
+                &[0., -1., 1., 0.],
+                &[0., 1., 0., -1.],
+            ]),
+            v(&[
+                &[1., 0., 0.],
+                &[0.5, 0.5, 0.5],
+                &[0.5, -0.5, 0.5],
+                &[0., 0., 1.],
+            ]),
+            v(&[&[1., 1., 1., 0.], &[0., 1., -1., -1.]]),
+        )
+    } else {
+        let (s, t, f) = (1. / 6., 1. / 12., 1. / 24.);
+        (
+            v(&[
+                &[4., 0., -5., 0., 1., 0.],
+                &[0., -4., -4., 1., 1., 0.],
+                &[0., 4., -4., -1., 1., 0.],
+                &[0., -2., -1., 2., 1., 0.],
+                &[0., 2., -1., -2., 1., 0.],
+                &[0., 4., 0., -5., 0., 1.],
+            ]),
+            v(&[
+                &[0.25, 0., 0.],
+                &[-s, -s, -s],
+                &[-s, s, -s],
+                &[f, t, s],
+                &[f, -t, s],
+                &[0., 0., 1.],
+            ]),
+            v(&[
+                &[1., 1., 1., 1., 1., 0.],
+                &[0., 1., -1., 2., -2., 0.],
+                &[0., 1., 1., 4., 4., 0.],
+                &[0., 1., -1., 8., -8., 1.],
+            ]),
+        )
+    }
+}
+
+/// |L| X |R|^T for row-major matrices (L: p x q, X: q x r, R: s x r): p x s.
+fn abs_sandwich(l: &[Vec<f64>], x: &[Vec<f64>], r: &[Vec<f64>]) -> Matrix {
+    let lx: Vec<Vec<f64>> = l
+        .iter()
+        .map(|lr| {
+            (0..x[0].len())
+                .map(|j| lr.iter().zip(x).map(|(a, xr)| a.abs() * xr[j]).sum())
+                .collect()
+        })
+        .collect();
+    lx.iter()
+        .map(|row| {
+            r.iter()
+                .map(|rr| row.iter().zip(rr).map(|(a, b)| a * b.abs()).sum())
+                .collect()
+        })
+        .collect()
+}
+
 /// The Winograd scales S_W (see the module doc) of the forward, dx and dw of a 3 x 3, stride-1,
-/// undilated convolution: per output, the tile products of absolute input window sums and
-/// absolute kernel sums.
+/// undilated convolution run as F(m x m, 3 x 3): the algorithm evaluated on absolute values.
 fn winograd_scales<T: Float>(
     c: &ConvCase,
     x: &Tensor<T>,
     w: &Tensor<T>,
     b: &Tensor<T>,
     dout: &Tensor<T>,
-) -> (Tensor<T>, Tensor<T>, Tensor<T>) {
+    m: usize,
+) -> Scales<T> {
     let [n, ch, h, wd] = c.xs;
     let [f, cg, _, _] = c.ws;
     let (g, (ph, pw)) = (c.p.groups, c.p.pad);
     let fg = f / g;
     let (ho, wo) = (h + 2 * ph - 2, wd + 2 * pw - 2);
-    let a = |t: &Tensor<T>, i: usize| t.data()[i].to_f().abs();
-    // Sum of |t[img][plane]| over rows r0..r0+rows, cols c0..c0+cols of the plane (hh x ww),
-    // coordinates shifted by (sr, sc) (padding: outside the plane counts 0).
-    let window = |t: &Tensor<T>,
-                  base: usize,
-                  (hh, ww): (usize, usize),
-                  (r0, c0): (isize, isize),
-                  (rows, cols): (isize, isize)| {
-        let mut s = 0.0;
-        for r in r0..r0 + rows {
-            for q in c0..c0 + cols {
-                if r >= 0 && q >= 0 && (r as usize) < hh && (q as usize) < ww {
-                    s += a(t, base + r as usize * ww + q as usize);
-                }
-            }
-        }
-        s
+    let al = m + 2;
+    let (bt, gm, at) = wino_matrices(m);
+    // A = (A^T)^T as rows, for dY's transform.
+    let a_rows: Vec<Vec<f64>> = (0..al).map(|i| at.iter().map(|r| r[i]).collect()).collect();
+    let gt_rows: Vec<Vec<f64>> = (0..3).map(|i| gm.iter().map(|r| r[i]).collect()).collect();
+    let abs = |t: &Tensor<T>, i: usize| t.data()[i].to_f().abs();
+    // The al x al patch of |t| (plane `base` of hh x ww) from (r0, c0); outside reads 0.
+    let patch = |t: &Tensor<T>,
+                 base: usize,
+                 (hh, ww): (usize, usize),
+                 (r0, c0): (isize, isize),
+                 side: usize| {
+        (0..side as isize)
+            .map(|r| {
+                (0..side as isize)
+                    .map(|q| {
+                        let (y, xx) = (r0 + r, c0 + q);
+                        if y >= 0 && xx >= 0 && (y as usize) < hh && (xx as usize) < ww {
+                            abs(t, base + y as usize * ww + xx as usize)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect::<Vec<f64>>()
+            })
+            .collect::<Vec<_>>()
     };
-    let ksum = |fi: usize, cl: usize| (0..9).map(|t| a(w, (fi * cg + cl) * 9 + t)).sum::<f64>();
+    // |G| |k| |G^T| for a 3 x 3 kernel given as 9 absolute values (row-major).
+    let u_abs = |k: [f64; 9]| {
+        let kk: Vec<Vec<f64>> = (0..3).map(|r| k[3 * r..3 * r + 3].to_vec()).collect();
+        abs_sandwich(&gm, &kk, &gm)
+    };
+    let kern = |fi: usize, cl: usize, flip: bool| -> [f64; 9] {
+        std::array::from_fn(|t| abs(w, (fi * cg + cl) * 9 + if flip { 8 - t } else { t }))
+    };
+    let (th, tw) = (ho.div_ceil(m), wo.div_ceil(m));
+    // Forward: per image, output plane and tile.
     let mut sf = vec![0.0; n * f * ho * wo];
     for ni in 0..n {
         for fi in 0..f {
-            for oh in 0..ho {
-                for ow in 0..wo {
-                    let (r0, c0) = (
-                        (oh / 2 * 2) as isize - ph as isize,
-                        (ow / 2 * 2) as isize - pw as isize,
-                    );
-                    let mut s = 0.0;
+            for ty in 0..th {
+                for tx in 0..tw {
+                    let mut acc = vec![vec![0.0; al]; al];
                     for cl in 0..cg {
                         let ci = fi / fg * cg + cl;
-                        s += window(x, (ni * ch + ci) * h * wd, (h, wd), (r0, c0), (4, 4))
-                            * ksum(fi, cl);
+                        let d = patch(
+                            x,
+                            (ni * ch + ci) * h * wd,
+                            (h, wd),
+                            (
+                                (m * ty) as isize - ph as isize,
+                                (m * tx) as isize - pw as isize,
+                            ),
+                            al,
+                        );
+                        let v = abs_sandwich(&bt, &d, &bt);
+                        let u = u_abs(kern(fi, cl, false));
+                        for i in 0..al {
+                            for j in 0..al {
+                                acc[i][j] += u[i][j] * v[i][j];
+                            }
+                        }
                     }
-                    sf[((ni * f + fi) * ho + oh) * wo + ow] = 4.0 * s + a(b, fi);
+                    let y = abs_sandwich(&at, &acc, &at);
+                    for (r, yr) in y.iter().enumerate() {
+                        for (q, yv) in yr.iter().enumerate() {
+                            let (oh, ow) = (m * ty + r, m * tx + q);
+                            if oh < ho && ow < wo {
+                                sf[((ni * f + fi) * ho + oh) * wo + ow] = yv + abs(b, fi);
+                            }
+                        }
+                    }
                 }
             }
         }
     }
     // dx: the correlation of dout padded by 2 - pad with the flipped weights.
     let mut sx = vec![0.0; n * ch * h * wd];
+    let (dth, dtw) = (h.div_ceil(m), wd.div_ceil(m));
     for ni in 0..n {
         for ci in 0..ch {
-            for y in 0..h {
-                for xx in 0..wd {
-                    let (r0, c0) = (
-                        (y / 2 * 2) as isize - (2 - ph as isize),
-                        (xx / 2 * 2) as isize - (2 - pw as isize),
-                    );
-                    let (grp, cl) = (ci / cg, ci % cg);
-                    let mut s = 0.0;
+            let (grp, cl) = (ci / cg, ci % cg);
+            for ty in 0..dth {
+                for tx in 0..dtw {
+                    let mut acc = vec![vec![0.0; al]; al];
                     for fi in grp * fg..(grp + 1) * fg {
-                        s += window(dout, (ni * f + fi) * ho * wo, (ho, wo), (r0, c0), (4, 4))
-                            * ksum(fi, cl);
+                        let d = patch(
+                            dout,
+                            (ni * f + fi) * ho * wo,
+                            (ho, wo),
+                            (
+                                (m * ty) as isize - (2 - ph as isize),
+                                (m * tx) as isize - (2 - pw as isize),
+                            ),
+                            al,
+                        );
+                        let v = abs_sandwich(&bt, &d, &bt);
+                        let u = u_abs(kern(fi, cl, true));
+                        for i in 0..al {
+                            for j in 0..al {
+                                acc[i][j] += u[i][j] * v[i][j];
+                            }
+                        }
                     }
-                    sx[((ni * ch + ci) * h + y) * wd + xx] = 4.0 * s;
+                    let y = abs_sandwich(&at, &acc, &at);
+                    for (r, yr) in y.iter().enumerate() {
+                        for (q, yv) in yr.iter().enumerate() {
+                            let (yy, xx) = (m * ty + r, m * tx + q);
+                            if yy < h && xx < wd {
+                                sx[((ni * ch + ci) * h + yy) * wd + xx] = *yv;
+                            }
+                        }
+                    }
                 }
             }
         }
     }
-    // dw: per tile (2 x 2 outputs from (2ty, 2tx)), the dout block times the 4 x 4 input window
-    // at (2ty - ph, 2tx - pw).
+    // dw: dU = sum over tiles of (|A| |dY| |A^T|) . (|B^T| |d| |B|), then |G^T| dU |G|.
     let mut sw = vec![0.0; f * cg * 9];
     for fi in 0..f {
         for cl in 0..cg {
             let ci = fi / fg * cg + cl;
-            let mut s = 0.0;
+            let mut du = vec![vec![0.0; al]; al];
             for ni in 0..n {
-                for ty in 0..ho.div_ceil(2) {
-                    for tx in 0..wo.div_ceil(2) {
-                        let blk = window(
+                for ty in 0..th {
+                    for tx in 0..tw {
+                        let dy = patch(
                             dout,
                             (ni * f + fi) * ho * wo,
                             (ho, wo),
-                            (2 * ty as isize, 2 * tx as isize),
-                            (2, 2),
+                            ((m * ty) as isize, (m * tx) as isize),
+                            m,
                         );
-                        let win = window(
+                        let wt = abs_sandwich(&a_rows, &dy, &a_rows);
+                        let d = patch(
                             x,
                             (ni * ch + ci) * h * wd,
                             (h, wd),
-                            (2 * ty as isize - ph as isize, 2 * tx as isize - pw as isize),
-                            (4, 4),
+                            (
+                                (m * ty) as isize - ph as isize,
+                                (m * tx) as isize - pw as isize,
+                            ),
+                            al,
                         );
-                        s += blk * win;
+                        let v = abs_sandwich(&bt, &d, &bt);
+                        for i in 0..al {
+                            for j in 0..al {
+                                du[i][j] += wt[i][j] * v[i][j];
+                            }
+                        }
                     }
                 }
             }
-            for t in 0..9 {
-                sw[(fi * cg + cl) * 9 + t] = 4.0 * s;
+            let k = abs_sandwich(&gt_rows, &du, &gt_rows);
+            for r in 0..3 {
+                for q in 0..3 {
+                    sw[(fi * cg + cl) * 9 + 3 * r + q] = k[r][q];
+                }
             }
         }
     }
@@ -382,14 +557,15 @@ fn direct_required(c: &ConvCase) -> Vec<(ConvDirection, ConvAlgorithm)> {
     r
 }
 
-/// What a Winograd-case convolution must run: every direction, dx where the padding is at most 2.
-fn winograd_required(c: &ConvCase) -> Vec<(ConvDirection, ConvAlgorithm)> {
+/// What a Winograd-case convolution must run with `alg`: every direction, dx where the padding
+/// is at most 2.
+fn winograd_required(c: &ConvCase, alg: ConvAlgorithm) -> Vec<(ConvDirection, ConvAlgorithm)> {
     let mut r = vec![
-        (ConvDirection::Forward, ConvAlgorithm::Winograd),
-        (ConvDirection::WeightGrad, ConvAlgorithm::Winograd),
+        (ConvDirection::Forward, alg),
+        (ConvDirection::WeightGrad, alg),
     ];
     if c.p.pad.0 <= 2 && c.p.pad.1 <= 2 {
-        r.push((ConvDirection::DataGrad, ConvAlgorithm::Winograd));
+        r.push((ConvDirection::DataGrad, alg));
     }
     r
 }
@@ -470,8 +646,14 @@ proptest! {
 
     #[test]
     fn conv_winograd_matches_reference(c in winograd_case()) {
-        check_conv::<f64>(&c, &winograd_required(&c));
-        check_conv::<f32>(&c, &winograd_required(&c));
+        check_conv::<f64>(&c, &winograd_required(&c, ConvAlgorithm::Winograd));
+        check_conv::<f32>(&c, &winograd_required(&c, ConvAlgorithm::Winograd));
+    }
+
+    #[test]
+    fn conv_winograd4_matches_reference(c in winograd4_case()) {
+        check_conv::<f64>(&c, &winograd_required(&c, ConvAlgorithm::Winograd4x4));
+        check_conv::<f32>(&c, &winograd_required(&c, ConvAlgorithm::Winograd4x4));
     }
 
     #[test]

@@ -302,7 +302,8 @@ fn conv_backward_weights_into_gives_backward_intos_dw_and_db() {
     // Every algorithm the plan can force for the weight gradient, on a shape each can run and
     // thread counts that take both the fused and the unfused dx schedule.
     let mut rng = Rng::new(41);
-    let (xs, ws_) = ([5, 16, 9, 9], [16, 16, 3, 3]);
+    // 24 x 24: 36 tiles of 4 x 4, a GEMM panel of them at every level (F(4x4, 3x3) runs).
+    let (xs, ws_) = ([5, 16, 24, 24], [16, 16, 3, 3]);
     let x: Tensor<f32> = rng.randn(&xs, 1.0, 0.0);
     let w: Tensor<f32> = rng.randn(&ws_, 0.3, 0.0);
     let p = ConvParam::new(1, 1);
@@ -310,6 +311,7 @@ fn conv_backward_weights_into_gives_backward_intos_dw_and_db() {
         ConvAlgorithm::Im2col,
         ConvAlgorithm::Direct,
         ConvAlgorithm::Winograd,
+        ConvAlgorithm::Winograd4x4,
     ] {
         let Ok(plan) = ConvPlan::<f32>::new(&xs, &ws_, &p)
             .unwrap()
@@ -470,7 +472,8 @@ fn fused_norm_relu_is_bitwise_the_unfused_pair() {
 
 fn packed_forward_case<T: Float>(alg: ConvAlgorithm, groups: usize) {
     let mut rng = Rng::new(7 + groups as u64);
-    let (xs, ws_) = ([3, 8, 16, 15], [12, 8 / groups, 3, 3]);
+    // 24 x 23: 36 tiles of 4 x 4, a GEMM panel of them at every level (F(4x4, 3x3) runs).
+    let (xs, ws_) = ([3, 8, 24, 23], [12, 8 / groups, 3, 3]);
     let p = ConvParam::new(1, 1).with_groups(groups);
     let base = ConvPlan::<T>::new(&xs, &ws_, &p).unwrap();
     let plan = match base.with_algorithm(ConvDirection::Forward, alg) {
@@ -546,6 +549,7 @@ fn packed_weights_forward_is_bitwise_forward_into() {
         ConvAlgorithm::Im2col,
         ConvAlgorithm::Direct,
         ConvAlgorithm::Winograd,
+        ConvAlgorithm::Winograd4x4,
     ] {
         for groups in [1, 2] {
             packed_forward_case::<f32>(alg, groups);

@@ -483,7 +483,8 @@ fn conv_nan_and_infinity_positions_are_the_references_on_every_algorithm() {
     // infinite weight at a corner tap: the direct dx used to form 0 * inf on the border rows,
     // whose taps lie outside the output (NaN where the reference is finite); Winograd's
     // transforms used to turn a tile holding an infinity into NaN.
-    let (n, c, f, h) = (2, 16, 16, 8);
+    // 16 x 16: enough 4 x 4 tiles for F(4x4, 3x3) at every level.
+    let (n, c, f, h) = (2, 16, 16, 16);
     let p = ConvParam::new(1, 1);
     let mut rng = Rng::new(7);
     let x = Tensor::<f64>::from_fn(&[n, c, h, h], |_| 2.0 * rng.uniform() - 1.0).unwrap();
@@ -506,6 +507,7 @@ fn conv_nan_and_infinity_positions_are_the_references_on_every_algorithm() {
             ConvAlgorithm::Im2col,
             ConvAlgorithm::Direct,
             ConvAlgorithm::Winograd,
+            ConvAlgorithm::Winograd4x4,
         ] {
             let plan = [
                 ConvDirection::Forward,

@@ -1,9 +1,10 @@
 //! Times one named convolution shape with each direction's algorithm forced, against the plan's
 //! own choice: `cargo run --release --example force -- SHAPE f32|f64 THREADS ALG...` with ALG
-//! among im2col, direct, winograd (all three directions forced to it), or DIR=ALG with DIR one
+//! among im2col, direct, winograd, winograd4 (F(4x4, 3x3)) (all three directions forced to it), or DIR=ALG with DIR one
 //! of fwd, dx, dw (that direction only). With `LOOP=fwd|bwd|dw` (and `LOOPS=SECONDS`, default 4)
-//! it runs that one call in a loop on the first plan and prints the mean time, for `perf record`
-//! or alternating A/B runs of two builds.
+//! it runs that one call in a loop on the last plan named (the plan's own choice when no ALG is
+//! given) and prints the mean time, for `perf record` or alternating A/B runs of two builds.
+//! Otherwise every plan is timed in each of ROUNDS (default 7) rounds, and the medians printed.
 use fastlayers::*;
 use fastlayers_cli::bench::{CONV_SHAPES, median_ms};
 
@@ -36,6 +37,7 @@ fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
         let alg = match name {
             "im2col" => ConvAlgorithm::Im2col,
             "direct" => ConvAlgorithm::Direct,
+            "winograd4" => ConvAlgorithm::Winograd4x4,
             _ => ConvAlgorithm::Winograd,
         };
         let mut pl = base;
@@ -47,47 +49,70 @@ fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
         }
         plans.push((a.clone(), pl));
     }
-    for (label, pl) in &plans {
-        let mut ws_buf = vec![T::zero(); pl.workspace_len(par).expect("fits")];
-        let mut out = Tensor::zeros(&pl.geom().out_shape()).unwrap();
-        let (mut dx, mut dw, mut db) = (
-            Tensor::zeros(&xs).unwrap(),
-            Tensor::zeros(&ws).unwrap(),
-            Tensor::zeros(&[ws[0]]).unwrap(),
-        );
-        // Each direction's call, shared by the loop mode and the medians.
-        let mut call = |dir: &str| match dir {
-            "dw" => pl
-                .backward_weights_into(&x, &dout, &mut dw, &mut db, &mut ws_buf, par)
-                .unwrap(),
-            "bwd" => pl
-                .backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
-                .unwrap(),
-            _ => pl
-                .forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
-                .unwrap(),
-        };
-        if let Ok(which) = std::env::var("LOOP") {
-            // One direction in a loop, for `perf record` or an A/B of two builds.
-            let secs: f64 = std::env::var("LOOPS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(4.0);
-            let t = std::time::Instant::now();
-            let mut n = 0;
-            while t.elapsed().as_secs_f64() < secs {
-                call(&which);
-                n += 1;
-            }
-            println!(
-                "{which}: {:.3} ms",
-                t.elapsed().as_secs_f64() * 1e3 / n as f64
-            );
-            return;
+    let mut ws_buf = vec![
+        T::zero();
+        plans
+            .iter()
+            .map(|(_, pl)| pl.workspace_len(par).expect("fits"))
+            .max()
+            .unwrap_or(0)
+    ];
+    let mut out = Tensor::zeros(&base.geom().out_shape()).unwrap();
+    let (mut dx, mut dw, mut db) = (
+        Tensor::zeros(&xs).unwrap(),
+        Tensor::zeros(&ws).unwrap(),
+        Tensor::zeros(&[ws[0]]).unwrap(),
+    );
+    // Each direction's call on plan `pl`, shared by the loop mode and the timed rounds.
+    let mut call = |pl: &ConvPlan<T>, dir: &str| match dir {
+        "dw" => pl
+            .backward_weights_into(&x, &dout, &mut dw, &mut db, &mut ws_buf, par)
+            .unwrap(),
+        "bwd" => pl
+            .backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws_buf, par)
+            .unwrap(),
+        _ => pl
+            .forward_into(&x, &w, &b, &mut out, &mut ws_buf, par)
+            .unwrap(),
+    };
+    if let Ok(which) = std::env::var("LOOP") {
+        // One direction in a loop on the last plan, for `perf record` or an A/B of two builds.
+        let secs: f64 = std::env::var("LOOPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4.0);
+        let pl = &plans.last().expect("the plan").1;
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        while t.elapsed().as_secs_f64() < secs {
+            call(pl, &which);
+            n += 1;
         }
-        let f = median_ms(1.0, || call("fwd"));
-        let bw = median_ms(1.0, || call("bwd"));
-        let dwo = median_ms(1.0, || call("dw"));
+        println!(
+            "{which}: {:.3} ms",
+            t.elapsed().as_secs_f64() * 1e3 / n as f64
+        );
+        return;
+    }
+    // Rounds over the plans (each direction a few calls per plan per round), so that a shared
+    // host's drifts hit every plan alike; medians over the rounds.
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let mut t = vec![[vec![], vec![], vec![]]; plans.len()];
+    for _ in 0..rounds {
+        for (pi, (_, pl)) in plans.iter().enumerate() {
+            for (d, dir) in ["fwd", "bwd", "dw"].iter().enumerate() {
+                t[pi][d].push(median_ms(0.15, || call(pl, dir)));
+            }
+        }
+    }
+    for ((label, pl), tp) in plans.iter().zip(&mut t) {
+        let [f, bw, dwo] = tp.each_mut().map(|v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        });
         println!(
             "{name} {} {label:>8}: fwd {f:.3} ms, bwd {bw:.3} ms (dw only {dwo:.3}) [{:?} {:?} {:?}]",
             T::NAME,

@@ -184,13 +184,17 @@ fn conv_t<T: Float>(b: &mut Bytes<'_>) {
             Some(ConvAlgorithm::Im2col),
             Some(ConvAlgorithm::Direct),
             Some(ConvAlgorithm::Winograd),
-        ][b.below(4)];
+            Some(ConvAlgorithm::Winograd4x4),
+        ][b.below(5)];
         if let Some(a) = alg
             && let Ok(forced) = plan.with_algorithm(dir, a)
         {
             plan = forced;
         }
-        winograd[d] = plan.algorithm(dir) == ConvAlgorithm::Winograd;
+        winograd[d] = matches!(
+            plan.algorithm(dir),
+            ConvAlgorithm::Winograd | ConvAlgorithm::Winograd4x4
+        );
     }
     if std::env::var_os("FUZZ_DEBUG").is_some() {
         eprintln!(

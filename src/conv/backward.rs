@@ -40,7 +40,7 @@ pub(super) fn backward_into<T: Float>(
     let staged = &mut staged[..staged_len(g, a)];
     let slots = Slots::new(ws, threads, bwd_slot_len(g, a));
     let (dxw, mut dx) = match wdx {
-        Some((w, dx)) => (Some(DxWeights::pack(g, a, w, wp)), Some(dx)),
+        Some((w, dx)) => (Some(DxWeights::pack(g, a, w, wp, par)), Some(dx)),
         None => (None, None),
     };
     let dxw = dxw.as_ref();
@@ -113,12 +113,19 @@ pub(super) fn backward_into<T: Float>(
     });
     // dw and db: the chunks' partials added in chunk order into the first (for Winograd these
     // are dU, then transformed).
+    // Element ranges in parallel, each element's partials in chunk order: the same sums on
+    // any thread count (Winograd's dU is 16/9 or 4 times F x K: a serial pass showed up).
     let (first, rest) = staged.split_at_mut(fk);
-    for part in rest.chunks_exact(fk) {
-        for (d, v) in first.iter_mut().zip(part) {
-            *d += *v;
+    const SUM_RUN: usize = 1 << 14;
+    let rest = &*rest;
+    par.for_each_chunk(first, SUM_RUN, &|j, run, _| {
+        let r = j * SUM_RUN..j * SUM_RUN + run.len();
+        for part in rest.chunks_exact(fk) {
+            for (d, v) in run.iter_mut().zip(&part[r.clone()]) {
+                *d += *v;
+            }
         }
-    }
+    });
     match &wdw {
         Some(wg) => {
             let (ul, wl) = (wg.du_len(), wg.cout * wg.cin * 9);
@@ -127,6 +134,7 @@ pub(super) fn backward_into<T: Float>(
                     wg,
                     &first[grp * ul..(grp + 1) * ul],
                     &mut dw[grp * wl..(grp + 1) * wl],
+                    par,
                 );
             }
         }
@@ -177,7 +185,7 @@ pub(super) fn six_five_rows(s: Shape, k: usize) -> usize {
 }
 
 impl<'a, T: Float> DxWeights<'a, T> {
-    fn pack(g: &ConvGeom, a: &Algos, w: &[T], wp: &'a mut [T]) -> Self {
+    fn pack(g: &ConvGeom, a: &Algos, w: &[T], wp: &'a mut [T], par: Parallelism<'_>) -> Self {
         let (k, fg, cg, kk) = (g.k_rows(), g.fg(), g.cg(), g.kh * g.kw);
         let sh = a.s;
         if let Some(wg) = a.wino_dx(g) {
@@ -188,7 +196,7 @@ impl<'a, T: Float> DxWeights<'a, T> {
                 let k = |c: usize, f: usize| -> [T; 9] {
                     std::array::from_fn(|t| wgr[(f * cg + c) * 9 + 8 - t])
                 };
-                winograd::pack_weights(&wg, k, &mut wp[grp * gl..(grp + 1) * gl]);
+                winograd::pack_weights(&wg, k, &mut wp[grp * gl..(grp + 1) * gl], par);
             }
             return DxWeights::Winograd { wp, wg, gl };
         }

@@ -84,7 +84,7 @@ pub(super) fn forward_into<T: Float>(
 ) {
     debug_assert!(ws.len() >= forward_workspace_len(g, a, par.threads()).unwrap_or(usize::MAX));
     let (wp, ws) = ws.split_at_mut(packed_w_len(g, a));
-    pack_weights(g, a, w, b, wp);
+    pack_weights(g, a, w, b, wp, par);
     forward_packed(g, a, wp, x, b, out, ws, par);
 }
 
@@ -92,7 +92,14 @@ pub(super) fn forward_into<T: Float>(
 /// `packed_w_len(g, a)`): once per call, shared by every image and tile, or once for many
 /// calls (`ConvPlan::pack_weights`).
 #[inline(never)]
-pub(super) fn pack_weights<T: Float>(g: &ConvGeom, a: &Algos, w: &[T], b: &[T], wp: &mut [T]) {
+pub(super) fn pack_weights<T: Float>(
+    g: &ConvGeom,
+    a: &Algos,
+    w: &[T],
+    b: &[T],
+    wp: &mut [T],
+    par: Parallelism<'_>,
+) {
     debug_assert!(wp.len() >= packed_w_len(g, a));
     let (k, fg, cg) = (g.k_rows(), g.fg(), g.cg());
     if let Some(wg) = a.wino_fwd(g) {
@@ -102,7 +109,7 @@ pub(super) fn pack_weights<T: Float>(g: &ConvGeom, a: &Algos, w: &[T], b: &[T], 
             let k = |o: usize, i: usize| -> [T; 9] {
                 std::array::from_fn(|t| wgr[(o * cg + i) * 9 + t])
             };
-            winograd::pack_weights(&wg, k, &mut wp[grp * gl..(grp + 1) * gl]);
+            winograd::pack_weights(&wg, k, &mut wp[grp * gl..(grp + 1) * gl], par);
         }
         return;
     }
@@ -197,7 +204,7 @@ pub(super) fn forward_packed<T: Float>(
     });
 }
 
-/// The forward as Winograd F(2x2, 3x3) (see `wino_fwd`), per image.
+/// The forward as Winograd F(m x m, 3x3) (see `wino_fwd`), per image.
 #[allow(clippy::too_many_arguments)]
 fn forward_winograd<T: Float>(
     g: &ConvGeom,

@@ -45,8 +45,26 @@ pub enum ConvAlgorithm {
     /// Needs the AVX2 or AVX-512 kernels.
     Direct,
     /// Winograd F(2x2, 3x3): 3 x 3, stride 1, undilated; 16 GEMMs on transformed tiles (for dx
-    /// padding at most 2). Needs the AVX2 or AVX-512 kernels.
+    /// padding at most 2). Needs the AVX2 or AVX-512 kernels and at least one GEMM panel of
+    /// 2 x 2 tiles per image.
     Winograd,
+    /// Winograd F(4x4, 3x3): as [`ConvAlgorithm::Winograd`] with 4 x 4 output tiles, 36 GEMMs
+    /// doing 4x fewer multiplications than the direct sum (2.25x for F(2x2, 3x3)); its
+    /// transforms scale the inputs by up to 10 and 19, so its rounding error is one to two
+    /// orders of magnitude above the direct sum's (kernels.md states the bound). Needs at least
+    /// one GEMM panel of 4 x 4 tiles per image.
+    Winograd4x4,
+}
+
+impl ConvAlgorithm {
+    /// The output tile side of a Winograd algorithm (2 or 4), None for the others.
+    pub(crate) fn wino_tile(self) -> Option<usize> {
+        match self {
+            ConvAlgorithm::Winograd => Some(2),
+            ConvAlgorithm::Winograd4x4 => Some(4),
+            ConvAlgorithm::Im2col | ConvAlgorithm::Direct => None,
+        }
+    }
 }
 
 /// The algorithms of one convolution and the GEMM shape they run with: chosen once (by the cost
@@ -61,15 +79,16 @@ pub(crate) struct Algos {
     pub(crate) s: Shape,
 }
 
-/// Whether the convolution is the kind Winograd F(2x2, 3x3) computes: 3 x 3, stride 1,
+/// Whether the convolution is the kind Winograd F(m x m, 3x3) computes: 3 x 3, stride 1,
 /// undilated.
 fn wino_kind(g: &ConvGeom) -> bool {
     g.kh == 3 && g.kw == 3 && g.p.stride == (1, 1) && g.p.dilation == (1, 1)
 }
 
-/// The forward's (and dw's) Winograd problem.
-fn fwd_wino(g: &ConvGeom, s: Shape) -> Wino {
+/// The forward's (and dw's) Winograd problem with m x m tiles.
+fn fwd_wino(g: &ConvGeom, s: Shape, m: usize) -> Wino {
     Wino {
+        m,
         cin: g.cg(),
         cout: g.fg(),
         h: g.h,
@@ -80,10 +99,11 @@ fn fwd_wino(g: &ConvGeom, s: Shape) -> Wino {
     }
 }
 
-/// dx's Winograd problem: the correlation of dout padded by 2 - pad with the flipped,
-/// transposed weights (pad <= 2).
-fn dx_wino(g: &ConvGeom, s: Shape) -> Wino {
+/// dx's Winograd problem with m x m tiles: the correlation of dout padded by 2 - pad with the
+/// flipped, transposed weights (pad <= 2).
+fn dx_wino(g: &ConvGeom, s: Shape, m: usize) -> Wino {
     Wino {
+        m,
         cin: g.fg(),
         cout: g.cg(),
         h: g.ho,
@@ -97,16 +117,33 @@ fn dx_wino(g: &ConvGeom, s: Shape) -> Wino {
 /// Whether `wg` can run: a level with the explicit GEMM kernels and at least one NR panel of
 /// tiles.
 fn wino_fits(wg: &Wino) -> bool {
-    let tiles = wg.ho().div_ceil(2) * wg.wo().div_ceil(2);
-    pg::direct_available(wg.s) && tiles >= wg.s.nr
+    pg::direct_available(wg.s) && wg.tiles() >= wg.s.nr
 }
 
 /// Whether Winograd pays for `wg`: each transformed value feeds `cout` (input side) or comes from
 /// `cin` (output side) multiply-adds, so the transforms' share falls as the channels grow; and
-/// its per-thread workspace `slot` stays within one image's column matrix (K x P, the bound the
-/// other paths keep).
-fn wino_pays(g: &ConvGeom, wg: &Wino, slot: usize) -> bool {
-    wg.cin >= WINO_MIN_CHANNELS && wg.cout >= WINO_MIN_CHANNELS && slot <= g.k_rows() * g.pixels()
+/// its per-thread workspace stays within one image's column matrix (K x P, the bound the other
+/// paths keep).
+fn wino_pays(g: &ConvGeom, wg: &Wino) -> bool {
+    wg.cin >= WINO_MIN_CHANNELS
+        && wg.cout >= WINO_MIN_CHANNELS
+        && wg.slot_len() <= g.k_rows() * g.pixels()
+}
+
+/// A Winograd algorithm's tile side.
+fn tile(alg: ConvAlgorithm) -> usize {
+    alg.wino_tile().expect("a Winograd algorithm")
+}
+
+/// Whether F(4x4, 3x3) pays for `wg`: channels from `WINO4_MIN_CHANNELS`, at least
+/// `WINO_MIN_BLOCK_TILES` tiles per image (each image's GEMMs stream all 36 transformed weight
+/// matrices: with fewer tiles that traffic, not the multiplications, sets the time), and the
+/// workspace bound of `wino_pays`.
+fn wino4_pays(g: &ConvGeom, wg: &Wino) -> bool {
+    wg.cin >= WINO4_MIN_CHANNELS
+        && wg.cout >= WINO4_MIN_CHANNELS
+        && wg.tiles() >= WINO_MIN_BLOCK_TILES
+        && wg.slot_len() <= g.k_rows() * g.pixels()
 }
 
 /// Whether a direction can run an algorithm correctly on this shape at this level: the hard
@@ -123,11 +160,11 @@ fn can_run(g: &ConvGeom, s: Shape, dir: Direction, alg: ConvAlgorithm) -> bool {
                 && g.p.pad.0 < g.kh
                 && g.p.pad.1 < g.kw
         }
-        (Direction::Forward | Direction::WeightGrad, Winograd) => {
-            wino_kind(g) && wino_fits(&fwd_wino(g, s))
+        (Direction::Forward | Direction::WeightGrad, Winograd | Winograd4x4) => {
+            wino_kind(g) && wino_fits(&fwd_wino(g, s, tile(alg)))
         }
-        (Direction::DataGrad, Winograd) => {
-            wino_kind(g) && g.p.pad.0 <= 2 && g.p.pad.1 <= 2 && wino_fits(&dx_wino(g, s))
+        (Direction::DataGrad, Winograd | Winograd4x4) => {
+            wino_kind(g) && g.p.pad.0 <= 2 && g.p.pad.1 <= 2 && wino_fits(&dx_wino(g, s, tile(alg)))
         }
     }
 }
@@ -150,26 +187,36 @@ pub enum Direction {
 }
 
 impl Algos {
-    /// The cost model: per direction the fastest algorithm that can run, from the shape and the
-    /// level's kernel shape alone (never from timing), so a machine and a shape always run the
-    /// same code and give the same bits. kernels.md lists each rule with its measurement.
-    pub(crate) fn choose(g: &ConvGeom, s: Shape) -> Algos {
+    /// The cost model: per direction the fastest algorithm that can run, from the shape, the
+    /// dtype and the level's kernel shape alone (never from timing), so a machine and a shape
+    /// always run the same code and give the same bits. kernels.md lists each rule with its
+    /// measurement. F(4x4, 3x3) is chosen for f64 data only (`f64_data`): its error, one to two
+    /// orders of magnitude above the direct sum's, is 1e-14 of the output there and 4e-6 in
+    /// f32, where it stays a [`ConvPlan::with_algorithm`] choice.
+    pub(crate) fn choose(g: &ConvGeom, s: Shape, f64_data: bool) -> Algos {
         use ConvAlgorithm::*;
-        let fw = fwd_wino(g, s);
-        let fwd = if can_run(g, s, Direction::Forward, Winograd) && wino_pays(g, &fw, fw.slot_len())
-        {
-            Winograd
+        // The fastest Winograd that runs and pays for a direction's problem, if any.
+        let wino = |dir: Direction, problem: fn(&ConvGeom, Shape, usize) -> Wino| {
+            let four =
+                f64_data && can_run(g, s, dir, Winograd4x4) && wino4_pays(g, &problem(g, s, 4));
+            if four {
+                Some(Winograd4x4)
+            } else if can_run(g, s, dir, Winograd) && wino_pays(g, &problem(g, s, 2)) {
+                Some(Winograd)
+            } else {
+                None
+            }
+        };
+        let fwd = if let Some(w) = wino(Direction::Forward, fwd_wino) {
+            w
         } else if can_run(g, s, Direction::Forward, Direct) && rows_fill_slots(g.wo, s) {
             Direct
         } else {
             Im2col
         };
         // dx_wino only once can_run has checked pad <= 2 (it builds 2 - pad).
-        let dx = if can_run(g, s, Direction::DataGrad, Winograd) && {
-            let w = dx_wino(g, s);
-            wino_pays(g, &w, w.slot_len())
-        } {
-            Winograd
+        let dx = if let Some(w) = wino(Direction::DataGrad, dx_wino) {
+            w
         } else if can_run(g, s, Direction::DataGrad, Direct)
             // dx's rows are input channels: with few (C = 3) im2col is faster.
             && g.cg() >= DIRECT_DX_MIN_CHANNELS
@@ -179,10 +226,13 @@ impl Algos {
         } else {
             Im2col
         };
-        // dw runs Winograd over the forward's tiles where the forward does and its workspace
-        // fits; otherwise it reads the padded copy where the forward's direct rule holds.
-        let dw = if fwd == Winograd && fw.dw_slot_len() <= g.k_rows() * g.pixels() {
-            Winograd
+        // dw runs the forward's Winograd where the forward does and its workspace fits;
+        // otherwise it reads the padded copy where the forward's direct rule holds.
+        let dw = if fwd
+            .wino_tile()
+            .is_some_and(|m| fwd_wino(g, s, m).dw_slot_len() <= g.k_rows() * g.pixels())
+        {
+            fwd
         } else if can_run(g, s, Direction::WeightGrad, Direct) && rows_fill_slots(g.wo, s) {
             Direct
         } else {
@@ -227,7 +277,7 @@ impl Algos {
 
     /// `for_forward` with w's finiteness given (scanned once when the weights were packed).
     fn for_forward_with<T: Float>(self, x: &[T], w_finite: impl FnOnce() -> bool) -> Algos {
-        if self.fwd == ConvAlgorithm::Winograd && !(w_finite() && all_finite(x)) {
+        if self.fwd.wino_tile().is_some() && !(w_finite() && all_finite(x)) {
             return Algos {
                 fwd: ConvAlgorithm::Im2col,
                 ..self
@@ -249,7 +299,7 @@ impl Algos {
         let mut dout_finite = || *dout_ok.get_or_insert_with(|| all_finite(dout));
         if let Some(w) = w {
             let keep = match a.dx {
-                Winograd => all_finite(w) && dout_finite(),
+                Winograd | Winograd4x4 => all_finite(w) && dout_finite(),
                 Direct => all_finite(w),
                 Im2col => true,
             };
@@ -257,7 +307,7 @@ impl Algos {
                 a.dx = Im2col;
             }
         }
-        if a.dw == Winograd && !(dout_finite() && all_finite(x)) {
+        if a.dw.wino_tile().is_some() && !(dout_finite() && all_finite(x)) {
             a.dw = Im2col;
         }
         a
@@ -265,15 +315,15 @@ impl Algos {
 
     /// The forward's Winograd problem, where the forward runs Winograd.
     pub(crate) fn wino_fwd(&self, g: &ConvGeom) -> Option<Wino> {
-        (self.fwd == ConvAlgorithm::Winograd).then(|| fwd_wino(g, self.s))
+        self.fwd.wino_tile().map(|m| fwd_wino(g, self.s, m))
     }
     /// dw's Winograd problem, where dw runs Winograd.
     pub(crate) fn wino_dw(&self, g: &ConvGeom) -> Option<Wino> {
-        (self.dw == ConvAlgorithm::Winograd).then(|| fwd_wino(g, self.s))
+        self.dw.wino_tile().map(|m| fwd_wino(g, self.s, m))
     }
     /// dx's Winograd problem, where dx runs Winograd.
     pub(crate) fn wino_dx(&self, g: &ConvGeom) -> Option<Wino> {
-        (self.dx == ConvAlgorithm::Winograd).then(|| dx_wino(g, self.s))
+        self.dx.wino_tile().map(|m| dx_wino(g, self.s, m))
     }
 }
 
@@ -514,7 +564,7 @@ impl<T: Float> ConvPlan<T> {
     pub(crate) fn from_geom(geom: ConvGeom) -> Self {
         ConvPlan {
             geom,
-            algos: Algos::choose(&geom, pg::shape::<T>()),
+            algos: Algos::choose(&geom, pg::shape::<T>(), std::mem::size_of::<T>() == 8),
             forced: [false; 3],
             _t: PhantomData,
         }
@@ -643,7 +693,14 @@ impl<T: Float> ConvPlan<T> {
         expect_shape("b", b.shape(), &[g.f])?;
         let mut packed = vec![T::zero(); packed_w_len(g, &self.algos)];
         if !empty_work(g) {
-            super::forward::pack_weights(g, &self.algos, w.data(), b.data(), &mut packed);
+            super::forward::pack_weights(
+                g,
+                &self.algos,
+                w.data(),
+                b.data(),
+                &mut packed,
+                Parallelism::Current,
+            );
         }
         Ok(ConvWeights {
             geom: self.geom,
@@ -850,6 +907,18 @@ impl<T: Float> ConvPlan<T> {
                 "3x3 stride 1, pad <= 2, {} in / {} out channels per group >= {WINO_MIN_CHANNELS}",
                 g.fg(),
                 g.cg()
+            ),
+            (Direction::Forward | Direction::WeightGrad, ConvAlgorithm::Winograd4x4) => format!(
+                "f64, 3x3 stride 1, {} in / {} out channels per group >= {WINO4_MIN_CHANNELS}, {} 4x4 tiles per image >= {WINO_MIN_BLOCK_TILES}",
+                g.cg(),
+                g.fg(),
+                g.ho.div_ceil(4) * g.wo.div_ceil(4)
+            ),
+            (Direction::DataGrad, ConvAlgorithm::Winograd4x4) => format!(
+                "f64, 3x3 stride 1, pad <= 2, {} in / {} out channels per group >= {WINO4_MIN_CHANNELS}, {} 4x4 tiles per image >= {WINO_MIN_BLOCK_TILES}",
+                g.fg(),
+                g.cg(),
+                g.h.div_ceil(4) * g.w.div_ceil(4)
             ),
             (Direction::Forward | Direction::WeightGrad, ConvAlgorithm::Direct) => format!(
                 "explicit {:?} kernels; output rows of {} fill the {}-pixel slots",

@@ -1,9 +1,11 @@
-//! Winograd F(2x2, 3x3): the stride-1, undilated 3 x 3 correlation with 16 multiplications per
-//! 2 x 2 output tile instead of 36 (Lavin & Gray, "Fast Algorithms for Convolutional Neural
-//! Networks", 2015), so the GEMM does 2.25x fewer FLOPs than the direct convolution.
+//! Winograd F(m x m, 3 x 3) for m = 2 and m = 4: the stride-1, undilated 3 x 3 correlation with
+//! (m + 2)^2 multiplications per m x m output tile instead of 9 m^2 (Lavin & Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2015): 16 per 4 outputs (2.25x fewer than
+//! the direct sum) or 36 per 16 (4x fewer).
 //!
-//! For a 4 x 4 input patch d (tile (ty, tx) starts at padded row 2ty, column 2tx) and a 3 x 3
-//! kernel g, the 2 x 2 outputs are `Y = A^T [(G g G^T) . (B^T d B)] A` with
+//! For an (m + 2) x (m + 2) input patch d (tile (ty, tx) starts at padded row m ty, column m tx)
+//! and a 3 x 3 kernel g, the m x m outputs are `Y = A^T [(G g G^T) . (B^T d B)] A` with, for
+//! F(2x2, 3x3),
 //!
 //! ```text
 //! B^T = [1  0 -1  0]    G = [ 1    0    0 ]    A^T = [1  1  1  0]
@@ -12,31 +14,48 @@
 //!       [0  1  0 -1]        [ 0    0    1 ]
 //! ```
 //!
-//! Summed over input channels, each of the 16 elements xi of the transformed tile is one GEMM:
-//! `M[xi] (cout x tiles) = U[xi] (cout x cin) * V[xi] (cin x tiles)`, U the transformed weights
-//! (computed in f64, packed once per call), V the transformed input. Per image (and block of
-//! tile rows, so V and M stay in L2) the work is: input transform, 16 packed GEMMs, output
-//! transform (plus bias). The transforms are additions only; the GEMM is the packed engine's.
+//! and for F(4x4, 3x3) (interpolation points 0, +-1, +-2)
+//!
+//! ```text
+//! B^T = [4  0 -5  0  1  0]   G = [ 1/4     0     0 ]   A^T = [1  1  1  1  1  0]
+//!       [0 -4 -4  1  1  0]       [-1/6  -1/6  -1/6 ]         [0  1 -1  2 -2  0]
+//!       [0  4 -4 -1  1  0]       [-1/6   1/6  -1/6 ]         [0  1  1  4  4  0]
+//!       [0 -2 -1  2  1  0]       [1/24  1/12   1/6 ]         [0  1 -1  8 -8  1]
+//!       [0  2 -1 -2  1  0]       [1/24 -1/12   1/6 ]
+//!       [0  4  0 -5  0  1]       [  0     0     1  ]
+//! ```
+//!
+//! Summed over input channels, each of the (m + 2)^2 elements xi of the transformed tile is one
+//! GEMM: `M[xi] (cout x tiles) = U[xi] (cout x cin) * V[xi] (cin x tiles)`, U the transformed
+//! weights (computed in f64, packed once per call), V the transformed input. Per image (and
+//! block of tile rows, so V and M stay in L2) the work is: input transform, (m + 2)^2 packed
+//! GEMMs, output transform (plus bias). The transforms are additions and multiplications by
+//! small powers of two (exact); the GEMM is the packed engine's.
 //!
 //! The weight gradient runs the same tiles backwards (`dw_image`): with W = A dY A^T (dY the
-//! 2 x 2 tile of dout, zero outside the output), `dU[xi] (cout x cin) += W[xi] (cout x tiles) *
+//! m x m tile of dout, zero outside the output), `dU[xi] (cout x cin) += W[xi] (cout x tiles) *
 //! V[xi]^T (tiles x cin)` summed over every tile of every image, then `dw = G^T dU G` per
 //! (output, input) pair (`dw_from_du`, in f64).
 //!
-//! Accuracy: B^T and A^T have entries 0 and +-1, G's are 0, 1 and 1/2 (exact in binary), so the
-//! rounding differs from the direct sum by the transforms' few extra additions: an f32 output
-//! carries a few more ulps of the sum of |terms| than the direct path (the bound the property
-//! test uses is in kernels.md).
+//! Accuracy: B^T and A^T have small integer entries and G's are exact in f64 for m = 2 (1/2)
+//! and rounded there once for m = 4 (1/6, 1/12, 1/24), so the rounding differs from the direct
+//! sum by the transforms' extra additions, but those add up terms of up to 10 (B^T's row sums
+//! for m = 4) and 19 (A^T's) times the inputs: the error is bounded by the algorithm run on
+//! absolute values (the bound the property test holds it to, kernels.md), which for m = 4 is
+//! one to two orders of magnitude above the direct sum's.
 
 use crate::cpu::multiversion;
 use crate::gemm::{self as pg, BSrc, Shape};
+use crate::parallel::Parallelism;
 use crate::scalar::Float;
 use crate::tuning::{WINO_MIN_BLOCK_TILES, wino_block_elems};
 
 /// A stride-1, undilated 3 x 3 correlation of `cin` planes of h x w, zero-padded by (ph, pw),
-/// into `cout` planes of ho x wo (ho = h + 2 ph - 2).
+/// into `cout` planes of ho x wo (ho = h + 2 ph - 2), by F(m x m, 3 x 3).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Wino {
+    /// Output tile side: 2 or 4.
+    pub m: usize,
     pub cin: usize,
     pub cout: usize,
     pub h: usize,
@@ -54,16 +73,24 @@ impl Wino {
     pub fn wo(&self) -> usize {
         self.w + 2 * self.pw - 2
     }
+    /// Transformed values per tile: (m + 2)^2.
+    pub fn nx(&self) -> usize {
+        (self.m + 2) * (self.m + 2)
+    }
     /// Tile rows and columns.
     fn th(&self) -> usize {
-        self.ho().div_ceil(2)
+        self.ho().div_ceil(self.m)
     }
     fn tw(&self) -> usize {
-        self.wo().div_ceil(2)
+        self.wo().div_ceil(self.m)
+    }
+    /// Tiles of one image.
+    pub fn tiles(&self) -> usize {
+        self.th() * self.tw()
     }
     /// Tile rows per block: equal blocks whose V and M hold about `wino_block_elems()`.
     fn tb(&self) -> usize {
-        let per_row = 16 * self.tw() * (self.cin + self.cout);
+        let per_row = self.nx() * self.tw() * (self.cin + self.cout);
         let most = (wino_block_elems() / per_row.max(1))
             .max(WINO_MIN_BLOCK_TILES.div_ceil(self.tw()))
             .clamp(1, self.th().max(1));
@@ -71,24 +98,26 @@ impl Wino {
     }
     /// Elements of the per-block scratch: the block's padded input rows of one channel.
     fn scratch_len(&self) -> usize {
-        (2 * self.tb() + 2) * padded_width(self.tw())
+        (self.m * self.tb() + 2) * padded_width(self.m, self.tw())
     }
     /// Workspace of one image's transform (per thread).
     pub fn slot_len(&self) -> usize {
         let s = self.s;
         let t = self.tb() * self.tw();
-        16 * t * (self.cin + self.cout) + self.scratch_len() + pg::packed_b_len(s, self.cin, t)
+        self.nx() * t * (self.cin + self.cout)
+            + self.scratch_len()
+            + pg::packed_b_len(s, self.cin, t)
     }
     /// Workspace of one image's weight-gradient pass (per thread): V and W of a block, the
     /// scratch rows, one packed B panel.
     pub fn dw_slot_len(&self) -> usize {
         let s = self.s;
         let t = self.tb() * self.tw();
-        16 * t * (self.cin + self.cout) + self.scratch_len() + pg::b_panels_bbuf_len(s)
+        self.nx() * t * (self.cin + self.cout) + self.scratch_len() + pg::b_panels_bbuf_len(s)
     }
-    /// Elements of a dU (16 x cout x cin).
+    /// Elements of a dU (nx x cout x cin).
     pub fn du_len(&self) -> usize {
-        16 * self.cout * self.cin
+        self.nx() * self.cout * self.cin
     }
     /// The panel shape of the packed U.
     pub fn a_shape(&self) -> Shape {
@@ -98,72 +127,96 @@ impl Wino {
     pub fn u_len(&self) -> usize {
         pg::packed_a_len(self.a_shape(), self.cout, self.cin)
     }
-    /// Elements of the 16 packed U[xi].
+    /// Elements of the nx packed U[xi].
     pub fn packed_len(&self) -> usize {
-        16 * self.u_len()
+        self.nx() * self.u_len()
+    }
+}
+
+/// G of F(2x2, 3x3) and of F(4x4, 3x3) (rows: the interpolation points 0, 1, -1, infinity and
+/// 0, 1, -1, 2, -2, infinity).
+const G2: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+const G4: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// G for tiles of side m.
+fn g_matrix(m: usize) -> &'static [[f64; 3]] {
+    match m {
+        2 => &G2,
+        4 => &G4,
+        _ => unreachable!("Winograd tiles are 2 or 4 wide"),
     }
 }
 
 /// Transforms and packs the weights: `k(o, i)` is the 3 x 3 kernel (row-major) of output `o`
-/// from input `i`; U[xi = 4a + b][o][i] = (G k G^T)[a][b], computed in f64 and rounded once,
-/// written straight into each U[xi]'s packed-A layout (panels of MR outputs per KC block of
-/// inputs; see `pg::pack_a`).
-pub(super) fn pack_weights<T: Float>(wg: &Wino, k: impl Fn(usize, usize) -> [T; 9], out: &mut [T]) {
+/// from input `i`; U[xi = (m + 2) a + b][o][i] = (G k G^T)[a][b], computed in f64 and rounded
+/// once, written straight into each U[xi]'s packed-A layout (panels of MR outputs per KC block
+/// of inputs; see `pg::pack_a`). One job per row a of G (the m + 2 matrices U[(m + 2) a ..],
+/// contiguous in `out`), each computing its row of G k once per (panel, input), MR lanes wide:
+/// the forward packs per call, and on one thread with per-element arrays this was 30% of the
+/// F(4x4) forward of res2_conv f64 (AMD EPYC model 17, `perf record`).
+pub(super) fn pack_weights<T: Float>(
+    wg: &Wino,
+    k: impl Fn(usize, usize) -> [T; 9] + Sync,
+    out: &mut [T],
+    par: Parallelism<'_>,
+) {
     let (sa, ul) = (wg.a_shape(), wg.u_len());
     let (mr, mpad) = (sa.mr, wg.cout.next_multiple_of(sa.mr));
     assert!(mr <= MAX_MR, "no level has panels of {mr} rows");
-    let out = &mut out[..16 * ul];
-    if mpad != wg.cout {
-        // The padding rows of the last panel are zero.
-        out.fill(T::zero());
-    }
+    let gm = g_matrix(wg.m);
+    let al = gm.len();
     // Input i's column: where (o = 0, i) lands, and the panel stride of its KC block.
     let mut col = Vec::with_capacity(wg.cin);
     for (k0, kc) in pg::kc_blocks(sa, wg.cin) {
         col.extend((k0..k0 + kc).map(|i| (k0 * mpad + (i - k0) * mr, kc * mr)));
     }
-    // One panel of MR outputs at a time, one input at a time: the panel's MR values of each
-    // U[xi] are contiguous in the packed layout, so the arithmetic runs MR lanes wide.
-    for p in 0..mpad / mr {
-        let live = mr.min(wg.cout - p * mr);
-        for (i, &(base, pstride)) in col.iter().enumerate() {
-            let mut g = [[0.0f64; MAX_MR]; 9];
-            for l in 0..live {
-                for (t, v) in k(p * mr + l, i).iter().enumerate() {
-                    g[t][l] = v.to_f();
-                }
-            }
-            // G g (4 x 3), then (G g) G^T (4 x 4); G's rows are g0, (g0+g1+g2)/2,
-            // (g0-g1+g2)/2, g2.
-            let lanes = |f: &dyn Fn(usize) -> f64| -> [f64; MAX_MR] { std::array::from_fn(f) };
-            let gg: [[[f64; MAX_MR]; 3]; 4] = std::array::from_fn(|a| {
-                std::array::from_fn(|j| {
-                    let (r0, r1, r2) = (&g[j], &g[3 + j], &g[6 + j]);
-                    match a {
-                        0 => *r0,
-                        1 => lanes(&|l| 0.5 * (r0[l] + r1[l] + r2[l])),
-                        2 => lanes(&|l| 0.5 * (r0[l] - r1[l] + r2[l])),
-                        _ => *r2,
+    let cout = wg.cout;
+    par.for_each_chunk(&mut out[..wg.nx() * ul], al * ul, &|a, rows, _| {
+        if mpad != cout {
+            // The padding rows of the last panel are zero.
+            rows.fill(T::zero());
+        }
+        let ga = gm[a];
+        for p in 0..mpad / mr {
+            let live = mr.min(cout - p * mr);
+            for (i, &(base, pstride)) in col.iter().enumerate() {
+                // The panel's kernels, one lane per output (zero past `live`).
+                let mut g = [[0.0f64; MAX_MR]; 9];
+                for l in 0..live {
+                    let kv = k(p * mr + l, i);
+                    for t in 0..9 {
+                        g[t][l] = kv[t].to_f();
                     }
-                })
-            });
-            let at = base + p * pstride;
-            for (a, q) in gg.iter().enumerate() {
-                let u = [
-                    q[0],
-                    lanes(&|l| 0.5 * (q[0][l] + q[1][l] + q[2][l])),
-                    lanes(&|l| 0.5 * (q[0][l] - q[1][l] + q[2][l])),
-                    q[2],
-                ];
-                for (b, ub) in u.iter().enumerate() {
-                    let dst = &mut out[(4 * a + b) * ul + at..][..mr];
-                    for (d, &v) in dst.iter_mut().zip(ub) {
-                        *d = T::from_f(v);
+                }
+                // q = row a of G k (3 values per lane), then U[a][b] = q . (row b of G).
+                let mut q = [[0.0f64; MAX_MR]; 3];
+                for (j, qj) in q.iter_mut().enumerate() {
+                    for l in 0..MAX_MR {
+                        qj[l] = ga[0] * g[j][l] + ga[1] * g[3 + j][l] + ga[2] * g[6 + j][l];
+                    }
+                }
+                let at = base + p * pstride;
+                for (b, gb) in gm.iter().enumerate() {
+                    let dst = &mut rows[b * ul + at..][..mr];
+                    for (l, d) in dst.iter_mut().enumerate() {
+                        *d = T::from_f(gb[0] * q[0][l] + gb[1] * q[1][l] + gb[2] * q[2][l]);
                     }
                 }
             }
         }
-    }
+    });
 }
 
 /// The tallest A panel of any level (the AVX-512 level's).
@@ -186,23 +239,14 @@ pub(super) fn conv_image<T: Float>(
     assert!(bias.is_empty() || bias.len() >= wg.cout);
     let (sa, ul) = (wg.a_shape(), wg.u_len());
     let tmax = tb * tw;
-    let (v, rest) = ws.split_at_mut(16 * wg.cin * tmax);
-    let (m, rest) = rest.split_at_mut(16 * wg.cout * tmax);
+    let (v, rest) = ws.split_at_mut(wg.nx() * wg.cin * tmax);
+    let (m, rest) = rest.split_at_mut(wg.nx() * wg.cout * tmax);
     let (scratch, bbuf) = rest.split_at_mut(wg.scratch_len());
     for ty0 in (0..th).step_by(tb) {
         let ty1 = (ty0 + tb).min(th);
         let nt = (ty1 - ty0) * tw;
-        input_transform(
-            x,
-            wg.cin,
-            (wg.h, wg.w),
-            (wg.ph, wg.pw),
-            (ty0, ty1),
-            tw,
-            v,
-            scratch,
-        );
-        for xi in 0..16 {
+        input_transform(wg, x, (ty0, ty1), v, scratch);
+        for xi in 0..wg.nx() {
             pg::gemm_packed_a(
                 sa,
                 wg.cout,
@@ -219,11 +263,14 @@ pub(super) fn conv_image<T: Float>(
                 true,
             );
         }
-        output_transform(m, wg.cout, (ho, wo), (ty0, ty1), tw, out, bias);
+        match wg.m {
+            2 => output_transform(m, wg.cout, (ho, wo), (ty0, ty1), tw, out, bias),
+            _ => output_transform4(m, wg.cout, (ho, wo), (ty0, ty1), tw, out, bias),
+        }
     }
 }
 
-/// One image's weight gradient added into `du` (16 x cout x cin, `du_len`): `du[xi] += W[xi]
+/// One image's weight gradient added into `du` (nx x cout x cin, `du_len`): `du[xi] += W[xi]
 /// V[xi]^T` over the image's tiles, W = A dY A^T the transformed tiles of `dout` (cout x ho x
 /// wo), V the input transform of `x` (cin x h x w). `ws` holds `dw_slot_len` elements.
 pub(super) fn dw_image<T: Float>(wg: &Wino, x: &[T], dout: &[T], du: &mut [T], ws: &mut [T]) {
@@ -233,25 +280,19 @@ pub(super) fn dw_image<T: Float>(wg: &Wino, x: &[T], dout: &[T], du: &mut [T], w
     assert!(du.len() >= wg.du_len());
     let s = wg.a_shape();
     let tmax = tb * tw;
-    let (v, rest) = ws.split_at_mut(16 * wg.cin * tmax);
-    let (wt, rest) = rest.split_at_mut(16 * wg.cout * tmax);
+    let (v, rest) = ws.split_at_mut(wg.nx() * wg.cin * tmax);
+    let (wt, rest) = rest.split_at_mut(wg.nx() * wg.cout * tmax);
     let (scratch, bbuf) = rest.split_at_mut(wg.scratch_len());
     let (cin, cout) = (wg.cin, wg.cout);
     for ty0 in (0..th).step_by(tb) {
         let ty1 = (ty0 + tb).min(th);
         let nt = (ty1 - ty0) * tw;
-        input_transform(
-            x,
-            cin,
-            (wg.h, wg.w),
-            (wg.ph, wg.pw),
-            (ty0, ty1),
-            tw,
-            v,
-            scratch,
-        );
-        dout_transform(dout, cout, (ho, wo), (ty0, ty1), tw, wt);
-        for xi in 0..16 {
+        input_transform(wg, x, (ty0, ty1), v, scratch);
+        match wg.m {
+            2 => dout_transform(dout, cout, (ho, wo), (ty0, ty1), tw, wt),
+            _ => dout_transform4(dout, cout, (ho, wo), (ty0, ty1), tw, wt),
+        }
+        for xi in 0..wg.nx() {
             let vx = &v[xi * cin * nt..(xi + 1) * cin * nt];
             // B (tiles x cin) is V[xi]^T: a panel's column jj is input j0 + jj's row of V.
             let pack_b = |k0: usize, kc: usize, j0: usize, out: &mut [T]| {
@@ -279,36 +320,54 @@ pub(super) fn dw_image<T: Float>(wg: &Wino, x: &[T], dout: &[T], du: &mut [T], w
 }
 
 /// `dw[o][i]` (3 x 3, row-major, in `dw[(o * cin + i) * 9..]`) = G^T dU[.][o][i] G, in f64 from
-/// the 16 values of `du` (16 x cout x cin).
-pub(super) fn dw_from_du<T: Float>(wg: &Wino, du: &[T], dw: &mut [T]) {
-    let (cin, cout) = (wg.cin, wg.cout);
-    let plane = cout * cin;
-    assert!(du.len() >= 16 * plane && dw.len() >= 9 * plane);
-    // G^T's rows: (1, 1/2, 1/2, 0), (0, 1/2, -1/2, 0), (0, 1/2, 1/2, 1).
-    let gt = |a: [f64; 4]| {
-        [
-            a[0] + 0.5 * (a[1] + a[2]),
-            0.5 * (a[1] - a[2]),
-            0.5 * (a[1] + a[2]) + a[3],
-        ]
-    };
-    for oi in 0..plane {
-        let u = |a: usize, b: usize| du[(4 * a + b) * plane + oi].to_f();
-        // q = G^T dU (3 x 4), column by column; then q G, row by row.
-        let cols: [[f64; 3]; 4] = std::array::from_fn(|b| gt([u(0, b), u(1, b), u(2, b), u(3, b)]));
-        let out = &mut dw[oi * 9..oi * 9 + 9];
-        for r in 0..3 {
-            let row = gt([cols[0][r], cols[1][r], cols[2][r], cols[3][r]]);
-            for (c, v) in row.iter().enumerate() {
-                out[3 * r + c] = T::from_f(*v);
+/// the nx values of `du` (nx x cout x cin); jobs of whole (o, i) pairs.
+pub(super) fn dw_from_du<T: Float>(wg: &Wino, du: &[T], dw: &mut [T], par: Parallelism<'_>) {
+    let plane = wg.cout * wg.cin;
+    let gm = g_matrix(wg.m);
+    let al = gm.len();
+    assert!(du.len() >= al * al * plane && dw.len() >= 9 * plane);
+    const PAIRS: usize = 256;
+    par.for_each_chunk(&mut dw[..9 * plane], 9 * PAIRS, &|j, chunk, _| {
+        for (pi, out) in chunk.chunks_exact_mut(9).enumerate() {
+            let oi = j * PAIRS + pi;
+            // q = G^T dU (3 x al), then q G (3 x 3), each a sum over the al terms in order.
+            let mut q = [[0.0f64; 6]; 3];
+            for (a, ga) in gm.iter().enumerate() {
+                for b in 0..al {
+                    let d = du[(al * a + b) * plane + oi].to_f();
+                    for r in 0..3 {
+                        q[r][b] += ga[r] * d;
+                    }
+                }
+            }
+            for r in 0..3 {
+                for c in 0..3 {
+                    let v = (0..al).fold(0.0, |acc, b| acc + q[r][b] * gm[b][c]);
+                    out[3 * r + c] = T::from_f(v);
+                }
             }
         }
-    }
+    });
 }
 
 /// Tiles per transform step: fixed-size arrays, so the transforms compile to vector code
 /// whatever the image width (a loop over 8 tiles of a row would be mostly scalar remainder).
 const LANES: usize = 8;
+
+/// V[xi][c][t] for the tiles of tile rows `tys` (see `input_transform2` / `input_transform4`).
+fn input_transform<T: Float>(
+    wg: &Wino,
+    x: &[T],
+    tys: (usize, usize),
+    v: &mut [T],
+    scratch: &mut [T],
+) {
+    let args = (x, wg.cin, (wg.h, wg.w), (wg.ph, wg.pw), tys, wg.tw());
+    match wg.m {
+        2 => input_transform2(args.0, args.1, args.2, args.3, args.4, args.5, v, scratch),
+        _ => input_transform4(args.0, args.1, args.2, args.3, args.4, args.5, v, scratch),
+    }
+}
 
 multiversion! {
     /// V[xi][c][t] for the tiles of tile rows ty0..ty1 (t = (ty - ty0) * tw + tx, row stride
@@ -317,7 +376,7 @@ multiversion! {
     /// tiles of a tile row the 4 x (2 LANES + 2) patch is split into even and odd columns (so
     /// tile tx's columns 0..4 are e[tx], o[tx], e[tx + 1], o[tx + 1]) and B^T d B is taken
     /// over rows, then columns.
-    fn input_transform<T>(
+    fn input_transform2<T>(
         x: &[T],
         cin: usize,
         hw: (usize, usize),
@@ -329,7 +388,7 @@ multiversion! {
     ) {
         let ((h, w), (ph, pw), (ty0, ty1)) = (hw, pad, tys);
         let nty = ty1 - ty0;
-        let (rows, wp) = (2 * nty + 2, padded_width(tw));
+        let (rows, wp) = (2 * nty + 2, padded_width(2, tw));
         let nt = nty * tw;
         let pbuf = &mut scratch[..rows * wp];
         // Rows outside the image and columns outside each row are the same for every
@@ -390,10 +449,10 @@ multiversion! {
     }
 }
 
-/// Width of the transform's padded input rows: every run of LANES tiles reads 2 LANES + 2
+/// Width of the transform's padded input rows: every run of LANES tiles reads m LANES + 2
 /// columns.
-fn padded_width(tw: usize) -> usize {
-    2 * tw.next_multiple_of(LANES) + 2
+fn padded_width(m: usize, tw: usize) -> usize {
+    m * tw.next_multiple_of(LANES) + 2
 }
 
 multiversion! {
@@ -528,6 +587,279 @@ multiversion! {
                             w[at..at + LANES].copy_from_slice(vals);
                         } else {
                             w[at..at + n].copy_from_slice(&vals[..n]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lanes-wide rows of T.
+type Rows<T, const R: usize> = [[T; LANES]; R];
+
+/// B^T of F(4x4, 3x3) applied to six values, lane by lane: out[a] = (B^T d)[a].
+#[inline(always)]
+fn bt4<T: Float>(d: &Rows<T, 6>) -> Rows<T, 6> {
+    let (two, four, five) = (T::from_f(2.0), T::from_f(4.0), T::from_f(5.0));
+    let mut o = [[T::zero(); LANES]; 6];
+    for l in 0..LANES {
+        let (d0, d1, d2, d3, d4, d5) = (d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]);
+        o[0][l] = four * d0 - five * d2 + d4;
+        o[1][l] = (d3 + d4) - four * (d1 + d2);
+        o[2][l] = (d4 - d3) + four * (d1 - d2);
+        o[3][l] = (d4 - d2) + two * (d3 - d1);
+        o[4][l] = (d4 - d2) - two * (d3 - d1);
+        o[5][l] = four * d1 - five * d3 + d5;
+    }
+    o
+}
+
+/// A^T of F(4x4, 3x3) applied to six values, lane by lane: out[a] = (A^T m)[a].
+#[inline(always)]
+fn at4<T: Float>(m: &Rows<T, 6>) -> Rows<T, 4> {
+    let (two, four, eight) = (T::from_f(2.0), T::from_f(4.0), T::from_f(8.0));
+    let mut o = [[T::zero(); LANES]; 4];
+    for l in 0..LANES {
+        let (p12, m12) = (m[1][l] + m[2][l], m[1][l] - m[2][l]);
+        let (p34, m34) = (m[3][l] + m[4][l], m[3][l] - m[4][l]);
+        o[0][l] = m[0][l] + p12 + p34;
+        o[1][l] = m12 + two * m34;
+        o[2][l] = p12 + four * p34;
+        o[3][l] = m12 + eight * m34 + m[5][l];
+    }
+    o
+}
+
+/// A of F(4x4, 3x3) applied to four values, lane by lane: out[a] = (A y)[a].
+#[inline(always)]
+fn a4<T: Float>(y: &Rows<T, 4>) -> Rows<T, 6> {
+    let (two, four, eight) = (T::from_f(2.0), T::from_f(4.0), T::from_f(8.0));
+    let mut o = [[T::zero(); LANES]; 6];
+    for l in 0..LANES {
+        let (y0, y1, y2, y3) = (y[0][l], y[1][l], y[2][l], y[3][l]);
+        let (e, od) = (y0 + y2, y1 + y3);
+        let (p02, p13) = (y0 + four * y2, two * y1 + eight * y3);
+        o[0][l] = y0;
+        o[1][l] = e + od;
+        o[2][l] = e - od;
+        o[3][l] = p02 + p13;
+        o[4][l] = p02 - p13;
+        o[5][l] = y3;
+    }
+    o
+}
+
+/// Columns a run of LANES 4-wide tiles reads: 4 LANES plus the last tile's 2 extra.
+const RUN4: usize = 4 * LANES + 2;
+
+multiversion! {
+    /// F(4x4, 3x3)'s V[xi][c][t] for the tiles of tile rows ty0..ty1 (t and the row stride as
+    /// in `input_transform2`): each channel's rows 4 ty0 .. 4 ty1 + 2 of the padded input are
+    /// copied into `scratch` (zero outside the image; rows LANES-aligned); for each run of
+    /// LANES tiles of a tile row, B^T runs down the patch rows over all RUN4 columns at once
+    /// (contiguous), then each row is split into its 4 column phases (tile lane l's columns
+    /// are 4 l .. 4 l + 6) and B runs across, one tile per lane, straight into V.
+    fn input_transform4<T>(
+        x: &[T],
+        cin: usize,
+        hw: (usize, usize),
+        pad: (usize, usize),
+        tys: (usize, usize),
+        tw: usize,
+        v: &mut [T],
+        scratch: &mut [T],
+    ) {
+        let ((h, w), (ph, pw), (ty0, ty1)) = (hw, pad, tys);
+        let nty = ty1 - ty0;
+        let (rows, wp) = (4 * nty + 2, padded_width(4, tw));
+        let nt = nty * tw;
+        let pbuf = &mut scratch[..rows * wp];
+        pbuf.fill(T::zero());
+        let (four, five) = (T::from_f(4.0), T::from_f(5.0));
+        let two = T::from_f(2.0);
+        for c in 0..cin {
+            let plane = &x[c * h * w..(c + 1) * h * w];
+            for r in 0..rows {
+                let y = (4 * ty0 + r).wrapping_sub(ph);
+                if y < h {
+                    super::im2col::copy_short(
+                        &mut pbuf[r * wp + pw..r * wp + pw + w],
+                        &plane[y * w..(y + 1) * w],
+                    );
+                }
+            }
+            for ty in 0..nty {
+                for tx0 in (0..tw).step_by(LANES) {
+                    let at = |k: usize| &pbuf[(4 * ty + k) * wp + 4 * tx0..][..RUN4];
+                    let (r0, r1, r2, r3, r4, r5) = (at(0), at(1), at(2), at(3), at(4), at(5));
+                    // e[a][col] = (B^T d)[a] at column col.
+                    let mut e = [[T::zero(); RUN4]; 6];
+                    for col in 0..RUN4 {
+                        let (d0, d1, d2, d3, d4, d5) =
+                            (r0[col], r1[col], r2[col], r3[col], r4[col], r5[col]);
+                        e[0][col] = four * d0 - five * d2 + d4;
+                        e[1][col] = (d3 + d4) - four * (d1 + d2);
+                        e[2][col] = (d4 - d3) + four * (d1 - d2);
+                        e[3][col] = (d4 - d2) + two * (d3 - d1);
+                        e[4][col] = (d4 - d2) - two * (d3 - d1);
+                        e[5][col] = four * d1 - five * d3 + d5;
+                    }
+                    let n = LANES.min(tw - tx0);
+                    let base = c * nt + ty * tw + tx0;
+                    for (a, ea) in e.iter().enumerate() {
+                        // Column q of tile lane l: ea[4 l + q].
+                        let mut p = [[T::zero(); LANES]; 6];
+                        for l in 0..LANES {
+                            for q in 0..6 {
+                                p[q][l] = ea[4 * l + q];
+                            }
+                        }
+                        let vb = bt4(&p);
+                        for (b, vals) in vb.iter().enumerate() {
+                            let at = (6 * a + b) * cin * nt + base;
+                            if n == LANES {
+                                v[at..at + LANES].copy_from_slice(vals);
+                            } else {
+                                v[at..at + n].copy_from_slice(&vals[..n]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// F(4x4, 3x3): out[f][4 ty + a][4 tx + b] = (A^T M A)[a][b] + bias[f] for the tiles of tile
+    /// rows ty0..ty1 (inside ho x wo), LANES tiles at a time.
+    fn output_transform4<T>(
+        m: &[T],
+        cout: usize,
+        howo: (usize, usize),
+        tys: (usize, usize),
+        tw: usize,
+        out: &mut [T],
+        bias: &[T],
+    ) {
+        let ((ho, wo), (ty0, ty1)) = (howo, tys);
+        let nt = (ty1 - ty0) * tw;
+        for f in 0..cout {
+            let bv = bias.get(f).copied().unwrap_or(T::zero());
+            for ty in 0..ty1 - ty0 {
+                for tx0 in (0..tw).step_by(LANES) {
+                    let n = LANES.min(tw - tx0);
+                    let ld = |xi: usize| {
+                        let r = &m[(xi * cout + f) * nt + ty * tw + tx0..];
+                        let mut row = [T::zero(); LANES];
+                        if n == LANES {
+                            row.copy_from_slice(&r[..LANES]);
+                        } else {
+                            row[..n].copy_from_slice(&r[..n]);
+                        }
+                        row
+                    };
+                    // s[a][c] = (A^T M)[a][c]: A^T down each column c of the 6 x 6 tile.
+                    let mut s = [[[T::zero(); LANES]; 6]; 4];
+                    for c in 0..6 {
+                        let col = [ld(c), ld(6 + c), ld(12 + c), ld(18 + c), ld(24 + c), ld(30 + c)];
+                        let t = at4(&col);
+                        for a in 0..4 {
+                            s[a][c] = t[a];
+                        }
+                    }
+                    for (a, sa) in s.iter().enumerate() {
+                        let row = 4 * (ty0 + ty) + a;
+                        if row >= ho {
+                            continue;
+                        }
+                        // A across: columns 4 tx .. 4 tx + 4, interleaved into one run.
+                        let t = at4(sa);
+                        let mut y = [T::zero(); 4 * LANES];
+                        for l in 0..LANES {
+                            for b in 0..4 {
+                                y[4 * l + b] = t[b][l] + bv;
+                            }
+                        }
+                        let c0 = 4 * tx0;
+                        let nc = (4 * LANES).min(wo - c0);
+                        let o = (f * ho + row) * wo + c0;
+                        if nc == 4 * LANES {
+                            out[o..o + 4 * LANES].copy_from_slice(&y);
+                        } else {
+                            out[o..o + nc].copy_from_slice(&y[..nc]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// F(4x4, 3x3): W[xi][f][t] = (A dY A^T)[xi] for the tiles of tile rows ty0..ty1, dY the
+    /// tile's 4 x 4 block of dout plane f (zero outside ho x wo); t and the row stride as in
+    /// `input_transform2`.
+    fn dout_transform4<T>(
+        dout: &[T],
+        cout: usize,
+        howo: (usize, usize),
+        tys: (usize, usize),
+        tw: usize,
+        w: &mut [T],
+    ) {
+        let ((ho, wo), (ty0, ty1)) = (howo, tys);
+        let nt = (ty1 - ty0) * tw;
+        for f in 0..cout {
+            let plane = &dout[f * ho * wo..(f + 1) * ho * wo];
+            for ty in 0..ty1 - ty0 {
+                for tx0 in (0..tw).step_by(LANES) {
+                    let n = LANES.min(tw - tx0);
+                    // y[i][q][l]: dout row 4 ty + i, column 4 (tx0 + l) + q.
+                    let mut y = [[[T::zero(); LANES]; 4]; 4];
+                    for (i, yi) in y.iter_mut().enumerate() {
+                        let row = 4 * (ty0 + ty) + i;
+                        if row >= ho {
+                            continue;
+                        }
+                        let c0 = 4 * tx0;
+                        let src = &plane[row * wo..(row + 1) * wo];
+                        if c0 + 4 * LANES <= wo {
+                            let r = &src[c0..c0 + 4 * LANES];
+                            for l in 0..LANES {
+                                for q in 0..4 {
+                                    yi[q][l] = r[4 * l + q];
+                                }
+                            }
+                        } else {
+                            for l in 0..LANES {
+                                for q in 0..4 {
+                                    if let Some(&v) = src.get(c0 + 4 * l + q) {
+                                        yi[q][l] = v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // t[q] = (A dY)[.][q] down each column q, then W[a] = A across row a.
+                    let mut t = [[[T::zero(); LANES]; 4]; 6];
+                    for q in 0..4 {
+                        let col = a4(&[y[0][q], y[1][q], y[2][q], y[3][q]]);
+                        for a in 0..6 {
+                            t[a][q] = col[a];
+                        }
+                    }
+                    let base = f * nt + ty * tw + tx0;
+                    for (a, ta) in t.iter().enumerate() {
+                        let wa = a4(ta);
+                        for (b, vals) in wa.iter().enumerate() {
+                            let at = (6 * a + b) * cout * nt + base;
+                            if n == LANES {
+                                w[at..at + LANES].copy_from_slice(vals);
+                            } else {
+                                w[at..at + n].copy_from_slice(&vals[..n]);
+                            }
                         }
                     }
                 }
