@@ -9,8 +9,10 @@
 //!   zero-padded, stride-phase-split copy of the image (`Pad`), through a per-KC-block table of
 //!   tap offsets; forward `out = bias + W B`, and for stride 1 dx as the correlation of padded
 //!   dout with the flipped, transposed weights.
-//! - **Winograd F(2x2, 3x3)** (`ConvAlgorithm::Winograd`, `winograd.rs`): 3 x 3 stride-1
-//!   convolutions (chosen from 96 channels per group), forward, dx and dw, 16 GEMMs on transformed tiles.
+//! - **Winograd F(2x2, 3x3) and F(4x4, 3x3)** (`ConvAlgorithm::Winograd`, `Winograd4x4`,
+//!   `winograd.rs`): 3 x 3 stride-1 convolutions, forward, dx and dw, 16 or 36 GEMMs on
+//!   transformed tiles (F(2x2) chosen from 96 channels per group; F(4x4) for f64 from 64
+//!   channels and 64 tiles per image).
 //! - **im2col** (everything else): the column matrix of one image and group,
 //!
 //!   ```text
