@@ -108,6 +108,13 @@ fn run_all<T: Float>(par: Parallelism<'_>) -> Vec<Vec<u64>> {
         ([5, 96, 16, 16], [96, 96, 3, 3], p),
         par,
     ));
+    // Winograd on small images (8 x 8: 16 tiles, so blocks of 4 whole images) with N = 5: a
+    // last block of one image, dw chunks of 1, 1, 1 and 2 images.
+    outs.extend(conv_bits::<T>(
+        &mut rng,
+        ([5, 96, 8, 8], [96, 96, 3, 3], p),
+        par,
+    ));
     // F(4x4, 3x3) on every direction (the f64 cost model's choice from 64 channels and 64
     // tiles; forced for f32), N = 3.
     outs.extend(conv_bits_with::<T>(

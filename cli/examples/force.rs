@@ -1,5 +1,6 @@
 //! Times one named convolution shape with each direction's algorithm forced, against the plan's
-//! own choice: `cargo run --release --example force -- SHAPE f32|f64 THREADS ALG...` with ALG
+//! own choice: `cargo run --release --example force -- SHAPE f32|f64 THREADS ALG...` (SHAPE a
+//! named shape or N,C,H,W,F for a 3 x 3, stride-1, pad-1 convolution) with ALG
 //! among im2col, direct, winograd, winograd4 (F(4x4, 3x3)) (all three directions forced to it), or DIR=ALG with DIR one
 //! of fwd, dx, dw (that direction only). With `LOOP=fwd|bwd|dw` (and `LOOPS=SECONDS`, default 4)
 //! it runs that one call in a loop on the last plan named (the plan's own choice when no ALG is
@@ -9,10 +10,17 @@ use fastlayers::*;
 use fastlayers_cli::bench::{CONV_SHAPES, median_ms};
 
 fn run<T: Float>(name: &str, threads: usize, algs: &[String]) {
-    let (_, xs, ws, s, p) = *CONV_SHAPES
-        .iter()
-        .find(|c| c.0 == name)
-        .expect("a named shape");
+    // A named shape, or N,C,H,W,F: a 3 x 3 convolution, stride 1, pad 1.
+    let (xs, ws, s, p) = match CONV_SHAPES.iter().find(|c| c.0 == name) {
+        Some(&(_, xs, ws, s, p)) => (xs, ws, s, p),
+        None => {
+            let v: Vec<usize> = name
+                .split(',')
+                .map(|t| t.parse().expect("a named shape or N,C,H,W,F"))
+                .collect();
+            ([v[0], v[1], v[2], v[3]], [v[4], v[1], 3, 3], 1, 1)
+        }
+    };
     let par = Parallelism::Threads(threads);
     let mut rng = Rng::new(0);
     let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);

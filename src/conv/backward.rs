@@ -48,9 +48,15 @@ pub(super) fn backward_into<T: Float>(
     // Fused when the chunks split evenly over the threads (3 threads on 4 chunks would leave
     // dx unbalanced too).
     let fused = chunks.is_multiple_of(threads.max(1));
+    // Images per dx job and per group of the fused loop: Winograd's blocks of whole images.
+    let dx_ib = a.wino_dx(g).map_or(1, |wg| wg.ib());
+    let dw_ib = a.wino_dw(g).map_or(1, |wg| wg.ib());
     if let (false, Some(dx), Some(dxw)) = (fused, dx.as_deref_mut(), dxw) {
-        par.for_each_chunk(dx, chw, &|n, dxn, slot| {
-            slots.with(slot, |ws| dx_image(g, a, dout, n, dxn, dxw, ws))
+        par.for_each_chunk(dx, dx_ib * chw, &|j, dxc, slot| {
+            let nimg = dxc.len() / chw;
+            slots.with(slot, |ws| {
+                dx_images(g, a, dout, j * dx_ib, nimg, dxc, dxw, ws)
+            })
         });
     }
     let fused = fused && dx.is_some();
@@ -72,41 +78,44 @@ pub(super) fn backward_into<T: Float>(
         st_rest = r;
         jobs.push((imgs, part, dbc, fused.then_some(dxc)));
     }
+    let gsz = dx_ib.max(dw_ib);
     par.for_each_item(jobs, &|(imgs, part, dbc, dxc), slot| {
         part.fill(T::zero());
         slots.with(slot, |ws| {
             let n0 = imgs.start;
             let mut dxc = dxc;
-            for n in imgs {
+            // Groups of images, so that each image's dout is read for dx, dw and db together.
+            for g0 in imgs.clone().step_by(gsz) {
+                let nimg = gsz.min(imgs.end - g0);
                 if let (Some(dxc), Some(dxw)) = (dxc.as_deref_mut(), dxw) {
-                    dx_image(
-                        g,
-                        a,
-                        dout,
-                        n,
-                        &mut dxc[(n - n0) * chw..(n - n0 + 1) * chw],
-                        dxw,
-                        ws,
-                    );
+                    let d = &mut dxc[(g0 - n0) * chw..(g0 - n0 + nimg) * chw];
+                    dx_images(g, a, dout, g0, nimg, d, dxw, ws);
                 }
                 match &wdw {
                     Some(wg) => {
                         let (cg, fg, hw, p) = (g.cg(), g.fg(), g.h * g.w, g.pixels());
                         for grp in 0..g.groups() {
-                            winograd::dw_image(
+                            winograd::dw_images(
                                 wg,
-                                &x[n * chw + grp * cg * hw..n * chw + (grp + 1) * cg * hw],
-                                &dout[(n * g.f + grp * fg) * p..(n * g.f + (grp + 1) * fg) * p],
+                                (&x[g0 * chw + grp * cg * hw..], chw),
+                                (&dout[(g0 * g.f + grp * fg) * p..], g.f * p),
+                                nimg,
                                 &mut part[grp * wg.du_len()..(grp + 1) * wg.du_len()],
                                 ws,
                             );
                         }
                     }
-                    None => dw_image(g, a, x, dout, n, part, ws),
+                    None => {
+                        for n in g0..g0 + nimg {
+                            dw_image(g, a, x, dout, n, part, ws);
+                        }
+                    }
                 }
-                let dn = &dout[n * g.f * g.pixels()..(n + 1) * g.f * g.pixels()];
-                for (s, row) in dbc.iter_mut().zip(dn.chunks_exact(g.pixels().max(1))) {
-                    *s += crate::norm::fast::sum_f64(row);
+                for n in g0..g0 + nimg {
+                    let dn = &dout[n * g.f * g.pixels()..(n + 1) * g.f * g.pixels()];
+                    for (s, row) in dbc.iter_mut().zip(dn.chunks_exact(g.pixels().max(1))) {
+                        *s += crate::norm::fast::sum_f64(row);
+                    }
                 }
             }
         })
@@ -242,8 +251,50 @@ impl<'a, T: Float> DxWeights<'a, T> {
     }
 }
 
-/// dx of image n into dxn (every element written), with slot `ws`.
-pub(super) fn dx_image<T: Float>(
+/// dx of images n0 .. n0 + nimg into dxc (every element written), with slot `ws`: Winograd's
+/// blocks of whole images, one image at a time for the other algorithms.
+#[allow(clippy::too_many_arguments)]
+fn dx_images<T: Float>(
+    g: &ConvGeom,
+    a: &Algos,
+    dout: &[T],
+    n0: usize,
+    nimg: usize,
+    dxc: &mut [T],
+    dxw: &DxWeights<'_, T>,
+    ws: &mut [T],
+) {
+    let chw = g.c * g.h * g.w;
+    if let DxWeights::Winograd { wp, wg, gl } = *dxw {
+        let (p, fg, cg, hw) = (g.pixels(), g.fg(), g.cg(), g.h * g.w);
+        for grp in 0..g.groups() {
+            winograd::conv_images(
+                &wg,
+                &wp[grp * gl..(grp + 1) * gl],
+                (&dout[(n0 * g.f + grp * fg) * p..], g.f * p),
+                (&mut dxc[grp * cg * hw..], chw),
+                nimg,
+                &[],
+                ws,
+            );
+        }
+        return;
+    }
+    for n in n0..n0 + nimg {
+        dx_image(
+            g,
+            a,
+            dout,
+            n,
+            &mut dxc[(n - n0) * chw..(n - n0 + 1) * chw],
+            dxw,
+            ws,
+        );
+    }
+}
+
+/// dx of image n into dxn (every element written), with slot `ws`; the direct and im2col paths.
+fn dx_image<T: Float>(
     g: &ConvGeom,
     a: &Algos,
     dout: &[T],
@@ -257,19 +308,7 @@ pub(super) fn dx_image<T: Float>(
     let fp = g.f * p;
     let dn = &dout[n * fp..(n + 1) * fp];
     match *dxw {
-        DxWeights::Winograd { wp, wg, gl } => {
-            let hw = g.h * g.w;
-            for grp in 0..g.groups() {
-                winograd::conv_image(
-                    &wg,
-                    &wp[grp * gl..(grp + 1) * gl],
-                    &dn[grp * fg * p..],
-                    &mut dxn[grp * cg * hw..(grp + 1) * cg * hw],
-                    &[],
-                    ws,
-                );
-            }
-        }
+        DxWeights::Winograd { .. } => unreachable!("dx_images runs Winograd's blocks"),
         DxWeights::Direct { wp, sa, ga } => {
             // The full correlation of padded dout with the flipped weights, stored into dx.
             let pd = dx_pad(g);

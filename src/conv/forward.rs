@@ -204,7 +204,7 @@ pub(super) fn forward_packed<T: Float>(
     });
 }
 
-/// The forward as Winograd F(m x m, 3x3) (see `wino_fwd`), per image.
+/// The forward as Winograd F(m x m, 3x3) (see `wino_fwd`), per block of images.
 #[allow(clippy::too_many_arguments)]
 fn forward_winograd<T: Float>(
     g: &ConvGeom,
@@ -220,15 +220,19 @@ fn forward_winograd<T: Float>(
     let (p, fg, cg, chw) = (g.pixels(), g.fg(), g.cg(), g.c * g.h * g.w);
     let gl = wg.packed_len();
     let slots = Slots::new(ws, par.threads(), fwd_slot_len(g, a));
-    par.for_each_chunk(out, g.f * p, &|n, on, slot| {
+    // Jobs of `ib` images: Winograd's blocks (whole images when they are small).
+    let ib = wg.ib();
+    par.for_each_chunk(out, ib * g.f * p, &|j, oc, slot| {
+        let nimg = oc.len() / (g.f * p);
         slots.with(slot, |ws| {
-            let xn = &x[n * chw..(n + 1) * chw];
+            let x0 = j * ib * chw;
             for grp in 0..g.groups() {
-                winograd::conv_image(
+                winograd::conv_images(
                     &wg,
                     &wp[grp * gl..(grp + 1) * gl],
-                    &xn[grp * cg * g.h * g.w..],
-                    &mut on[grp * fg * p..(grp + 1) * fg * p],
+                    (&x[x0 + grp * cg * g.h * g.w..], chw),
+                    (&mut oc[grp * fg * p..], g.f * p),
+                    nimg,
                     &b[grp * fg..(grp + 1) * fg],
                     ws,
                 );

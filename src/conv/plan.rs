@@ -114,20 +114,25 @@ fn dx_wino(g: &ConvGeom, s: Shape, m: usize) -> Wino {
     }
 }
 
-/// Whether `wg` can run: a level with the explicit GEMM kernels and at least one NR panel of
-/// tiles.
-fn wino_fits(wg: &Wino) -> bool {
-    pg::direct_available(wg.s) && wg.tiles() >= wg.s.nr
+/// Whether `wg` can run on a batch of `n`: a level with the explicit GEMM kernels and at least
+/// one NR panel of tiles in a block (the GEMMs' width).
+fn wino_fits(wg: &Wino, n: usize) -> bool {
+    pg::direct_available(wg.s) && wg.block_tiles(n) >= wg.s.nr
+}
+
+/// Whether a Winograd slot stays within the column matrices of the images of its block (K x P
+/// each, the bound the other paths keep: the workspace does not grow with N).
+fn wino_slot_fits(g: &ConvGeom, wg: &Wino, slot: usize) -> bool {
+    slot <= g.k_rows() * g.pixels() * wg.ib()
 }
 
 /// Whether Winograd pays for `wg`: each transformed value feeds `cout` (input side) or comes from
 /// `cin` (output side) multiply-adds, so the transforms' share falls as the channels grow; and
-/// its per-thread workspace stays within one image's column matrix (K x P, the bound the other
-/// paths keep).
+/// its per-thread workspace fits (`wino_slot_fits`).
 fn wino_pays(g: &ConvGeom, wg: &Wino) -> bool {
     wg.cin >= WINO_MIN_CHANNELS
         && wg.cout >= WINO_MIN_CHANNELS
-        && wg.slot_len() <= g.k_rows() * g.pixels()
+        && wino_slot_fits(g, wg, wg.slot_len())
 }
 
 /// A Winograd algorithm's tile side.
@@ -143,7 +148,7 @@ fn wino4_pays(g: &ConvGeom, wg: &Wino) -> bool {
     wg.cin >= WINO4_MIN_CHANNELS
         && wg.cout >= WINO4_MIN_CHANNELS
         && wg.tiles() >= WINO_MIN_BLOCK_TILES
-        && wg.slot_len() <= g.k_rows() * g.pixels()
+        && wino_slot_fits(g, wg, wg.slot_len())
 }
 
 /// Whether a direction can run an algorithm correctly on this shape at this level: the hard
@@ -161,10 +166,13 @@ fn can_run(g: &ConvGeom, s: Shape, dir: Direction, alg: ConvAlgorithm) -> bool {
                 && g.p.pad.1 < g.kw
         }
         (Direction::Forward | Direction::WeightGrad, Winograd | Winograd4x4) => {
-            wino_kind(g) && wino_fits(&fwd_wino(g, s, tile(alg)))
+            wino_kind(g) && wino_fits(&fwd_wino(g, s, tile(alg)), g.n)
         }
         (Direction::DataGrad, Winograd | Winograd4x4) => {
-            wino_kind(g) && g.p.pad.0 <= 2 && g.p.pad.1 <= 2 && wino_fits(&dx_wino(g, s, tile(alg)))
+            wino_kind(g)
+                && g.p.pad.0 <= 2
+                && g.p.pad.1 <= 2
+                && wino_fits(&dx_wino(g, s, tile(alg)), g.n)
         }
     }
 }
@@ -228,10 +236,10 @@ impl Algos {
         };
         // dw runs the forward's Winograd where the forward does and its workspace fits;
         // otherwise it reads the padded copy where the forward's direct rule holds.
-        let dw = if fwd
-            .wino_tile()
-            .is_some_and(|m| fwd_wino(g, s, m).dw_slot_len() <= g.k_rows() * g.pixels())
-        {
+        let dw = if fwd.wino_tile().is_some_and(|m| {
+            let wg = fwd_wino(g, s, m);
+            wino_slot_fits(g, &wg, wg.dw_slot_len())
+        }) {
             fwd
         } else if can_run(g, s, Direction::WeightGrad, Direct) && rows_fill_slots(g.wo, s) {
             Direct

@@ -96,23 +96,44 @@ impl Wino {
             .clamp(1, self.th().max(1));
         self.th().div_ceil(self.th().div_ceil(most))
     }
+    /// Images per block: 1 when an image has `WINO_MIN_BLOCK_TILES` tiles or more (blocks of
+    /// its tile rows then), else whole images enough for that many tiles, so that each of the nx
+    /// GEMMs is that wide and the transformed weights (nx matrices of cout x cin, beyond the L2
+    /// at 128 channels) stream once per block rather than once per image. At most
+    /// `WINO_MIN_BLOCK_TILES`; a function of the shape only.
+    pub fn ib(&self) -> usize {
+        let t = self.tiles().max(1);
+        if t >= WINO_MIN_BLOCK_TILES {
+            1
+        } else {
+            WINO_MIN_BLOCK_TILES.div_ceil(t)
+        }
+    }
+    /// Tiles of the largest block of a batch of `n` images.
+    pub fn block_tiles(&self, n: usize) -> usize {
+        if self.ib() > 1 {
+            self.ib().min(n.max(1)) * self.tiles()
+        } else {
+            self.tb() * self.tw()
+        }
+    }
     /// Elements of the per-block scratch: the block's padded input rows of one channel.
     fn scratch_len(&self) -> usize {
         (self.m * self.tb() + 2) * padded_width(self.m, self.tw())
     }
-    /// Workspace of one image's transform (per thread).
+    /// Workspace of one block's transform (per thread).
     pub fn slot_len(&self) -> usize {
         let s = self.s;
-        let t = self.tb() * self.tw();
+        let t = self.block_tiles(usize::MAX);
         self.nx() * t * (self.cin + self.cout)
             + self.scratch_len()
             + pg::packed_b_len(s, self.cin, t)
     }
-    /// Workspace of one image's weight-gradient pass (per thread): V and W of a block, the
+    /// Workspace of one block's weight-gradient pass (per thread): V and W of a block, the
     /// scratch rows, one packed B panel.
     pub fn dw_slot_len(&self) -> usize {
         let s = self.s;
-        let t = self.tb() * self.tw();
+        let t = self.block_tiles(usize::MAX);
         self.nx() * t * (self.cin + self.cout) + self.scratch_len() + pg::b_panels_bbuf_len(s)
     }
     /// Elements of a dU (nx x cout x cin).
@@ -222,30 +243,61 @@ pub(super) fn pack_weights<T: Float>(
 /// The tallest A panel of any level (the AVX-512 level's).
 const MAX_MR: usize = pg::AVX512_MR;
 
-/// One image: `out` (cout x ho x wo) = the correlation of `x` (cin x h x w) with the packed
-/// weights `up`, plus `bias` (one per output plane, or empty). Every element of `out` is
-/// stored. `ws` holds `slot_len` elements.
-pub(super) fn conv_image<T: Float>(
+/// The blocks of `nimg` images, each as (image, ty0, ty1) pieces: tile rows of one image at a
+/// time when `ib` is 1, else groups of `ib` whole images.
+fn for_blocks(wg: &Wino, nimg: usize, mut f: impl FnMut(&[(usize, usize, usize)])) {
+    let (th, tb, ib) = (wg.th(), wg.tb(), wg.ib());
+    if ib == 1 {
+        for img in 0..nimg {
+            for ty0 in (0..th).step_by(tb) {
+                f(&[(img, ty0, (ty0 + tb).min(th))]);
+            }
+        }
+        return;
+    }
+    let mut pieces = [(0, 0, 0); WINO_MIN_BLOCK_TILES];
+    for b0 in (0..nimg).step_by(ib) {
+        let nb = ib.min(nimg - b0);
+        for (j, p) in pieces[..nb].iter_mut().enumerate() {
+            *p = (b0 + j, 0, th);
+        }
+        f(&pieces[..nb]);
+    }
+}
+
+/// `nimg` images: `out[i * os..]` (cout x ho x wo) = the correlation of `x[i * xs..]` (cin x h
+/// x w) with the packed weights `up`, plus `bias` (one per output plane, or empty). Every
+/// element of each output is stored. `ws` holds `slot_len` elements.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_images<T: Float>(
     wg: &Wino,
     up: &[T],
-    x: &[T],
-    out: &mut [T],
+    (x, xs): (&[T], usize),
+    (out, os): (&mut [T], usize),
+    nimg: usize,
     bias: &[T],
     ws: &mut [T],
 ) {
-    let (th, tw, tb) = (wg.th(), wg.tw(), wg.tb());
+    let tw = wg.tw();
     let (ho, wo) = (wg.ho(), wg.wo());
-    assert!(x.len() >= wg.cin * wg.h * wg.w && out.len() >= wg.cout * ho * wo);
+    if nimg == 0 {
+        return;
+    }
+    assert!(x.len() >= (nimg - 1) * xs + wg.cin * wg.h * wg.w);
+    assert!(out.len() >= (nimg - 1) * os + wg.cout * ho * wo);
     assert!(bias.is_empty() || bias.len() >= wg.cout);
     let (sa, ul) = (wg.a_shape(), wg.u_len());
-    let tmax = tb * tw;
+    let tmax = wg.block_tiles(nimg);
     let (v, rest) = ws.split_at_mut(wg.nx() * wg.cin * tmax);
     let (m, rest) = rest.split_at_mut(wg.nx() * wg.cout * tmax);
     let (scratch, bbuf) = rest.split_at_mut(wg.scratch_len());
-    for ty0 in (0..th).step_by(tb) {
-        let ty1 = (ty0 + tb).min(th);
-        let nt = (ty1 - ty0) * tw;
-        input_transform(wg, x, (ty0, ty1), v, scratch);
+    for_blocks(wg, nimg, |pieces| {
+        let nt: usize = pieces.iter().map(|&(_, a, b)| (b - a) * tw).sum();
+        let mut t0 = 0;
+        for &(img, ty0, ty1) in pieces {
+            input_transform(wg, &x[img * xs..], (ty0, ty1), (t0, nt), v, scratch);
+            t0 += (ty1 - ty0) * tw;
+        }
         for xi in 0..wg.nx() {
             pg::gemm_packed_a(
                 sa,
@@ -263,34 +315,55 @@ pub(super) fn conv_image<T: Float>(
                 true,
             );
         }
-        match wg.m {
-            2 => output_transform(m, wg.cout, (ho, wo), (ty0, ty1), tw, out, bias),
-            _ => output_transform4(m, wg.cout, (ho, wo), (ty0, ty1), tw, out, bias),
+        let mut t0 = 0;
+        for &(img, ty0, ty1) in pieces {
+            let (o, tl) = (&mut out[img * os..], (t0, nt));
+            match wg.m {
+                2 => output_transform(m, wg.cout, (ho, wo), (ty0, ty1), tw, tl, o, bias),
+                _ => output_transform4(m, wg.cout, (ho, wo), (ty0, ty1), tw, tl, o, bias),
+            }
+            t0 += (ty1 - ty0) * tw;
         }
-    }
+    });
 }
 
-/// One image's weight gradient added into `du` (nx x cout x cin, `du_len`): `du[xi] += W[xi]
-/// V[xi]^T` over the image's tiles, W = A dY A^T the transformed tiles of `dout` (cout x ho x
-/// wo), V the input transform of `x` (cin x h x w). `ws` holds `dw_slot_len` elements.
-pub(super) fn dw_image<T: Float>(wg: &Wino, x: &[T], dout: &[T], du: &mut [T], ws: &mut [T]) {
-    let (th, tw, tb) = (wg.th(), wg.tw(), wg.tb());
+/// The weight gradient of `nimg` images added into `du` (nx x cout x cin, `du_len`): `du[xi] +=
+/// W[xi] V[xi]^T` over each block's tiles, W = A dY A^T the transformed tiles of `dout[i *
+/// ds..]` (cout x ho x wo), V the input transform of `x[i * xs..]` (cin x h x w). `ws` holds
+/// `dw_slot_len` elements.
+pub(super) fn dw_images<T: Float>(
+    wg: &Wino,
+    (x, xs): (&[T], usize),
+    (dout, ds): (&[T], usize),
+    nimg: usize,
+    du: &mut [T],
+    ws: &mut [T],
+) {
+    let tw = wg.tw();
     let (ho, wo) = (wg.ho(), wg.wo());
-    assert!(x.len() >= wg.cin * wg.h * wg.w && dout.len() >= wg.cout * ho * wo);
+    if nimg == 0 {
+        return;
+    }
+    assert!(x.len() >= (nimg - 1) * xs + wg.cin * wg.h * wg.w);
+    assert!(dout.len() >= (nimg - 1) * ds + wg.cout * ho * wo);
     assert!(du.len() >= wg.du_len());
     let s = wg.a_shape();
-    let tmax = tb * tw;
+    let tmax = wg.block_tiles(nimg);
     let (v, rest) = ws.split_at_mut(wg.nx() * wg.cin * tmax);
     let (wt, rest) = rest.split_at_mut(wg.nx() * wg.cout * tmax);
     let (scratch, bbuf) = rest.split_at_mut(wg.scratch_len());
     let (cin, cout) = (wg.cin, wg.cout);
-    for ty0 in (0..th).step_by(tb) {
-        let ty1 = (ty0 + tb).min(th);
-        let nt = (ty1 - ty0) * tw;
-        input_transform(wg, x, (ty0, ty1), v, scratch);
-        match wg.m {
-            2 => dout_transform(dout, cout, (ho, wo), (ty0, ty1), tw, wt),
-            _ => dout_transform4(dout, cout, (ho, wo), (ty0, ty1), tw, wt),
+    for_blocks(wg, nimg, |pieces| {
+        let nt: usize = pieces.iter().map(|&(_, a, b)| (b - a) * tw).sum();
+        let mut t0 = 0;
+        for &(img, ty0, ty1) in pieces {
+            let (xi, di, tl) = (&x[img * xs..], &dout[img * ds..], (t0, nt));
+            input_transform(wg, xi, (ty0, ty1), tl, v, scratch);
+            match wg.m {
+                2 => dout_transform(di, cout, (ho, wo), (ty0, ty1), tw, tl, wt),
+                _ => dout_transform4(di, cout, (ho, wo), (ty0, ty1), tw, tl, wt),
+            }
+            t0 += (ty1 - ty0) * tw;
         }
         for xi in 0..wg.nx() {
             let vx = &v[xi * cin * nt..(xi + 1) * cin * nt];
@@ -316,7 +389,7 @@ pub(super) fn dw_image<T: Float>(wg: &Wino, x: &[T], dout: &[T], du: &mut [T], w
                 pack_b,
             );
         }
-    }
+    });
 }
 
 /// `dw[o][i]` (3 x 3, row-major, in `dw[(o * cin + i) * 9..]`) = G^T dU[.][o][i] G, in f64 from
@@ -354,18 +427,20 @@ pub(super) fn dw_from_du<T: Float>(wg: &Wino, du: &[T], dw: &mut [T], par: Paral
 /// whatever the image width (a loop over 8 tiles of a row would be mostly scalar remainder).
 const LANES: usize = 8;
 
-/// V[xi][c][t] for the tiles of tile rows `tys` (see `input_transform2` / `input_transform4`).
+/// V[xi][c][t0 + t] (rows `ld` long, `tl` = (t0, ld)) for the tiles of tile rows `tys` of one
+/// image (see `input_transform2` / `input_transform4`).
 fn input_transform<T: Float>(
     wg: &Wino,
     x: &[T],
     tys: (usize, usize),
+    tl: (usize, usize),
     v: &mut [T],
     scratch: &mut [T],
 ) {
-    let args = (x, wg.cin, (wg.h, wg.w), (wg.ph, wg.pw), tys, wg.tw());
+    let (hw, pad) = ((wg.h, wg.w), (wg.ph, wg.pw));
     match wg.m {
-        2 => input_transform2(args.0, args.1, args.2, args.3, args.4, args.5, v, scratch),
-        _ => input_transform4(args.0, args.1, args.2, args.3, args.4, args.5, v, scratch),
+        2 => input_transform2(x, wg.cin, hw, pad, tys, wg.tw(), tl, v, scratch),
+        _ => input_transform4(x, wg.cin, hw, pad, tys, wg.tw(), tl, v, scratch),
     }
 }
 
@@ -383,13 +458,16 @@ multiversion! {
         pad: (usize, usize),
         tys: (usize, usize),
         tw: usize,
+        tl: (usize, usize),
         v: &mut [T],
         scratch: &mut [T],
     ) {
         let ((h, w), (ph, pw), (ty0, ty1)) = (hw, pad, tys);
         let nty = ty1 - ty0;
         let (rows, wp) = (2 * nty + 2, padded_width(2, tw));
-        let nt = nty * tw;
+        // Tile t of this piece is V's column t0 + t; V's rows are `nt` long.
+        let (t0, nt) = tl;
+        debug_assert!(t0 + nty * tw <= nt);
         let pbuf = &mut scratch[..rows * wp];
         // Rows outside the image and columns outside each row are the same for every
         // channel: zeroed once, never written.
@@ -433,7 +511,7 @@ multiversion! {
                         }
                     }
                     let n = LANES.min(tw - tx0);
-                    let base = c * nt + ty * tw + tx0;
+                    let base = c * nt + t0 + ty * tw + tx0;
                     for (xi, vals) in vals.iter().enumerate() {
                         let at = xi * cin * nt + base;
                         if n == LANES {
@@ -464,11 +542,14 @@ multiversion! {
         howo: (usize, usize),
         tys: (usize, usize),
         tw: usize,
+        tl: (usize, usize),
         out: &mut [T],
         bias: &[T],
     ) {
         let ((ho, wo), (ty0, ty1)) = (howo, tys);
-        let nt = (ty1 - ty0) * tw;
+        // Tile t of this piece is column t0 + t of rows `nt` long.
+        let (t0, nt) = tl;
+        debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
         for f in 0..cout {
             let bv = bias.get(f).copied().unwrap_or(T::zero());
             for ty in 0..ty1 - ty0 {
@@ -476,7 +557,7 @@ multiversion! {
                     let n = LANES.min(tw - tx0);
                     let mut mv = [[T::zero(); LANES]; 16];
                     for (xi, row) in mv.iter_mut().enumerate() {
-                        let r = &m[(xi * cout + f) * nt + ty * tw + tx0..];
+                        let r = &m[(xi * cout + f) * nt + t0 + ty * tw + tx0..];
                         if n == LANES {
                             row.copy_from_slice(&r[..LANES]);
                         } else {
@@ -528,10 +609,13 @@ multiversion! {
         howo: (usize, usize),
         tys: (usize, usize),
         tw: usize,
+        tl: (usize, usize),
         w: &mut [T],
     ) {
         let ((ho, wo), (ty0, ty1)) = (howo, tys);
-        let nt = (ty1 - ty0) * tw;
+        // Tile t of this piece is column t0 + t of rows `nt` long.
+        let (t0, nt) = tl;
+        debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
         for f in 0..cout {
             let plane = &dout[f * ho * wo..(f + 1) * ho * wo];
             for ty in 0..ty1 - ty0 {
@@ -580,7 +664,7 @@ multiversion! {
                             vals[4 * a + 3][l] = -ta[1];
                         }
                     }
-                    let base = f * nt + ty * tw + tx0;
+                    let base = f * nt + t0 + ty * tw + tx0;
                     for (xi, vals) in vals.iter().enumerate() {
                         let at = xi * cout * nt + base;
                         if n == LANES {
@@ -667,13 +751,16 @@ multiversion! {
         pad: (usize, usize),
         tys: (usize, usize),
         tw: usize,
+        tl: (usize, usize),
         v: &mut [T],
         scratch: &mut [T],
     ) {
         let ((h, w), (ph, pw), (ty0, ty1)) = (hw, pad, tys);
         let nty = ty1 - ty0;
         let (rows, wp) = (4 * nty + 2, padded_width(4, tw));
-        let nt = nty * tw;
+        // Tile t of this piece is V's column t0 + t; V's rows are `nt` long.
+        let (t0, nt) = tl;
+        debug_assert!(t0 + nty * tw <= nt);
         let pbuf = &mut scratch[..rows * wp];
         pbuf.fill(T::zero());
         let (four, five) = (T::from_f(4.0), T::from_f(5.0));
@@ -706,7 +793,7 @@ multiversion! {
                         e[5][col] = four * d1 - five * d3 + d5;
                     }
                     let n = LANES.min(tw - tx0);
-                    let base = c * nt + ty * tw + tx0;
+                    let base = c * nt + t0 + ty * tw + tx0;
                     for (a, ea) in e.iter().enumerate() {
                         // Column q of tile lane l: ea[4 l + q].
                         let mut p = [[T::zero(); LANES]; 6];
@@ -740,18 +827,21 @@ multiversion! {
         howo: (usize, usize),
         tys: (usize, usize),
         tw: usize,
+        tl: (usize, usize),
         out: &mut [T],
         bias: &[T],
     ) {
         let ((ho, wo), (ty0, ty1)) = (howo, tys);
-        let nt = (ty1 - ty0) * tw;
+        // Tile t of this piece is column t0 + t of rows `nt` long.
+        let (t0, nt) = tl;
+        debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
         for f in 0..cout {
             let bv = bias.get(f).copied().unwrap_or(T::zero());
             for ty in 0..ty1 - ty0 {
                 for tx0 in (0..tw).step_by(LANES) {
                     let n = LANES.min(tw - tx0);
                     let ld = |xi: usize| {
-                        let r = &m[(xi * cout + f) * nt + ty * tw + tx0..];
+                        let r = &m[(xi * cout + f) * nt + t0 + ty * tw + tx0..];
                         let mut row = [T::zero(); LANES];
                         if n == LANES {
                             row.copy_from_slice(&r[..LANES]);
@@ -807,10 +897,13 @@ multiversion! {
         howo: (usize, usize),
         tys: (usize, usize),
         tw: usize,
+        tl: (usize, usize),
         w: &mut [T],
     ) {
         let ((ho, wo), (ty0, ty1)) = (howo, tys);
-        let nt = (ty1 - ty0) * tw;
+        // Tile t of this piece is column t0 + t of rows `nt` long.
+        let (t0, nt) = tl;
+        debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
         for f in 0..cout {
             let plane = &dout[f * ho * wo..(f + 1) * ho * wo];
             for ty in 0..ty1 - ty0 {
@@ -850,7 +943,7 @@ multiversion! {
                             t[a][q] = col[a];
                         }
                     }
-                    let base = f * nt + ty * tw + tx0;
+                    let base = f * nt + t0 + ty * tw + tx0;
                     for (a, ta) in t.iter().enumerate() {
                         let wa = a4(ta);
                         for (b, vals) in wa.iter().enumerate() {
