@@ -679,71 +679,66 @@ multiversion! {
     }
 }
 
-/// Lanes-wide rows of T.
-type Rows<T, const R: usize> = [[T; LANES]; R];
-
-/// B^T of F(4x4, 3x3) applied to six values, lane by lane: out[a] = (B^T d)[a].
+/// Six values through B^T of F(4x4, 3x3): (B^T d)[0..6].
 #[inline(always)]
-fn bt4<T: Float>(d: &Rows<T, 6>) -> Rows<T, 6> {
+fn bt4<T: Float>(d: [T; 6]) -> [T; 6] {
     let (two, four, five) = (T::from_f(2.0), T::from_f(4.0), T::from_f(5.0));
-    let mut o = [[T::zero(); LANES]; 6];
-    for l in 0..LANES {
-        let (d0, d1, d2, d3, d4, d5) = (d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]);
-        o[0][l] = four * d0 - five * d2 + d4;
-        o[1][l] = (d3 + d4) - four * (d1 + d2);
-        o[2][l] = (d4 - d3) + four * (d1 - d2);
-        o[3][l] = (d4 - d2) + two * (d3 - d1);
-        o[4][l] = (d4 - d2) - two * (d3 - d1);
-        o[5][l] = four * d1 - five * d3 + d5;
-    }
-    o
+    let (d42, d31) = (d[4] - d[2], d[3] - d[1]);
+    [
+        four * d[0] - five * d[2] + d[4],
+        (d[3] + d[4]) - four * (d[1] + d[2]),
+        (d[4] - d[3]) + four * (d[1] - d[2]),
+        d42 + two * d31,
+        d42 - two * d31,
+        four * d[1] - five * d[3] + d[5],
+    ]
 }
 
-/// A^T of F(4x4, 3x3) applied to six values, lane by lane: out[a] = (A^T m)[a].
+/// Six values through A^T of F(4x4, 3x3): (A^T m)[0..4].
 #[inline(always)]
-fn at4<T: Float>(m: &Rows<T, 6>) -> Rows<T, 4> {
+fn at4<T: Float>(m: [T; 6]) -> [T; 4] {
     let (two, four, eight) = (T::from_f(2.0), T::from_f(4.0), T::from_f(8.0));
-    let mut o = [[T::zero(); LANES]; 4];
-    for l in 0..LANES {
-        let (p12, m12) = (m[1][l] + m[2][l], m[1][l] - m[2][l]);
-        let (p34, m34) = (m[3][l] + m[4][l], m[3][l] - m[4][l]);
-        o[0][l] = m[0][l] + p12 + p34;
-        o[1][l] = m12 + two * m34;
-        o[2][l] = p12 + four * p34;
-        o[3][l] = m12 + eight * m34 + m[5][l];
-    }
-    o
+    let (p12, d12, p34, d34) = (m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + p12 + p34,
+        d12 + two * d34,
+        p12 + four * p34,
+        d12 + eight * d34 + m[5],
+    ]
 }
 
-/// A of F(4x4, 3x3) applied to four values, lane by lane: out[a] = (A y)[a].
+/// Four values through A of F(4x4, 3x3): (A y)[0..6].
 #[inline(always)]
-fn a4<T: Float>(y: &Rows<T, 4>) -> Rows<T, 6> {
+fn a4<T: Float>(y: [T; 4]) -> [T; 6] {
     let (two, four, eight) = (T::from_f(2.0), T::from_f(4.0), T::from_f(8.0));
-    let mut o = [[T::zero(); LANES]; 6];
-    for l in 0..LANES {
-        let (y0, y1, y2, y3) = (y[0][l], y[1][l], y[2][l], y[3][l]);
-        let (e, od) = (y0 + y2, y1 + y3);
-        let (p02, p13) = (y0 + four * y2, two * y1 + eight * y3);
-        o[0][l] = y0;
-        o[1][l] = e + od;
-        o[2][l] = e - od;
-        o[3][l] = p02 + p13;
-        o[4][l] = p02 - p13;
-        o[5][l] = y3;
-    }
-    o
+    let (e, o) = (y[0] + y[2], y[1] + y[3]);
+    let (p02, p13) = (y[0] + four * y[2], two * y[1] + eight * y[3]);
+    [y[0], e + o, e - o, p02 + p13, p02 - p13, y[3]]
 }
 
 /// Columns a run of LANES 4-wide tiles reads: 4 LANES plus the last tile's 2 extra.
 const RUN4: usize = 4 * LANES + 2;
 
+/// `dst[..LANES]` as a fixed-size array (one vector store each way, no copy call).
+#[inline(always)]
+fn lanes_mut<T>(dst: &mut [T]) -> &mut [T; LANES] {
+    (&mut dst[..LANES]).try_into().expect("LANES elements")
+}
+
+/// `src[..LANES]` as a fixed-size array.
+#[inline(always)]
+fn lanes<T: Copy>(src: &[T]) -> [T; LANES] {
+    src[..LANES].try_into().expect("LANES elements")
+}
+
 multiversion! {
-    /// F(4x4, 3x3)'s V[xi][c][t] for the tiles of tile rows ty0..ty1 (t and the row stride as
-    /// in `input_transform2`): each channel's rows 4 ty0 .. 4 ty1 + 2 of the padded input are
-    /// copied into `scratch` (zero outside the image; rows LANES-aligned); for each run of
-    /// LANES tiles of a tile row, B^T runs down the patch rows over all RUN4 columns at once
-    /// (contiguous), then each row is split into its 4 column phases (tile lane l's columns
-    /// are 4 l .. 4 l + 6) and B runs across, one tile per lane, straight into V.
+    /// F(4x4, 3x3)'s V[xi][c][t0 + t] (rows `ld` long) for the tiles of tile rows ty0..ty1 of
+    /// one image: each channel's rows 4 ty0 .. 4 ty1 + 2 of the padded input are copied into
+    /// `scratch` (zero outside the image; rows LANES-aligned); for each run of LANES tiles of a
+    /// tile row, B^T runs down the patch rows over all RUN4 columns at once (contiguous), then
+    /// each of the 6 rows is split into its 4 column phases (tile lane l's columns are
+    /// 4 l .. 4 l + 6) and B runs across, one tile per lane, straight into V. The run's
+    /// intermediate arrays live outside the loops (each run overwrites them whole).
     fn input_transform4<T>(
         x: &[T],
         cin: usize,
@@ -763,8 +758,7 @@ multiversion! {
         debug_assert!(t0 + nty * tw <= nt);
         let pbuf = &mut scratch[..rows * wp];
         pbuf.fill(T::zero());
-        let (four, five) = (T::from_f(4.0), T::from_f(5.0));
-        let two = T::from_f(2.0);
+        let mut e = [[T::zero(); RUN4]; 6];
         for c in 0..cin {
             let plane = &x[c * h * w..(c + 1) * h * w];
             for r in 0..rows {
@@ -778,35 +772,48 @@ multiversion! {
             }
             for ty in 0..nty {
                 for tx0 in (0..tw).step_by(LANES) {
-                    let at = |k: usize| &pbuf[(4 * ty + k) * wp + 4 * tx0..][..RUN4];
-                    let (r0, r1, r2, r3, r4, r5) = (at(0), at(1), at(2), at(3), at(4), at(5));
+                    let row = |k: usize| -> &[T; RUN4] {
+                        pbuf[(4 * ty + k) * wp + 4 * tx0..][..RUN4]
+                            .try_into()
+                            .expect("RUN4 columns")
+                    };
+                    let r = [row(0), row(1), row(2), row(3), row(4), row(5)];
                     // e[a][col] = (B^T d)[a] at column col.
-                    let mut e = [[T::zero(); RUN4]; 6];
                     for col in 0..RUN4 {
-                        let (d0, d1, d2, d3, d4, d5) =
-                            (r0[col], r1[col], r2[col], r3[col], r4[col], r5[col]);
-                        e[0][col] = four * d0 - five * d2 + d4;
-                        e[1][col] = (d3 + d4) - four * (d1 + d2);
-                        e[2][col] = (d4 - d3) + four * (d1 - d2);
-                        e[3][col] = (d4 - d2) + two * (d3 - d1);
-                        e[4][col] = (d4 - d2) - two * (d3 - d1);
-                        e[5][col] = four * d1 - five * d3 + d5;
+                        let t = bt4([r[0][col], r[1][col], r[2][col], r[3][col], r[4][col], r[5][col]]);
+                        for a in 0..6 {
+                            e[a][col] = t[a];
+                        }
                     }
                     let n = LANES.min(tw - tx0);
                     let base = c * nt + t0 + ty * tw + tx0;
                     for (a, ea) in e.iter().enumerate() {
-                        // Column q of tile lane l: ea[4 l + q].
-                        let mut p = [[T::zero(); LANES]; 6];
+                        // The 4 column phases of the run, and phases 4 and 5 (the next tile's
+                        // 0 and 1) as them shifted by a lane: gathers for those were 13% of
+                        // this function (AMD EPYC model 17).
+                        let mut ph = [[T::zero(); LANES]; 4];
                         for l in 0..LANES {
-                            for q in 0..6 {
-                                p[q][l] = ea[4 * l + q];
+                            for q in 0..4 {
+                                ph[q][l] = ea[4 * l + q];
                             }
                         }
-                        let vb = bt4(&p);
+                        let next = |q: usize| -> [T; LANES] {
+                            std::array::from_fn(|l| {
+                                if l + 1 < LANES { ph[q][l + 1] } else { ea[4 * LANES + q] }
+                            })
+                        };
+                        let (p4, p5) = (next(0), next(1));
+                        let mut vb = [[T::zero(); LANES]; 6];
+                        for l in 0..LANES {
+                            let t = bt4([ph[0][l], ph[1][l], ph[2][l], ph[3][l], p4[l], p5[l]]);
+                            for b in 0..6 {
+                                vb[b][l] = t[b];
+                            }
+                        }
                         for (b, vals) in vb.iter().enumerate() {
                             let at = (6 * a + b) * cin * nt + base;
                             if n == LANES {
-                                v[at..at + LANES].copy_from_slice(vals);
+                                *lanes_mut(&mut v[at..]) = *vals;
                             } else {
                                 v[at..at + n].copy_from_slice(&vals[..n]);
                             }
@@ -820,7 +827,9 @@ multiversion! {
 
 multiversion! {
     /// F(4x4, 3x3): out[f][4 ty + a][4 tx + b] = (A^T M A)[a][b] + bias[f] for the tiles of tile
-    /// rows ty0..ty1 (inside ho x wo), LANES tiles at a time.
+    /// rows ty0..ty1 of one image (inside ho x wo; M's tile t0 + t, rows `ld` long), LANES tiles
+    /// at a time: A^T down each of the 6 columns, then A across each of the 4 rows, written
+    /// interleaved straight into the output row.
     fn output_transform4<T>(
         m: &[T],
         cout: usize,
@@ -835,6 +844,7 @@ multiversion! {
         // Tile t of this piece is column t0 + t of rows `nt` long.
         let (t0, nt) = tl;
         debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
+        let mut s = [[[T::zero(); LANES]; 6]; 4];
         for f in 0..cout {
             let bv = bias.get(f).copied().unwrap_or(T::zero());
             for ty in 0..ty1 - ty0 {
@@ -842,43 +852,51 @@ multiversion! {
                     let n = LANES.min(tw - tx0);
                     let ld = |xi: usize| {
                         let r = &m[(xi * cout + f) * nt + t0 + ty * tw + tx0..];
-                        let mut row = [T::zero(); LANES];
                         if n == LANES {
-                            row.copy_from_slice(&r[..LANES]);
+                            lanes(r)
                         } else {
+                            let mut row = [T::zero(); LANES];
                             row[..n].copy_from_slice(&r[..n]);
+                            row
                         }
-                        row
                     };
-                    // s[a][c] = (A^T M)[a][c]: A^T down each column c of the 6 x 6 tile.
-                    let mut s = [[[T::zero(); LANES]; 6]; 4];
+                    // s[a][c] = (A^T M)[a][c].
                     for c in 0..6 {
                         let col = [ld(c), ld(6 + c), ld(12 + c), ld(18 + c), ld(24 + c), ld(30 + c)];
-                        let t = at4(&col);
-                        for a in 0..4 {
-                            s[a][c] = t[a];
+                        for l in 0..LANES {
+                            let t = at4([col[0][l], col[1][l], col[2][l], col[3][l], col[4][l], col[5][l]]);
+                            for a in 0..4 {
+                                s[a][c][l] = t[a];
+                            }
                         }
                     }
+                    let c0 = 4 * tx0;
+                    let nc = (4 * LANES).min(wo - c0);
                     for (a, sa) in s.iter().enumerate() {
                         let row = 4 * (ty0 + ty) + a;
                         if row >= ho {
                             continue;
                         }
-                        // A across: columns 4 tx .. 4 tx + 4, interleaved into one run.
-                        let t = at4(sa);
-                        let mut y = [T::zero(); 4 * LANES];
-                        for l in 0..LANES {
-                            for b in 0..4 {
-                                y[4 * l + b] = t[b][l] + bv;
-                            }
-                        }
-                        let c0 = 4 * tx0;
-                        let nc = (4 * LANES).min(wo - c0);
                         let o = (f * ho + row) * wo + c0;
                         if nc == 4 * LANES {
-                            out[o..o + 4 * LANES].copy_from_slice(&y);
+                            let dst: &mut [T; 4 * LANES] =
+                                (&mut out[o..o + 4 * LANES]).try_into().expect("4 LANES columns");
+                            for l in 0..LANES {
+                                let t = at4([sa[0][l], sa[1][l], sa[2][l], sa[3][l], sa[4][l], sa[5][l]]);
+                                for b in 0..4 {
+                                    dst[4 * l + b] = t[b] + bv;
+                                }
+                            }
                         } else {
-                            out[o..o + nc].copy_from_slice(&y[..nc]);
+                            let dst = &mut out[o..o + nc];
+                            for l in 0..LANES {
+                                let t = at4([sa[0][l], sa[1][l], sa[2][l], sa[3][l], sa[4][l], sa[5][l]]);
+                                for b in 0..4 {
+                                    if let Some(d) = dst.get_mut(4 * l + b) {
+                                        *d = t[b] + bv;
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -888,9 +906,8 @@ multiversion! {
 }
 
 multiversion! {
-    /// F(4x4, 3x3): W[xi][f][t] = (A dY A^T)[xi] for the tiles of tile rows ty0..ty1, dY the
-    /// tile's 4 x 4 block of dout plane f (zero outside ho x wo); t and the row stride as in
-    /// `input_transform2`.
+    /// F(4x4, 3x3): W[xi][f][t0 + t] = (A dY A^T)[xi] (rows `ld` long) for the tiles of tile rows
+    /// ty0..ty1 of one image, dY the tile's 4 x 4 block of dout plane f (zero outside ho x wo).
     fn dout_transform4<T>(
         dout: &[T],
         cout: usize,
@@ -904,22 +921,21 @@ multiversion! {
         // Tile t of this piece is column t0 + t of rows `nt` long.
         let (t0, nt) = tl;
         debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
+        let mut y = [[[T::zero(); LANES]; 4]; 4];
+        let mut t = [[[T::zero(); LANES]; 4]; 6];
         for f in 0..cout {
             let plane = &dout[f * ho * wo..(f + 1) * ho * wo];
             for ty in 0..ty1 - ty0 {
                 for tx0 in (0..tw).step_by(LANES) {
                     let n = LANES.min(tw - tx0);
                     // y[i][q][l]: dout row 4 ty + i, column 4 (tx0 + l) + q.
-                    let mut y = [[[T::zero(); LANES]; 4]; 4];
                     for (i, yi) in y.iter_mut().enumerate() {
                         let row = 4 * (ty0 + ty) + i;
-                        if row >= ho {
-                            continue;
-                        }
                         let c0 = 4 * tx0;
-                        let src = &plane[row * wo..(row + 1) * wo];
-                        if c0 + 4 * LANES <= wo {
-                            let r = &src[c0..c0 + 4 * LANES];
+                        if row < ho && c0 + 4 * LANES <= wo {
+                            let r: &[T; 4 * LANES] = plane[row * wo + c0..][..4 * LANES]
+                                .try_into()
+                                .expect("4 LANES columns");
                             for l in 0..LANES {
                                 for q in 0..4 {
                                     yi[q][l] = r[4 * l + q];
@@ -928,28 +944,38 @@ multiversion! {
                         } else {
                             for l in 0..LANES {
                                 for q in 0..4 {
-                                    if let Some(&v) = src.get(c0 + 4 * l + q) {
-                                        yi[q][l] = v;
-                                    }
+                                    let col = c0 + 4 * l + q;
+                                    yi[q][l] = if row < ho && col < wo {
+                                        plane[row * wo + col]
+                                    } else {
+                                        T::zero()
+                                    };
                                 }
                             }
                         }
                     }
-                    // t[q] = (A dY)[.][q] down each column q, then W[a] = A across row a.
-                    let mut t = [[[T::zero(); LANES]; 4]; 6];
+                    // t[a][q] = (A dY)[a][q] down each column q, then W[a] = A across row a.
                     for q in 0..4 {
-                        let col = a4(&[y[0][q], y[1][q], y[2][q], y[3][q]]);
-                        for a in 0..6 {
-                            t[a][q] = col[a];
+                        for l in 0..LANES {
+                            let col = a4([y[0][q][l], y[1][q][l], y[2][q][l], y[3][q][l]]);
+                            for a in 0..6 {
+                                t[a][q][l] = col[a];
+                            }
                         }
                     }
                     let base = f * nt + t0 + ty * tw + tx0;
                     for (a, ta) in t.iter().enumerate() {
-                        let wa = a4(ta);
+                        let mut wa = [[T::zero(); LANES]; 6];
+                        for l in 0..LANES {
+                            let r = a4([ta[0][l], ta[1][l], ta[2][l], ta[3][l]]);
+                            for b in 0..6 {
+                                wa[b][l] = r[b];
+                            }
+                        }
                         for (b, vals) in wa.iter().enumerate() {
                             let at = (6 * a + b) * cout * nt + base;
                             if n == LANES {
-                                w[at..at + LANES].copy_from_slice(vals);
+                                *lanes_mut(&mut w[at..]) = *vals;
                             } else {
                                 w[at..at + n].copy_from_slice(&vals[..n]);
                             }
