@@ -706,3 +706,61 @@ fn affine_relu_dropout_and_loss_plans_match_the_notebook_functions() {
         "x"
     );
 }
+
+/// `measure` only chooses: its plan's results are bitwise those of the same algorithms forced
+/// with `with_algorithm`, every direction says it was measured, and F(4x4) Winograd is never an
+/// f32 choice (as in the cost model).
+fn measured_case<T: Float>() {
+    let mut rng = Rng::new(77);
+    // 3 x 3, stride 1, 16 channels, 16 x 16: every algorithm can run every direction.
+    let (xs, ws_) = ([4, 16, 16, 16], [16, 16, 3, 3]);
+    let p = ConvParam::new(1, 1);
+    let plan = ConvPlan::<T>::new(&xs, &ws_, &p).unwrap();
+    let par = Parallelism::Threads(2);
+    let m = plan.measure(par).unwrap();
+    let dirs = [
+        ConvDirection::Forward,
+        ConvDirection::DataGrad,
+        ConvDirection::WeightGrad,
+    ];
+    let shown = format!("{m:?}");
+    assert_eq!(shown.matches("measured").count(), 3, "{shown}");
+    let forced = dirs
+        .iter()
+        .fold(plan, |pl, &d| pl.with_algorithm(d, m.algorithm(d)).unwrap());
+    for d in dirs {
+        assert_eq!(forced.algorithm(d), m.algorithm(d));
+        if std::mem::size_of::<T>() == 4 {
+            assert_ne!(m.algorithm(d), ConvAlgorithm::Winograd4x4, "{shown}");
+        }
+    }
+    let x: Tensor<T> = rng.randn(&xs, 1.0, 0.0);
+    let w: Tensor<T> = rng.randn(&ws_, 0.3, 0.0);
+    let b: Tensor<T> = rng.randn(&[16], 0.5, 0.0);
+    let dout: Tensor<T> = rng.randn(&plan.geom().out_shape(), 1.0, 0.0);
+    let run = |pl: &ConvPlan<T>| {
+        let mut ws = vec![T::zero(); pl.workspace_len(par).unwrap()];
+        let mut out = Tensor::<T>::zeros(&pl.geom().out_shape()).unwrap();
+        pl.forward_into(&x, &w, &b, &mut out, &mut ws, par).unwrap();
+        let (mut dx, mut dw, mut db) = (
+            Tensor::<T>::zeros(&xs).unwrap(),
+            Tensor::<T>::zeros(&ws_).unwrap(),
+            Tensor::<T>::zeros(&[16]).unwrap(),
+        );
+        pl.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws, par)
+            .unwrap();
+        [out, dx, dw, db].map(|t| {
+            t.data()
+                .iter()
+                .map(|v| v.to_f().to_bits())
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(run(&m), run(&forced), "{shown}");
+}
+
+#[test]
+fn measured_plan_only_chooses() {
+    measured_case::<f32>();
+    measured_case::<f64>();
+}

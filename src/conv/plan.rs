@@ -9,7 +9,7 @@ use crate::gemm::{self as pg, Shape};
 use crate::parallel::Parallelism;
 use crate::params::{ConvGeom, ConvParam};
 use crate::scalar::Float;
-use crate::tensor::{TensorView, TensorViewMut};
+use crate::tensor::{Tensor, TensorView, TensorViewMut};
 use crate::tuning::*;
 use std::marker::PhantomData;
 
@@ -540,9 +540,26 @@ impl<T> std::fmt::Debug for ConvWeights<T> {
 pub struct ConvPlan<T> {
     geom: ConvGeom,
     algos: Algos,
-    forced: [bool; 3],
+    why: [Choice; 3],
     _t: PhantomData<fn() -> T>,
 }
+
+/// Why a direction of a plan runs its algorithm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Choice {
+    /// The cost model's rule.
+    CostModel,
+    /// [`ConvPlan::with_algorithm`].
+    Forced,
+    /// [`ConvPlan::measure`]: its median milliseconds, and the runner-up's.
+    Measured {
+        ms: f64,
+        next: Option<(ConvAlgorithm, f64)>,
+    },
+}
+
+/// Calls [`ConvPlan::measure`] times per candidate after a warm-up call (the median counts).
+const MEASURE_CALLS: usize = 5;
 
 fn dir_index(dir: Direction) -> usize {
     match dir {
@@ -573,7 +590,7 @@ impl<T: Float> ConvPlan<T> {
         ConvPlan {
             geom,
             algos: Algos::choose(&geom, pg::shape::<T>(), std::mem::size_of::<T>() == 8),
-            forced: [false; 3],
+            why: [Choice::CostModel; 3],
             _t: PhantomData,
         }
     }
@@ -592,8 +609,95 @@ impl<T: Float> ConvPlan<T> {
                 format!("{alg:?}"),
             )
         })?;
-        self.forced[dir_index(dir)] = true;
+        self.why[dir_index(dir)] = Choice::Forced;
         Ok(self)
+    }
+
+    /// This plan with each direction running the algorithm that measured fastest here (FFTW's
+    /// MEASURE): every algorithm the direction can run is timed with `par` on random data of
+    /// the plan's shapes (a warm-up call, then the median of 5), the forward first, then dw
+    /// (through [`ConvPlan::backward_weights_into`]), then dx (through
+    /// [`ConvPlan::backward_into`], dw at its choice). `{:?}` shows each time and the
+    /// runner-up's. Allocates the data and workspace it times with.
+    ///
+    /// The one path whose choice depends on timing: two processes (or machines) may choose
+    /// differently and then differ in the last bits. The returned plan is fixed like any other
+    /// (the same code and bits on every call and any thread count). F(4x4, 3x3) Winograd is a
+    /// candidate for f64 only, as in the cost model (its f32 error is an order of magnitude above
+    /// the direct sum's; [`ConvPlan::with_algorithm`] forces it).
+    pub fn measure(&self, par: Parallelism<'_>) -> Result<Self> {
+        let g = &self.geom;
+        if empty_work(g) {
+            return Ok(*self);
+        }
+        let mut rng = crate::rng::Rng::new(0x006d_6561_7375_7265);
+        let x: Tensor<T> = rng.randn(&g.x_shape(), 1.0, 0.0);
+        let w: Tensor<T> = rng.randn(&g.w_shape(), 1.0, 0.0);
+        let b: Tensor<T> = rng.randn(&[g.f], 1.0, 0.0);
+        let dout: Tensor<T> = rng.randn(&g.out_shape(), 1.0, 0.0);
+        let mut out = Tensor::zeros(&g.out_shape())?;
+        let (mut dx, mut dw, mut db) = (
+            Tensor::zeros(&g.x_shape())?,
+            Tensor::zeros(&g.w_shape())?,
+            Tensor::zeros(&[g.f])?,
+        );
+        let mut ws: Vec<T> = Vec::new();
+        let f64_data = std::mem::size_of::<T>() == 8;
+        let mut best = *self;
+        for dir in [
+            Direction::Forward,
+            Direction::WeightGrad,
+            Direction::DataGrad,
+        ] {
+            let mut times = Vec::new();
+            for alg in [
+                ConvAlgorithm::Im2col,
+                ConvAlgorithm::Direct,
+                ConvAlgorithm::Winograd,
+                ConvAlgorithm::Winograd4x4,
+            ] {
+                if alg == ConvAlgorithm::Winograd4x4 && !f64_data {
+                    continue;
+                }
+                let Ok(p) = best.with_algorithm(dir, alg) else {
+                    continue;
+                };
+                let need = match dir {
+                    Direction::Forward => p.forward_workspace_len(par)?,
+                    _ => p.backward_workspace_len(par)?,
+                };
+                if ws.len() < need {
+                    ws.resize(need, T::zero());
+                }
+                let mut call = || match dir {
+                    Direction::Forward => p.forward_into(&x, &w, &b, &mut out, &mut ws, par),
+                    Direction::WeightGrad => {
+                        p.backward_weights_into(&x, &dout, &mut dw, &mut db, &mut ws, par)
+                    }
+                    Direction::DataGrad => {
+                        p.backward_into(&x, &w, &dout, &mut dx, &mut dw, &mut db, &mut ws, par)
+                    }
+                };
+                call()?;
+                let mut ts = Vec::with_capacity(MEASURE_CALLS);
+                for _ in 0..MEASURE_CALLS {
+                    let t = std::time::Instant::now();
+                    call()?;
+                    ts.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                ts.sort_by(f64::total_cmp);
+                times.push((alg, ts[ts.len() / 2]));
+            }
+            times.sort_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some(&(alg, ms)) = times.first() {
+                best = best.with_algorithm(dir, alg)?;
+                best.why[dir_index(dir)] = Choice::Measured {
+                    ms,
+                    next: times.get(1).copied(),
+                };
+            }
+        }
+        Ok(best)
     }
 
     /// The validated geometry.
@@ -902,8 +1006,15 @@ impl<T: Float> ConvPlan<T> {
     fn reason(&self, dir: Direction) -> String {
         let g = &self.geom;
         let s = self.algos.s;
-        if self.forced[dir_index(dir)] {
-            return "forced by with_algorithm".into();
+        match self.why[dir_index(dir)] {
+            Choice::Forced => return "forced by with_algorithm".into(),
+            Choice::Measured { ms, next } => {
+                return match next {
+                    Some((a, t)) => format!("measured fastest: {ms:.3} ms, next {a:?} {t:.3} ms"),
+                    None => format!("measured: {ms:.3} ms, the only algorithm that runs"),
+                };
+            }
+            Choice::CostModel => {}
         }
         match (dir, self.algorithm(dir)) {
             (Direction::Forward | Direction::WeightGrad, ConvAlgorithm::Winograd) => format!(
