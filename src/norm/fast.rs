@@ -363,8 +363,14 @@ impl Store {
 }
 
 /// `out[i] = f(i)` for every i with non-temporal stores (32-byte `_mm256_stream` stores on the
-/// aligned middle, upwards or downwards as `st` says; the caller then runs `fence`), for jobs
-/// that `streaming` allowed. Same values as plain stores, in any order.
+/// whole cache lines of the run, upwards or downwards as `st` says, the partial lines at its
+/// ends with plain stores in the same direction; the caller then runs `fence`), for jobs that
+/// `streaming` allowed. Same values as plain stores, in any order. Batch norm backward f64 with
+/// the bench's heap placement (x, dout, dx at 3360, 3376, 3408 modulo 4 KB: a downward sweep of
+/// runs that start 16 bytes into a line), `examples/placement`, same rounds: 1.24-1.28 ms with
+/// 32-byte alignment and the head written first, 1.05-1.06 now, against 1.01-1.07 at offset 0.
+/// A line written partly by plain and partly by non-temporal stores is written twice, and a
+/// head written before a downward sweep breaks each run's descent.
 #[inline(always)]
 fn stream_run<T: Float>(out: &mut [T], st: Store, f: impl Fn(usize) -> T + Copy) {
     debug_assert!(st.streams());
@@ -386,11 +392,22 @@ fn stream_dir<T: Float, const DOWN: bool>(out: &mut [T], f: impl Fn(usize) -> T)
         use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256};
         const U: usize = 32;
         let e = U / std::mem::size_of::<T>();
-        let head = out.as_ptr().align_offset(U).min(n);
-        let steps = (n - head) / e;
+        // Whole cache lines only: a line written partly by plain stores (a run's head or tail,
+        // or the neighbouring run's) and partly by non-temporal ones is written twice.
+        let head = out.as_ptr().align_offset(2 * U).min(n);
+        let steps = (n - head) / (2 * e) * 2;
         let end = head + steps * e;
-        for (i, o) in out[..head].iter_mut().enumerate() {
-            *o = f(i);
+        // The plain ends in the sweep's order too: a downward sweep writes its tail first and
+        // its head last, so each run goes down the addresses like the whole sweep.
+        let (lo, hi) = out.split_at_mut(end);
+        if DOWN {
+            for (i, o) in hi.iter_mut().enumerate().rev() {
+                *o = f(end + i);
+            }
+        } else {
+            for (i, o) in lo[..head].iter_mut().enumerate() {
+                *o = f(i);
+            }
         }
         for k in 0..steps {
             let i = if DOWN {
@@ -402,11 +419,11 @@ fn stream_dir<T: Float, const DOWN: bool>(out: &mut [T], f: impl Fn(usize) -> T)
             for (l, v) in t[..e].iter_mut().enumerate() {
                 *v = f(i + l);
             }
-            let dst = out[i..i + e].as_mut_ptr();
+            let dst = lo[i..i + e].as_mut_ptr();
             debug_assert!(crate::cpu::level() >= crate::cpu::Level::Avx2);
             debug_assert_eq!(dst as usize % U, 0);
             // SAFETY: callers run this only where `streaming` said so, which checked AVX2;
-            // `dst` is `out[i..i + e]`, in bounds (slicing checked it), 32 bytes (e elements of
+            // `dst` is `lo[i..i + e]` (`lo` = `out[..end]`), in bounds (slicing checked it), 32 bytes (e elements of
             // T) and 32-byte aligned (`head` is aligned and i - head a multiple of e); `t`
             // holds at least 32 bytes (8 elements of 4 or 8).
             unsafe {
@@ -416,8 +433,14 @@ fn stream_dir<T: Float, const DOWN: bool>(out: &mut [T], f: impl Fn(usize) -> T)
                 )
             };
         }
-        for (i, o) in out.iter_mut().enumerate().skip(end) {
-            *o = f(i);
+        if DOWN {
+            for (i, o) in lo[..head].iter_mut().enumerate().rev() {
+                *o = f(i);
+            }
+        } else {
+            for (i, o) in hi.iter_mut().enumerate() {
+                *o = f(end + i);
+            }
         }
     }
     // `streaming` is false off x86_64; plain stores keep this compiling there.
