@@ -423,9 +423,9 @@ fn stream_dir<T: Float, const DOWN: bool>(out: &mut [T], f: impl Fn(usize) -> T)
             debug_assert!(crate::cpu::level() >= crate::cpu::Level::Avx2);
             debug_assert_eq!(dst as usize % U, 0);
             // SAFETY: callers run this only where `streaming` said so, which checked AVX2;
-            // `dst` is `lo[i..i + e]` (`lo` = `out[..end]`), in bounds (slicing checked it), 32 bytes (e elements of
-            // T) and 32-byte aligned (`head` is aligned and i - head a multiple of e); `t`
-            // holds at least 32 bytes (8 elements of 4 or 8).
+            // `dst` is `lo[i..i + e]` (`lo` = `out[..end]`), in bounds (slicing checked it), 32
+            // bytes (e elements of T) and 32-byte aligned (`head` is 64-byte aligned and i - head
+            // a multiple of e); `t` holds at least 32 bytes (8 elements of 4 or 8).
             unsafe {
                 _mm256_stream_si256(
                     dst.cast::<__m256i>(),
@@ -1090,15 +1090,17 @@ mod tests {
     }
 
     /// Every store kind writes the same values: dx_run and affine_run over runs whose lengths
-    /// leave heads and tails around the 32-byte streaming middle, against the plain upward run.
+    /// and starts leave plain heads and tails around the streamed whole lines, against the
+    /// plain upward run.
     #[test]
     fn every_store_kind_writes_the_same_values() {
         let mut r = crate::rng::Rng::new(11);
-        for n in [1usize, 7, 8, 9, 33, 100] {
+        for n in [1usize, 7, 8, 9, 33, 100, 1000] {
             let x: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
             let dy: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
             let run = |st: Store| {
-                // Outputs one element past an aligned start: a head before the aligned middle.
+                // Outputs one element into their allocations (16-byte aligned at least): a
+                // plain head before the first whole line.
                 let mut o = vec![vec![0.0f32; n + 1]; 3];
                 dx_run(&dy, &x, &mut o[0][1..], 0.25, (1.5, -0.75, 0.125), st);
                 dx_run(&dy, &x, &mut o[1][1..], 0.25, (1.5, 0.0, 0.125), st);
