@@ -221,3 +221,41 @@ fn detect_caches() -> [Option<usize>; 3] {
 fn detect_caches() -> [Option<usize>; 3] {
     [None; 3]
 }
+
+/// Asks Linux to back the 2 MB-aligned interior of `buf` with transparent huge pages
+/// (`madvise(MADV_HUGEPAGE)`), for buffers of `tuning::HUGE_PAGE_MIN_BYTES` or more; called on
+/// a fresh allocation before its first touch, so the first faults take huge pages. The memory
+/// is the buffer's own (no rounding up, nothing allocated beyond it); an error (a kernel
+/// without transparent huge pages) leaves ordinary pages. Elsewhere it does nothing.
+pub(crate) fn advise_huge_pages<T>(buf: &mut [std::mem::MaybeUninit<T>]) {
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    {
+        const HUGE: usize = 2 << 20;
+        // asm-generic/mman-common.h, the value on x86_64 and aarch64.
+        const MADV_HUGEPAGE: i32 = 14;
+        let (p, len) = (buf.as_mut_ptr() as usize, std::mem::size_of_val(buf));
+        if len < crate::tuning::HUGE_PAGE_MIN_BYTES {
+            return;
+        }
+        let start = p.next_multiple_of(HUGE);
+        let end = (p + len) / HUGE * HUGE;
+        if end > start {
+            unsafe extern "C" {
+                fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+            }
+            debug_assert!(p <= start && end <= p + len && start % HUGE == 0);
+            // SAFETY: start..end is a page-aligned range inside `buf`, memory this process owns
+            // and that nothing else maps; MADV_HUGEPAGE changes no contents, only how the kernel
+            // backs the range (its return value is advice's too: ignored).
+            unsafe { madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    let _ = buf;
+}

@@ -178,6 +178,7 @@ pub(crate) fn try_filled<T: Clone>(arg: &'static str, n: usize, value: T) -> Res
         elems: n,
         elem_bytes: std::mem::size_of::<T>(),
     })?;
+    crate::cpu::advise_huge_pages(v.spare_capacity_mut());
     v.resize(n, value);
     Ok(v)
 }

@@ -59,8 +59,11 @@ impl<T: Copy> Tensor<T> {
     /// An array of `shape` whose flat element `i` is `f(i)`.
     pub fn from_fn(shape: &[usize], f: impl FnMut(usize) -> T) -> Result<Self> {
         let n = checked_numel("shape", shape)?;
+        let mut data = Vec::with_capacity(n);
+        crate::cpu::advise_huge_pages(data.spare_capacity_mut());
+        data.extend((0..n).map(f));
         Ok(Tensor {
-            data: (0..n).map(f).collect(),
+            data,
             shape: shape.to_vec(),
         })
     }
@@ -72,8 +75,11 @@ impl<T: Copy> Tensor<T> {
     }
     /// Element-wise map into a new array.
     pub fn map<U: Copy>(&self, f: impl FnMut(&T) -> U) -> Tensor<U> {
+        let mut data = Vec::with_capacity(self.data.len());
+        crate::cpu::advise_huge_pages(data.spare_capacity_mut());
+        data.extend(self.data.iter().map(f));
         Tensor {
-            data: self.data.iter().map(f).collect(),
+            data,
             shape: self.shape.clone(),
         }
     }
@@ -281,5 +287,55 @@ impl<'a, T> From<&'a mut Tensor<T>> for TensorViewMut<'a, T> {
             data: &mut t.data,
             shape: &t.shape,
         }
+    }
+}
+
+#[cfg(all(
+    test,
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod tests {
+    use super::*;
+
+    /// The VmFlags line of the mapping in /proc/self/smaps that holds address `a`.
+    fn vm_flags(a: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            // A mapping's header starts with its range, "lo-hi perms ..."; its fields with
+            // "Name:".
+            let first = line.split(' ').next().unwrap_or("");
+            if let Some((lo, hi)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+                let (lo, hi) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16));
+                inside = matches!((lo, hi), (Ok(lo), Ok(hi)) if lo <= a && a < hi);
+            } else if inside && line.starts_with("VmFlags:") {
+                return line.to_string();
+            }
+        }
+        panic!("no mapping holds {a:#x}");
+    }
+
+    /// Large tensors are advised to take huge pages: the mapping around their 2 MB-aligned
+    /// interior carries the `hg` flag (MADV_HUGEPAGE), whatever pages the kernel then gives.
+    #[test]
+    fn large_tensors_ask_for_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let n = 3 << 20; // 12 MB of f32
+        let z = Tensor::<f32>::zeros(&[n]).unwrap();
+        let f = Tensor::<f32>::from_fn(&[n], |i| i as f32).unwrap();
+        let m = f.map(|v| v * 2.0);
+        for (name, t) in [("zeros", &z), ("from_fn", &f), ("map", &m)] {
+            let inner = (t.data().as_ptr() as usize).next_multiple_of(2 << 20);
+            let flags = vm_flags(inner);
+            assert!(
+                flags.split_whitespace().any(|w| w == "hg"),
+                "{name}: {flags}"
+            );
+        }
+        assert_eq!(m.data()[5], 10.0);
     }
 }
