@@ -473,17 +473,7 @@ multiversion! {
         // channel: zeroed once, never written.
         pbuf.fill(T::zero());
         for c in 0..cin {
-            let plane = &x[c * h * w..(c + 1) * h * w];
-            for r in 0..rows {
-                let y = (2 * ty0 + r).wrapping_sub(ph);
-                if y < h {
-                    // Rows of tens of elements: an inline copy, not a memmove call per row.
-                    super::im2col::copy_short(
-                        &mut pbuf[r * wp + pw..r * wp + pw + w],
-                        &plane[y * w..(y + 1) * w],
-                    );
-                }
-            }
+            padded_rows(pbuf, &x[c * h * w..(c + 1) * h * w], (h, w), (ph, pw), 2 * ty0, wp);
             for ty in 0..nty {
                 for tx0 in (0..tw).step_by(LANES) {
                     // Tile tx0 + l's patch is rows 2 ty + k, columns 2 (tx0 + l) + q of the
@@ -514,15 +504,31 @@ multiversion! {
                     let base = c * nt + t0 + ty * tw + tx0;
                     for (xi, vals) in vals.iter().enumerate() {
                         let at = xi * cin * nt + base;
-                        if n == LANES {
-                            // A constant length: one vector store, not a memmove call.
-                            v[at..at + LANES].copy_from_slice(vals);
-                        } else {
-                            v[at..at + n].copy_from_slice(&vals[..n]);
-                        }
+                        put_lanes(&mut v[at..], vals, n);
                     }
                 }
             }
+        }
+    }
+}
+
+/// Rows y0 - ph .. of the padded `plane` (h x w) into `pbuf`'s rows, `wp` apart with the
+/// image's columns from `pw`: the rows inside the image are copied, the rest of `pbuf` keeps
+/// what it held (zeros, filled once per piece: the same for every channel).
+#[inline(always)]
+fn padded_rows<T: Float>(
+    pbuf: &mut [T],
+    plane: &[T],
+    (h, w): (usize, usize),
+    (ph, pw): (usize, usize),
+    y0: usize,
+    wp: usize,
+) {
+    for (r, prow) in pbuf.chunks_exact_mut(wp).enumerate() {
+        let y = (y0 + r).wrapping_sub(ph);
+        if y < h {
+            // Rows of tens of elements: an inline copy, not a memmove call per row.
+            super::im2col::copy_short(&mut prow[pw..pw + w], &plane[y * w..(y + 1) * w]);
         }
     }
 }
@@ -558,11 +564,7 @@ multiversion! {
                     let mut mv = [[T::zero(); LANES]; 16];
                     for (xi, row) in mv.iter_mut().enumerate() {
                         let r = &m[(xi * cout + f) * nt + t0 + ty * tw + tx0..];
-                        if n == LANES {
-                            row.copy_from_slice(&r[..LANES]);
-                        } else {
-                            row[..n].copy_from_slice(&r[..n]);
-                        }
+                        *row = get_lanes(r, n);
                     }
                     // s[a][c] = (A^T M)[a][c].
                     let mut s0 = [[T::zero(); LANES]; 4];
@@ -667,11 +669,7 @@ multiversion! {
                     let base = f * nt + t0 + ty * tw + tx0;
                     for (xi, vals) in vals.iter().enumerate() {
                         let at = xi * cout * nt + base;
-                        if n == LANES {
-                            w[at..at + LANES].copy_from_slice(vals);
-                        } else {
-                            w[at..at + n].copy_from_slice(&vals[..n]);
-                        }
+                        put_lanes(&mut w[at..], vals, n);
                     }
                 }
             }
@@ -731,6 +729,29 @@ fn lanes<T: Copy>(src: &[T]) -> [T; LANES] {
     src[..LANES].try_into().expect("LANES elements")
 }
 
+/// Stores the first `n` (at most LANES) of `vals` at `dst`: a whole run as one vector store (a
+/// constant length, not a memmove call), a tile row's last, partial run as a copy.
+#[inline(always)]
+fn put_lanes<T: Copy>(dst: &mut [T], vals: &[T; LANES], n: usize) {
+    if n == LANES {
+        *lanes_mut(dst) = *vals;
+    } else {
+        dst[..n].copy_from_slice(&vals[..n]);
+    }
+}
+
+/// The first `n` (at most LANES) of `src` as a run of LANES, zero past n.
+#[inline(always)]
+fn get_lanes<T: Float>(src: &[T], n: usize) -> [T; LANES] {
+    if n == LANES {
+        lanes(src)
+    } else {
+        let mut row = [T::zero(); LANES];
+        row[..n].copy_from_slice(&src[..n]);
+        row
+    }
+}
+
 multiversion! {
     /// F(4x4, 3x3)'s V[xi][c][t0 + t] (rows `ld` long) for the tiles of tile rows ty0..ty1 of
     /// one image: each channel's rows 4 ty0 .. 4 ty1 + 2 of the padded input are copied into
@@ -760,16 +781,7 @@ multiversion! {
         pbuf.fill(T::zero());
         let mut e = [[T::zero(); RUN4]; 6];
         for c in 0..cin {
-            let plane = &x[c * h * w..(c + 1) * h * w];
-            for r in 0..rows {
-                let y = (4 * ty0 + r).wrapping_sub(ph);
-                if y < h {
-                    super::im2col::copy_short(
-                        &mut pbuf[r * wp + pw..r * wp + pw + w],
-                        &plane[y * w..(y + 1) * w],
-                    );
-                }
-            }
+            padded_rows(pbuf, &x[c * h * w..(c + 1) * h * w], (h, w), (ph, pw), 4 * ty0, wp);
             for ty in 0..nty {
                 for tx0 in (0..tw).step_by(LANES) {
                     let row = |k: usize| -> &[T; RUN4] {
@@ -812,11 +824,7 @@ multiversion! {
                         }
                         for (b, vals) in vb.iter().enumerate() {
                             let at = (6 * a + b) * cin * nt + base;
-                            if n == LANES {
-                                *lanes_mut(&mut v[at..]) = *vals;
-                            } else {
-                                v[at..at + n].copy_from_slice(&vals[..n]);
-                            }
+                            put_lanes(&mut v[at..], vals, n);
                         }
                     }
                 }
@@ -852,13 +860,7 @@ multiversion! {
                     let n = LANES.min(tw - tx0);
                     let ld = |xi: usize| {
                         let r = &m[(xi * cout + f) * nt + t0 + ty * tw + tx0..];
-                        if n == LANES {
-                            lanes(r)
-                        } else {
-                            let mut row = [T::zero(); LANES];
-                            row[..n].copy_from_slice(&r[..n]);
-                            row
-                        }
+                        get_lanes(r, n)
                     };
                     // s[a][c] = (A^T M)[a][c].
                     for c in 0..6 {
@@ -974,11 +976,7 @@ multiversion! {
                         }
                         for (b, vals) in wa.iter().enumerate() {
                             let at = (6 * a + b) * cout * nt + base;
-                            if n == LANES {
-                                *lanes_mut(&mut w[at..]) = *vals;
-                            } else {
-                                w[at..at + n].copy_from_slice(&vals[..n]);
-                            }
+                            put_lanes(&mut w[at..], vals, n);
                         }
                     }
                 }
