@@ -141,11 +141,13 @@ fn direct_case() -> impl Strategy<Value = ConvCase> {
         .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
 }
 
-/// 3 x 3, stride-1 convolutions with outputs of at least 12 x 12 (36 tiles, more than a tile
-/// panel's 32 at the widest level; odd extents leave partial tiles), small channel counts (the
-/// test forces Winograd, which the cost model would choose from 96 channels only), padding up to
+/// 3 x 3, stride-1 convolutions on images of `rows` x `cols`, small channel counts (the tests
+/// force Winograd, which the cost model would choose from 64 or 96 channels only), padding up to
 /// 3 (dx runs Winograd only up to 2).
-fn winograd_case() -> impl Strategy<Value = ConvCase> {
+fn winograd_shapes(
+    rows: std::ops::RangeInclusive<usize>,
+    cols: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = ConvCase> {
     (
         (
             (
@@ -153,7 +155,7 @@ fn winograd_case() -> impl Strategy<Value = ConvCase> {
                 prop_oneof![3 => Just(1usize), 1 => Just(2usize)],
             ),
             (1usize..=12, 1usize..=12),
-            (14usize..=19, 14usize..=25),
+            (rows, cols),
             Just((3usize, 3usize)),
             Just((1usize, 1usize)),
             (0usize..=3, 0usize..=3),
@@ -164,25 +166,16 @@ fn winograd_case() -> impl Strategy<Value = ConvCase> {
         .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
 }
 
-/// As `winograd_case` with outputs of at least 22 x 22 (36 tiles of 4 x 4, more than a tile
-/// panel at the widest level), for F(4x4, 3x3).
+/// Outputs of at least 12 x 12 (36 tiles of 2 x 2, more than a tile panel's 32 at the widest
+/// level; odd extents leave partial tiles), for F(2x2, 3x3).
+fn winograd_case() -> impl Strategy<Value = ConvCase> {
+    winograd_shapes(14..=19, 14..=25)
+}
+
+/// Outputs of at least 22 x 22 (36 tiles of 4 x 4, more than a tile panel at the widest level),
+/// for F(4x4, 3x3).
 fn winograd4_case() -> impl Strategy<Value = ConvCase> {
-    (
-        (
-            (
-                1usize..=2,
-                prop_oneof![3 => Just(1usize), 1 => Just(2usize)],
-            ),
-            (1usize..=12, 1usize..=12),
-            (24usize..=30, 24usize..=34),
-            Just((3usize, 3usize)),
-            Just((1usize, 1usize)),
-            (0usize..=3, 0usize..=3),
-            Just((1usize, 1usize)),
-        ),
-        any::<u64>(),
-    )
-        .prop_filter_map("window must fit", |(d, seed)| make_case(d, seed))
+    winograd_shapes(24..=30, 24..=34)
 }
 
 const DIRECTIONS: [ConvDirection; 3] = [
