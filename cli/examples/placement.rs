@@ -62,28 +62,24 @@ fn run<T: Float>(op: &str, cfgs: &[([usize; 3], Option<usize>)], rounds: usize) 
             let xv = TensorView::new(x, &sh).unwrap();
             let dv = TensorView::new(dout, &sh).unwrap();
             let mut call = || match op {
-                "bnb" => drop(bnp.backward_into(
-                    xv,
-                    &gamma,
-                    &bst,
-                    dv,
-                    TensorViewMut::new(&mut *o, &sh).unwrap(),
-                    &mut dg,
-                    &mut dbt,
-                    &mut [],
-                    par,
-                )),
-                "gnb" => drop(gnp.backward_into(
-                    xv,
-                    &gamma,
-                    &gst,
-                    dv,
-                    TensorViewMut::new(&mut *o, &sh).unwrap(),
-                    &mut dg,
-                    &mut dbt,
-                    &mut [],
-                    par,
-                )),
+                "bnb" | "gnb" => {
+                    let (plan, st) = if op == "bnb" {
+                        (&bnp, &bst)
+                    } else {
+                        (&gnp, &gst)
+                    };
+                    drop(plan.backward_into(
+                        xv,
+                        &gamma,
+                        st,
+                        dv,
+                        TensorViewMut::new(&mut *o, &sh).unwrap(),
+                        &mut dg,
+                        &mut dbt,
+                        &mut [],
+                        par,
+                    ))
+                }
                 "bnf" => drop(bnp.forward_into(
                     xv,
                     &gamma,
