@@ -355,9 +355,12 @@ impl Store {
     fn streams(self) -> bool {
         matches!(self, Store::Up | Store::Down)
     }
+    fn down(self) -> bool {
+        matches!(self, Store::Down | Store::PlainDown)
+    }
     /// 0..n in the sweep's order (a downward sweep also takes a job's runs from the last).
     fn order(self, n: usize) -> impl Iterator<Item = usize> {
-        let down = matches!(self, Store::Down | Store::PlainDown);
+        let down = self.down();
         (0..n).map(move |i| if down { n - 1 - i } else { i })
     }
 }
@@ -515,6 +518,18 @@ fn f64_run<T: Float>(out: &mut [T], f: impl Fn(usize) -> f64) {
     }
 }
 
+/// `g` over the zipped output and source elements `it` in the direction of `st`'s sweep: the
+/// plain-store pass (`Plain` or `PlainDown`) of an element-wise run.
+#[inline(always)]
+fn plain_sweep<I: DoubleEndedIterator>(it: I, st: Store, g: impl FnMut(I::Item)) {
+    debug_assert!(!st.streams());
+    if st.down() {
+        it.rev().for_each(g)
+    } else {
+        it.for_each(g)
+    }
+}
+
 /// out = (x - m) * a + b, in T with the split mean.
 #[inline(always)]
 fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64, st: Store) {
@@ -527,16 +542,10 @@ fn affine_run<T: Float>(x: &[T], out: &mut [T], m: f64, a: f64, b: f64, st: Stor
         let x = &x[..out.len()];
         return stream_run(out, st, |i| ((x[i] - hi) - lo) * a + b);
     }
-    if st == Store::PlainDown {
-        let n = out.len();
-        for (o, &v) in out.iter_mut().zip(&x[..n]).rev() {
-            *o = ((v - hi) - lo) * a + b;
-        }
-        return;
-    }
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = ((v - hi) - lo) * a + b;
-    }
+    let n = out.len();
+    plain_sweep(out.iter_mut().zip(&x[..n]), st, |(o, &v)| {
+        *o = ((v - hi) - lo) * a + b
+    });
 }
 
 /// dx = k1 * dy + k2 * (x - m) + k3, in T with the split mean.
@@ -553,17 +562,8 @@ fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64),
             let dy = &dy[..dx.len()];
             return stream_run(dx, st, |i| k1 * dy[i] + k3);
         }
-        if st == Store::PlainDown {
-            let n = dx.len();
-            for (o, &d) in dx.iter_mut().zip(&dy[..n]).rev() {
-                *o = k1 * d + k3;
-            }
-            return;
-        }
-        for (o, &d) in dx.iter_mut().zip(dy) {
-            *o = k1 * d + k3;
-        }
-        return;
+        let n = dx.len();
+        return plain_sweep(dx.iter_mut().zip(&dy[..n]), st, |(o, &d)| *o = k1 * d + k3);
     }
     if unrepresentable_in::<T>(&[k.0, k.1, k.2]) || k.1.abs() > WIDE_COEF {
         return f64_run(dx, |i| k.0 * dy[i].to_f() + k.1 * (x[i].to_f() - m) + k.2);
@@ -574,16 +574,12 @@ fn dx_run<T: Float>(dy: &[T], x: &[T], dx: &mut [T], m: f64, k: (f64, f64, f64),
         let (dy, x) = (&dy[..dx.len()], &x[..dx.len()]);
         return stream_run(dx, st, |i| k1 * dy[i] + k2 * ((x[i] - hi) - lo) + k3);
     }
-    if st == Store::PlainDown {
-        let n = dx.len();
-        for ((o, &d), &v) in dx.iter_mut().zip(&dy[..n]).zip(&x[..n]).rev() {
-            *o = k1 * d + k2 * ((v - hi) - lo) + k3;
-        }
-        return;
-    }
-    for ((o, &d), &v) in dx.iter_mut().zip(dy).zip(x) {
-        *o = k1 * d + k2 * ((v - hi) - lo) + k3;
-    }
+    let n = dx.len();
+    plain_sweep(
+        dx.iter_mut().zip(&dy[..n]).zip(&x[..n]),
+        st,
+        |((o, &d), &v)| *o = k1 * d + k2 * ((v - hi) - lo) + k3,
+    );
 }
 
 multiversion! {
