@@ -36,19 +36,15 @@ fn check_all_kernels() {
         assert_close("conv dx", &bb.0, &a.0, 1e-5);
         assert_close("conv dw", &bb.1, &a.1, 1e-5);
     }
+    // The three pool paths: 2 x 2 stride 2, phase split (3 x 3 stride 2, every window inside;
+    // index lanes as wide as T's), generic (padding).
     for pp in [
         PoolParam::new(2, 2, 2),
+        PoolParam::new(3, 3, 2),
         PoolParam::new(3, 3, 2).with_pad(1, 1),
     ] {
-        let x: Tensor<f64> = rng.randn(&[2, 3, 10, 12], 1.0, 0.0);
-        let (o_r, c_r) = max_pool_forward_naive(&x, &pp).unwrap();
-        let (o_f, c_f) = max_pool_forward_fast(&x, &pp).unwrap();
-        assert_eq!(o_r, o_f);
-        let d: Tensor<f64> = rng.randn(o_r.shape(), 1.0, 0.0);
-        assert_eq!(
-            max_pool_backward_naive(&d, &c_r).unwrap(),
-            max_pool_backward_fast(&d, &c_f).unwrap()
-        );
+        check_pool::<f64>(&mut rng, &pp);
+        check_pool::<f32>(&mut rng, &pp);
     }
     let x: Tensor<f32> = rng.randn(&[4, 6, 5, 7], 3.0, 10.0);
     let g: Tensor<f32> = rng.randn(&[6], 1.0, 0.0);
@@ -70,6 +66,23 @@ fn check_all_kernels() {
         &spatial_groupnorm_backward(&d, &c_f).unwrap().0,
         &spatial_groupnorm_backward_naive(&d, &c_r).unwrap().0,
         1e-6,
+    );
+}
+
+/// Fast pooling equals the reference bit for bit (values, and dx through the cached indices),
+/// on an input with ties (values rounded to a few levels) so the first-maximum rule is exercised.
+fn check_pool<T: Float>(rng: &mut Rng, pp: &PoolParam) {
+    let x: Tensor<T> = rng
+        .randn::<T>(&[2, 3, 21, 40], 1.0, 0.0)
+        .map(|&v| (v * T::from_f(2.0)).round());
+    let (o_r, c_r) = max_pool_forward_naive(&x, pp).unwrap();
+    let (o_f, c_f) = max_pool_forward_fast(&x, pp).unwrap();
+    assert_eq!(o_r, o_f, "{pp:?}");
+    let d: Tensor<T> = rng.randn(o_r.shape(), 1.0, 0.0);
+    assert_eq!(
+        max_pool_backward_naive(&d, &c_r).unwrap(),
+        max_pool_backward_fast(&d, &c_f).unwrap(),
+        "{pp:?}"
     );
 }
 

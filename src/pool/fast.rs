@@ -131,7 +131,7 @@ multiversion! {
     /// slow on Zen.)
     /// `x`, `out`, `idx` hold a batch of whole planes: the scratch is set up once per batch.
     fn planes_unclipped<T>(g: &PoolGeom, xs: &[T], outs: &mut [T], idxs: &mut [u32]) {
-        let (kh, kw, sh, sw) = (g.p.pool_height, g.p.pool_width, g.p.stride.0, g.p.stride.1);
+        let (kh, sh, sw) = (g.p.pool_height, g.p.stride.0, g.p.stride.1);
         let (wo, plen) = (g.wo, phase_len(g));
         let wpad = wo.next_multiple_of(VB);
         let rlen = sw * plen;
@@ -157,37 +157,108 @@ multiversion! {
                 }
             }
             for blk in (0..wpad).step_by(VB) {
-                let c: &[u32; VB] = cols[blk..blk + VB].try_into().expect("VB lanes");
-                let lane = |i: usize, j: usize| -> &[T; VB] {
-                    let st = i * rlen + (j % sw) * plen + j / sw + blk;
-                    phases[st..st + VB].try_into().expect("VB lanes")
-                };
-                let mut bv = *lane(0, 0);
-                let base0 = (r0 * g.w) as u32;
-                let mut bi = [0u32; VB];
-                for l in 0..VB {
-                    bi[l] = base0 + c[l];
-                }
-                for i in 0..kh {
-                    for j in 0..kw {
-                        if i == 0 && j == 0 {
-                            continue;
-                        }
-                        let ln = lane(i, j);
-                        let base = ((r0 + i) * g.w + j) as u32;
-                        for l in 0..VB {
-                            let take = beats(ln[l], bv[l]);
-                            bv[l] = T::select(take, ln[l], bv[l]);
-                            bi[l] = pick(take, base + c[l], bi[l]);
-                        }
-                    }
-                }
                 let nl = VB.min(wo - blk);
-                out[oh * wo + blk..oh * wo + blk + nl].copy_from_slice(&bv[..nl]);
-                idx[oh * wo + blk..oh * wo + blk + nl].copy_from_slice(&bi[..nl]);
+                let (o, ix) = (&mut out[oh * wo + blk..oh * wo + blk + nl], &mut idx[oh * wo + blk..oh * wo + blk + nl]);
+                // Index lanes as wide as T's, so the compare's mask selects them as it is: with
+                // u32 lanes beside f64 values, AVX2 narrowed every mask (ovl_pool f64 forward
+                // ran 1.7x the AVX-512 time).
+                if std::mem::size_of::<T>() == 8 {
+                    window_block::<T, u64>(&phases, &cols, g, r0, rlen, plen, blk, o, ix);
+                } else {
+                    window_block::<T, u32>(&phases, &cols, g, r0, rlen, plen, blk, o, ix);
+                }
             }
         }
         }
+    }
+}
+
+/// An index lane of the phase-split block: u32 beside f32, u64 beside f64.
+trait IdxLane: Copy {
+    fn of(i: u32) -> Self;
+    fn get(self) -> u32;
+    /// `a` if c, else `b`, branch-free.
+    fn pick(c: bool, a: Self, b: Self) -> Self;
+}
+
+impl IdxLane for u32 {
+    #[inline(always)]
+    fn of(i: u32) -> u32 {
+        i
+    }
+    #[inline(always)]
+    fn get(self) -> u32 {
+        self
+    }
+    #[inline(always)]
+    fn pick(c: bool, a: u32, b: u32) -> u32 {
+        pick(c, a, b)
+    }
+}
+
+impl IdxLane for u64 {
+    #[inline(always)]
+    fn of(i: u32) -> u64 {
+        u64::from(i)
+    }
+    #[inline(always)]
+    fn get(self) -> u32 {
+        // Every lane holds a u32 offset (`of`), so the cast loses nothing.
+        self as u32
+    }
+    #[inline(always)]
+    fn pick(c: bool, a: u64, b: u64) -> u64 {
+        let m = (c as u64).wrapping_neg();
+        (a & m) | (b & !m)
+    }
+}
+
+/// One block of VB output columns of output row `r0 / sh` (`planes_unclipped`): the taps in
+/// row-major order with the running best value and index in local arrays; `o` and `ix` take the
+/// block's `nl` valid lanes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn window_block<T: Float, I: IdxLane>(
+    phases: &[T; SCRATCH],
+    cols: &[u32; SCRATCH],
+    g: &PoolGeom,
+    r0: usize,
+    rlen: usize,
+    plen: usize,
+    blk: usize,
+    o: &mut [T],
+    ix: &mut [u32],
+) {
+    let (kh, kw, sw) = (g.p.pool_height, g.p.pool_width, g.p.stride.1);
+    let c: &[u32; VB] = cols[blk..blk + VB].try_into().expect("VB lanes");
+    let lane = |i: usize, j: usize| -> &[T; VB] {
+        let st = i * rlen + (j % sw) * plen + j / sw + blk;
+        phases[st..st + VB].try_into().expect("VB lanes")
+    };
+    let mut bv = *lane(0, 0);
+    let base0 = (r0 * g.w) as u32;
+    let mut bi = [I::of(0); VB];
+    for l in 0..VB {
+        bi[l] = I::of(base0 + c[l]);
+    }
+    for i in 0..kh {
+        for j in 0..kw {
+            if i == 0 && j == 0 {
+                continue;
+            }
+            let ln = lane(i, j);
+            let base = ((r0 + i) * g.w + j) as u32;
+            for l in 0..VB {
+                let take = beats(ln[l], bv[l]);
+                bv[l] = T::select(take, ln[l], bv[l]);
+                bi[l] = I::pick(take, I::of(base + c[l]), bi[l]);
+            }
+        }
+    }
+    let nl = o.len();
+    o.copy_from_slice(&bv[..nl]);
+    for (d, b) in ix.iter_mut().zip(&bi[..nl]) {
+        *d = b.get();
     }
 }
 
