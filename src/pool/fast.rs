@@ -215,7 +215,7 @@ impl IdxLane for u64 {
 
 /// One block of VB output columns of output row `r0 / sh` (`planes_unclipped`): the taps in
 /// row-major order with the running best value and index in local arrays; `o` and `ix` take the
-/// block's `nl` valid lanes.
+/// block's valid lanes (at most VB: the last block of a row is short).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn window_block<T: Float, I: IdxLane>(
