@@ -169,16 +169,57 @@ pub fn data_cache_bytes(level: usize) -> Option<usize> {
     caches().get(level.checked_sub(1)?).copied().flatten()
 }
 
+/// Geometry of one core's L1 data cache from the same CPUID leaf: what decides whether rows a
+/// power-of-two stride apart all fit (more rows per set than ways evict each other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CacheGeometry {
+    /// Sets (lines whose addresses differ by a multiple of `sets * line` bytes share one).
+    pub(crate) sets: usize,
+    /// Lines per set.
+    pub(crate) ways: usize,
+    /// Bytes per line.
+    pub(crate) line: usize,
+}
+
+/// The L1d geometry, detected once; `None` when the CPU does not report it.
+pub(crate) fn l1d_geometry() -> Option<CacheGeometry> {
+    static L1: std::sync::OnceLock<Option<CacheGeometry>> = std::sync::OnceLock::new();
+    *L1.get_or_init(|| {
+        let mut g = None;
+        cpuid_caches(|kind, level, geom| {
+            if kind == 1 && level == 1 {
+                g = Some(geom);
+            }
+        });
+        g
+    })
+}
+
 /// [L1d, L2, L3] bytes, detected once.
 fn caches() -> &'static [Option<usize>; 3] {
     static CACHES: std::sync::OnceLock<[Option<usize>; 3]> = std::sync::OnceLock::new();
     CACHES.get_or_init(detect_caches)
 }
 
-#[cfg(target_arch = "x86_64")]
 fn detect_caches() -> [Option<usize>; 3] {
-    use std::arch::x86_64::__cpuid_count;
     let mut out = [None; 3];
+    cpuid_caches(|kind, level, g| {
+        // 1 = data, 3 = unified (2 = instruction, skipped).
+        if (kind == 1 || kind == 3) && (1..=3).contains(&level) {
+            let bytes = g.sets * g.ways * g.line;
+            let slot = &mut out[level - 1];
+            *slot = Some(slot.map_or(bytes, |b: usize| b.max(bytes)));
+        }
+    });
+    out
+}
+
+/// Calls `each(kind, level, geometry)` for every cache CPUID describes (leaf 4 on Intel,
+/// 0x8000001D on AMD): kind 1 data, 2 instruction, 3 unified; level 1-3. Nothing where the leaf
+/// is absent.
+#[cfg(target_arch = "x86_64")]
+fn cpuid_caches(mut each: impl FnMut(u32, usize, CacheGeometry)) {
+    use std::arch::x86_64::__cpuid_count;
     let vendor = __cpuid_count(0, 0);
     let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
     let leaf = if amd {
@@ -186,12 +227,12 @@ fn detect_caches() -> [Option<usize>; 3] {
         if __cpuid_count(0x8000_0000, 0).eax < 0x8000_001D
             || __cpuid_count(0x8000_0001, 0).ecx & (1 << 22) == 0
         {
-            return out;
+            return;
         }
         0x8000_001D
     } else {
         if __cpuid_count(0, 0).eax < 4 {
-            return out;
+            return;
         }
         4
     };
@@ -201,26 +242,27 @@ fn detect_caches() -> [Option<usize>; 3] {
         if kind == 0 {
             break;
         }
-        // 1 = data, 3 = unified (2 = instruction, skipped); EAX bits 7:5 the level; the size
-        // is ways * partitions * line * sets.
+        // EAX bits 7:5 the level; EBX ways, partitions and line size, ECX sets (each minus
+        // one). Partitions share a set's ways, so they count as ways here.
         let level = ((r.eax >> 5) & 0x7) as usize;
-        if (kind == 1 || kind == 3) && (1..=3).contains(&level) {
-            let ways = ((r.ebx >> 22) & 0x3ff) as usize + 1;
-            let parts = ((r.ebx >> 12) & 0x3ff) as usize + 1;
-            let line = (r.ebx & 0xfff) as usize + 1;
-            let sets = r.ecx as usize + 1;
-            let bytes = ways * parts * line * sets;
-            let slot = &mut out[level - 1];
-            *slot = Some(slot.map_or(bytes, |b: usize| b.max(bytes)));
-        }
+        let ways = ((r.ebx >> 22) & 0x3ff) as usize + 1;
+        let parts = ((r.ebx >> 12) & 0x3ff) as usize + 1;
+        let line = (r.ebx & 0xfff) as usize + 1;
+        let sets = r.ecx as usize + 1;
+        each(
+            kind,
+            level,
+            CacheGeometry {
+                sets,
+                ways: ways * parts,
+                line,
+            },
+        );
     }
-    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect_caches() -> [Option<usize>; 3] {
-    [None; 3]
-}
+fn cpuid_caches(_each: impl FnMut(u32, usize, CacheGeometry)) {}
 
 /// Asks Linux to back the 2 MB-aligned interior of `buf` with transparent huge pages
 /// (`madvise(MADV_HUGEPAGE)`), for buffers of `tuning::HUGE_PAGE_MIN_BYTES` or more; called on
@@ -258,4 +300,23 @@ pub(crate) fn advise_huge_pages<T>(buf: &mut [std::mem::MaybeUninit<T>]) {
         any(target_arch = "x86_64", target_arch = "aarch64")
     )))]
     let _ = buf;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l1d_geometry_is_the_l1d_size() {
+        // Both come from one CPUID walk: the geometry's product is the reported L1d, and a
+        // data cache has at least one way of one line in one set.
+        match (l1d_geometry(), data_cache_bytes(1)) {
+            (Some(g), Some(bytes)) => {
+                assert!(g.sets >= 1 && g.ways >= 1 && g.line >= 16, "{g:?}");
+                assert_eq!(g.sets * g.ways * g.line, bytes, "{g:?}");
+            }
+            (None, None) => {}
+            (g, b) => panic!("geometry {g:?} without size {b:?}, or the reverse"),
+        }
+    }
 }

@@ -487,16 +487,28 @@ fn all_finite<T: Float>(v: &[T], par: Parallelism<'_>) -> bool {
 
 /// Whether dx's GEMM should read dout in place rather than pack it. An in-place B tile is fg
 /// rows of one cache line each, p elements apart, re-read from L1 by each of the k / MR panels
-/// of A; rows a multiple of 4 KB apart share an L1 set (8 ways), so with many rows per set the
-/// tile falls back to L2 for every panel. In place pays when the rows fit their sets or A has
-/// few panels (measured: nb_conv, 27 rows in 5 panels, 2 KB apart, 3-6% faster backward;
-/// tlcn_conv, 147 rows in 25 panels, 8 KB apart in f64, 10-13% slower).
+/// of A; rows whose distance is a multiple of the L1's sets x line bytes (4 KB on 64 sets of 64
+/// bytes) share a set, so with more rows per set than the L1 has ways the tile falls back to L2
+/// for every panel. In place pays when the rows fit their sets or A has few panels (measured on
+/// a 32 KB 8-way L1: nb_conv, 27 rows in 5 panels, 2 KB apart, 3-6% faster backward;
+/// tlcn_conv, 147 rows in 25 panels, 8 KB apart in f64, 10-13% slower). The geometry is this
+/// CPU's (`cpu::l1d_geometry`; 64 sets of 8 ways of 64 bytes where CPUID does not say).
 pub(super) fn dcol_in_place_pays<T>(s: Shape, k: usize, fg: usize, p: usize) -> bool {
-    const L1_SETS: usize = 64;
-    const L1_WAYS: usize = 8;
-    let lines = (p * std::mem::size_of::<T>()).div_ceil(64) % L1_SETS;
-    let sets = L1_SETS / gcd(lines, L1_SETS);
-    fg.div_ceil(sets.min(fg).max(1)) <= L1_WAYS || k.div_ceil(s.mr) <= 6
+    let l1 = crate::cpu::l1d_geometry().unwrap_or(crate::cpu::CacheGeometry {
+        sets: 64,
+        ways: 8,
+        line: 64,
+    });
+    in_place_fits(l1, p * std::mem::size_of::<T>(), fg) || k.div_ceil(s.mr) <= 6
+}
+
+/// Whether `rows` lines, `stride` bytes apart, fit the cache `c` together: the rows fall into
+/// sets / gcd(stride in lines, sets) distinct sets, each holding at most `ways` of them.
+fn in_place_fits(c: crate::cpu::CacheGeometry, stride: usize, rows: usize) -> bool {
+    let (sets, line) = (c.sets.max(1), c.line.max(1));
+    let step = stride.div_ceil(line) % sets;
+    let used = sets / gcd(step, sets);
+    rows.div_ceil(used.min(rows).max(1)) <= c.ways
 }
 
 pub(super) fn gcd(a: usize, b: usize) -> usize {
@@ -1151,6 +1163,31 @@ fn empty_weight_grads<T: Float>(g: &ConvGeom, dout: &[T], dw: &mut [T], db: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_place_rows_fit_by_the_cache_geometry() {
+        use crate::cpu::CacheGeometry;
+        let l1 = |sets, ways| CacheGeometry {
+            sets,
+            ways,
+            line: 64,
+        };
+        // 4 KB apart on 64 sets of 64 bytes: every row in one set, so as many rows as ways.
+        assert!(in_place_fits(l1(64, 8), 4096, 8));
+        assert!(!in_place_fits(l1(64, 8), 4096, 9));
+        assert!(in_place_fits(l1(64, 12), 4096, 12));
+        // 2 KB apart: two sets (nb_conv's f64 dout rows, 25 of them: 13 to a set).
+        assert!(!in_place_fits(l1(64, 8), 2048, 25));
+        assert!(!in_place_fits(l1(64, 12), 2048, 25));
+        assert!(in_place_fits(l1(64, 12), 2048, 24));
+        // 1 KB apart: four sets, 7 of the 25 rows to a set.
+        assert!(in_place_fits(l1(64, 8), 1024, 25));
+        // An odd number of lines apart visits every set.
+        assert!(in_place_fits(l1(64, 8), 64 * 3, 512));
+        assert!(!in_place_fits(l1(64, 8), 64 * 3, 513));
+        // A smaller cache (32 sets): 2 KB apart is a whole period, one set.
+        assert!(!in_place_fits(l1(32, 8), 2048, 9));
+    }
 
     #[test]
     fn all_finite_finds_one_non_finite_value_in_any_run() {
