@@ -80,7 +80,7 @@ impl Pad {
 pub(super) fn pad_planes<T: Float>(src: &[T], pd: Pad, dst: &mut [T]) {
     let (wq, hw, (ph, pw), sw) = (pd.wq(), pd.h * pd.w, pd.pad, pd.stride.1);
     let (body, slack) = dst.split_at_mut(sw * pd.block());
-    if sw == 2 && 2 * wq <= PAD_ROW {
+    if sw == 2 {
         pad_planes_2(src, pd, body);
         fill_zero(slack);
         return;
@@ -118,16 +118,24 @@ pub(super) fn pad_planes<T: Float>(src: &[T], pd: Pad, dst: &mut [T]) {
     fill_zero(slack);
 }
 
-/// Longest padded row `pad_planes_2` builds on the stack.
+/// Longest phase row `col2im_2` builds on the stack (two of PAD_ROW / 2).
 pub(super) const PAD_ROW: usize = 1024;
 
-/// `pad_planes` for column stride 2: each input row is padded once into a stack row, which one
-/// loop splits into the even and odd phases (per-phase strided gathers cost a few calls per row:
-/// 10% of the notebook convolution's forward).
+/// `pad_planes` for column stride 2: each input row is split straight into the even and odd
+/// phase rows in one loop over its pairs (per-phase strided gathers cost a few calls per row:
+/// 10% of the notebook convolution's forward). Padded column i + pw of input column i is in
+/// phase (i + pw) % 2 at (i + pw) / 2, so the pair (2u, 2u + 1) goes to one phase at u + pw / 2
+/// and to the other at u + (pw + 1) / 2. Not through a padded stack row: with odd pw its
+/// pairs straddled the row copy's 16-byte stores, and each load of a pair waited for both
+/// stores to commit (store-to-load forwarding fails on a load spanning two stores): 38% of the
+/// copy's samples on that load, the copy 17% of nb_conv's f64 forward (AMD EPYC model 17).
 pub(super) fn pad_planes_2<T: Float>(src: &[T], pd: Pad, body: &mut [T]) {
-    let (wq, hw, (ph, pw)) = (pd.wq(), pd.h * pd.w, pd.pad);
-    let mut buf = [T::zero(); PAD_ROW];
-    let row = &mut buf[..2 * wq];
+    let (wq, hw, (ph, pw), w) = (pd.wq(), pd.h * pd.w, pd.pad, pd.w);
+    // Phase of an even input column, and where pair u's two elements land in their phases.
+    let flip = pw % 2 == 1;
+    let (o0, o1) = (pw / 2, pw.div_ceil(2));
+    let (n0, n1) = (w.div_ceil(2), w / 2);
+    debug_assert!(o0 + n0 <= wq && o1 + n1 <= wq);
     let (even, odd) = body.split_at_mut(pd.block());
     let planes = even
         .chunks_exact_mut(pd.plane())
@@ -137,15 +145,37 @@ pub(super) fn pad_planes_2<T: Float>(src: &[T], pd: Pad, body: &mut [T]) {
             fill_zero(&mut d[..ph * wq]);
             fill_zero(&mut d[(ph + pd.h) * wq..]);
         }
-        for (r, sr) in s.chunks_exact(pd.w).enumerate() {
-            // row[..pw] and row[pw + w..] stay zero from the start.
-            copy_short(&mut row[pw..pw + pd.w], sr);
+        for (r, sr) in s.chunks_exact(w).enumerate() {
             let er = &mut e[(ph + r) * wq..(ph + r + 1) * wq];
             let or = &mut o[(ph + r) * wq..(ph + r + 1) * wq];
-            for ((a, b), pair) in er.iter_mut().zip(or.iter_mut()).zip(row.chunks_exact(2)) {
-                *a = pair[0];
-                *b = pair[1];
+            // a takes the even input columns, b the odd ones.
+            let (a, b) = if flip { (or, er) } else { (er, or) };
+            zero_edge(&mut a[..o0]);
+            zero_edge(&mut a[o0 + n0..]);
+            zero_edge(&mut b[..o1]);
+            zero_edge(&mut b[o1 + n1..]);
+            let (a, b) = (&mut a[o0..o0 + n0], &mut b[o1..o1 + n1]);
+            for ((x, y), pair) in a.iter_mut().zip(b.iter_mut()).zip(sr.chunks_exact(2)) {
+                *x = pair[0];
+                *y = pair[1];
             }
+            if n0 > n1 {
+                a[n1] = sr[w - 1];
+            }
+        }
+    }
+}
+
+/// `dst = 0` for a row's padding edge, usually 0-2 elements: up to 4 by unrolled conditional
+/// stores, which LLVM does not turn into a memset call as it does `fill_zero`'s remainder loop.
+#[inline(always)]
+fn zero_edge<T: Float>(dst: &mut [T]) {
+    if dst.len() > 4 {
+        return fill_zero(dst);
+    }
+    for i in 0..4 {
+        if let Some(d) = dst.get_mut(i) {
+            *d = T::zero();
         }
     }
 }
