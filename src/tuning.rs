@@ -67,7 +67,7 @@ fn wino_block_elems_for(l2: usize) -> usize {
     l2 / 8
 }
 
-/// Largest dx block `group_backward` prefetches whole: a quarter of the L2, so the lines are
+/// Largest dx block `group_backward` prefetches (a channel at a time): a quarter of the L2, so the lines are
 /// still in cache when the dx pass reaches them.
 ///
 /// Decides the bits: no: a prefetch only. Used in `norm/fast.rs`.

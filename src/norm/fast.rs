@@ -465,28 +465,34 @@ fn fence(st: Store) {
     let _ = st;
 }
 
-/// Touches every cache line of `v` with a prefetch, so the stores of a later pass over `v` find
-/// their lines in cache instead of waiting on a read for ownership each. Group backward
-/// prefetches a block's dx before its pass 1: the reads for ownership then overlap the sums over
-/// dout and x, where before they stalled the dx pass (a quarter of a one-thread run's samples
-/// sat on its stores). In-process, group norm backward f32, alternating with the build without,
-/// in one of the host's slow spells: 2 threads 0.32-0.35 -> 0.26-0.27 ms, one thread 0.68-0.69
-/// -> 0.50-0.55; out of it the medians are within noise (2 threads 0.20-0.26 either way) and the
-/// tenth percentiles 3% lower (0.192-0.197 -> 0.186-0.192). Not where it did not
-/// pay: group norm forward's output (its pass 1 reads one array, too short to hide the reads for
-/// ownership; within noise) and batch norm backward's next dx plane (slower: 0.66 -> 0.74 ms,
-/// one thread).
+/// Touches every cache line of `v` with a prefetch into L2 (`_MM_HINT_T1`), so the stores of a
+/// later pass over `v` find their lines in cache instead of waiting on a read for ownership
+/// each. Group backward prefetches each channel's dx lines just before that channel's sums: the
+/// reads for ownership overlap the sums over dout and x, where before they stalled the dx pass
+/// (a quarter of a one-thread run's samples sat on its stores; in-process, group norm backward
+/// f32 in one of the host's slow spells: 2 threads 0.32-0.35 -> 0.26-0.27 ms, one thread
+/// 0.68-0.69 -> 0.50-0.55).
+///
+/// Into L2, a channel at a time: the block's whole dx into L1 up front (`_MM_HINT_T0`, 512 lines
+/// for a 32 KB block) competed with the sums' own stream for L1 and the miss queue, and was
+/// evicted to L2 by that stream anyway. AMD EPYC model 17, `examples/normloop gnb f32`, eight
+/// alternating rounds of the two builds: 2 threads median 0.461 -> 0.414 ms (faster in 7 of 8
+/// pairs), one thread 1.01 -> 0.88 (8 of 8); the T1 hint for the whole block up front was no
+/// better than T0 (six rounds).
+/// Not where it did not pay: group norm forward's output (its pass 1 reads one array, too
+/// short to hide the reads for ownership; within noise) and batch norm backward's next dx
+/// plane (slower: 0.66 -> 0.74 ms, one thread).
 #[inline(always)]
 fn prefetch_lines<T>(v: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
         let step = (64 / std::mem::size_of::<T>()).max(1);
         for i in (0..v.len()).step_by(step) {
             debug_assert!(i < v.len());
             // SAFETY: `v[i]` is in bounds (the range above); a prefetch never faults and changes
             // no value.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(i).cast::<i8>()) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(v.as_ptr().add(i).cast::<i8>()) };
         }
     }
 }
@@ -770,13 +776,20 @@ multiversion! {
         let mut scratch = Vec::new();
         let dy = masked(dy, mask, &mut scratch);
         let cnt = x.len() as f64;
-        if !nt && std::mem::size_of_val(dx) <= norm_prefetch_max_bytes() {
-            prefetch_lines(dx);
-        }
+        let prefetch = !nt && std::mem::size_of_val(dx) <= norm_prefetch_max_bytes();
+        // dx prefetched up to here: a channel's lines before its sums, a line's worth at least
+        // (layer norm's channels are single elements).
+        let mut pf_to = 0;
+        let line = (64 / std::mem::size_of::<T>()).max(1);
         let (scale, rs) = DevScale::new::<T>(inv, batch);
         let (mut sdx, mut sdxx) = (0.0, 0.0);
         for (ci, gm) in gamma.iter().enumerate() {
             let r = ci * hw..(ci + 1) * hw;
+            if prefetch && pf_to < r.end {
+                let to = (pf_to + line).max(r.end).min(dx.len());
+                prefetch_lines(&dx[pf_to..to]);
+                pf_to = to;
+            }
             let (a, b) = sum_dy_dev(&dy[r.clone()], &x[r], mean, scale);
             sums[2 * ci] = a;
             sums[2 * ci + 1] = b;
