@@ -103,14 +103,29 @@ fn block_sum_pair<T: Float>(
     f: impl Fn(T, T) -> T,
     g: impl Fn(T, T) -> T,
 ) -> (f64, f64) {
+    block_sum_pair_hook(a, b, f, g, |_| {})
+}
+
+/// `block_sum_pair` calling `hook(i)` before each whole block, i its first element (a
+/// prefetch of what a later pass writes: the sums are the same).
+#[inline(always)]
+fn block_sum_pair_hook<T: Float>(
+    a: &[T],
+    b: &[T],
+    f: impl Fn(T, T) -> T,
+    g: impl Fn(T, T) -> T,
+    hook: impl Fn(usize),
+) -> (f64, f64) {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let (mut tf, mut tg) = ([0.0f64; NORM_LANES], [0.0f64; NORM_LANES]);
     let full = n / (NORM_LANES * NORM_FLUSH_ROWS) * (NORM_LANES * NORM_FLUSH_ROWS);
-    for (ba, bb) in a[..full]
+    for (bi, (ba, bb)) in a[..full]
         .chunks_exact(NORM_LANES * NORM_FLUSH_ROWS)
         .zip(b[..full].chunks_exact(NORM_LANES * NORM_FLUSH_ROWS))
+        .enumerate()
     {
+        hook(bi * NORM_LANES * NORM_FLUSH_ROWS);
         let ba: &[T; NORM_LANES * NORM_FLUSH_ROWS] = ba.try_into().expect("whole block");
         let bb: &[T; NORM_LANES * NORM_FLUSH_ROWS] = bb.try_into().expect("whole block");
         let (mut af, mut ag) = ([T::zero(); NORM_LANES], [T::zero(); NORM_LANES]);
@@ -149,7 +164,14 @@ fn split<T: Float>(m: f64) -> (T, T) {
 /// variance from cancelling when the mean is large.
 #[inline(always)]
 fn shifted_sums<T: Float>(x: &[T], k: T) -> (f64, f64) {
-    block_sum_pair(
+    shifted_sums_hook(x, k, |_| {})
+}
+
+/// `shifted_sums` calling `hook(i)` before the block of x starting at i (a prefetch: the sums
+/// do not change).
+#[inline(always)]
+fn shifted_sums_hook<T: Float>(x: &[T], k: T, hook: impl Fn(usize)) -> (f64, f64) {
+    block_sum_pair_hook(
         x,
         x,
         |v, _| v - k,
@@ -157,6 +179,7 @@ fn shifted_sums<T: Float>(x: &[T], k: T) -> (f64, f64) {
             let d = v - k;
             d * d
         },
+        hook,
     )
 }
 
@@ -478,10 +501,11 @@ fn fence(st: Store) {
 /// evicted to L2 by that stream anyway. AMD EPYC model 17, `examples/normloop gnb f32`, eight
 /// alternating rounds of the two builds: 2 threads median 0.461 -> 0.414 ms (faster in 7 of 8
 /// pairs), one thread 1.01 -> 0.88 (8 of 8); the T1 hint for the whole block up front was no
-/// better than T0 (six rounds).
-/// Not where it did not pay: group norm forward's output (its pass 1 reads one array, too
-/// short to hide the reads for ownership; within noise) and batch norm backward's next dx
-/// plane (slower: 0.66 -> 0.74 ms, one thread).
+/// better than T0 (six rounds). Group norm forward prefetches its output the same way, a block
+/// of the sums at a time (`shifted_sums_hook`): one thread median 0.65 -> 0.57 ms, 2 threads
+/// 0.266 -> 0.252 (eight alternating rounds; the whole block into L1 up front had been within
+/// noise). Not batch norm backward's next dx plane (slower with T0: 0.66 -> 0.74 ms, one
+/// thread): its pass 2 follows the whole of pass 1, which evicts anything prefetched during it.
 #[inline(always)]
 fn prefetch_lines<T>(v: &[T]) {
     #[cfg(target_arch = "x86_64")]
@@ -666,7 +690,20 @@ multiversion! {
     /// Returns (mean, var).
     fn group_forward<T>(x: &[T], out: &mut [T], hw: usize, gamma: &[T], beta: &[T], eps: f64, nt: bool) -> (f64, f64) {
         let k = x[0];
-        let (s1, s2) = kept_or_wide(shifted_sums(x, k), x.len() as f64, std::iter::once(x), k);
+        // out's lines into L2 a block at a time during the sums, so the normalising pass's
+        // stores find them (see `prefetch_lines`).
+        let ss = if !nt && std::mem::size_of_val(out) <= norm_prefetch_max_bytes() {
+            let o = &*out;
+            let blk = NORM_LANES * NORM_FLUSH_ROWS;
+            shifted_sums_hook(x, k, |i| {
+                if let Some(b) = o.get(i..i + blk) {
+                    prefetch_lines(b);
+                }
+            })
+        } else {
+            shifted_sums(x, k)
+        };
+        let (s1, s2) = kept_or_wide(ss, x.len() as f64, std::iter::once(x), k);
         let (mean, var) = moments(s1, s2, k.to_f(), x.len() as f64);
         let inv = 1.0 / (var + eps).sqrt();
         group_affine(x, out, hw, gamma, beta, mean, inv, nt);
