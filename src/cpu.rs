@@ -159,14 +159,14 @@ pub(crate) use multiversion;
 /// Bytes of the largest (last-level) data cache, from CPUID (leaf 4 on Intel, 0x8000001D on
 /// AMD), cached. `None` when the CPU does not report it (or is not x86_64).
 pub fn last_level_cache_bytes() -> Option<usize> {
-    caches().iter().rev().find_map(|&c| c)
+    caches().bytes.iter().rev().find_map(|&c| c)
 }
 
 /// Bytes of one core's data (or unified) cache at `level` (1, 2 or 3), from CPUID as
 /// [`last_level_cache_bytes`]; `None` when the CPU does not report that level. The L3 is the
 /// whole cache as CPUID describes it (shared by the cores that share it).
 pub fn data_cache_bytes(level: usize) -> Option<usize> {
-    caches().get(level.checked_sub(1)?).copied().flatten()
+    caches().bytes.get(level.checked_sub(1)?).copied().flatten()
 }
 
 /// Geometry of one core's L1 data cache from the same CPUID leaf: what decides whether rows a
@@ -181,34 +181,37 @@ pub(crate) struct CacheGeometry {
     pub(crate) line: usize,
 }
 
-/// The L1d geometry, detected once; `None` when the CPU does not report it.
+/// The L1d geometry, detected once with the sizes; `None` when the CPU does not report it.
 pub(crate) fn l1d_geometry() -> Option<CacheGeometry> {
-    static L1: std::sync::OnceLock<Option<CacheGeometry>> = std::sync::OnceLock::new();
-    *L1.get_or_init(|| {
-        let mut g = None;
-        cpuid_caches(|kind, level, geom| {
-            if kind == 1 && level == 1 {
-                g = Some(geom);
-            }
-        });
-        g
-    })
+    caches().l1d
 }
 
-/// [L1d, L2, L3] bytes, detected once.
-fn caches() -> &'static [Option<usize>; 3] {
-    static CACHES: std::sync::OnceLock<[Option<usize>; 3]> = std::sync::OnceLock::new();
+/// What one CPUID walk found: [L1d, L2, L3] bytes and the L1d's geometry.
+struct Caches {
+    bytes: [Option<usize>; 3],
+    l1d: Option<CacheGeometry>,
+}
+
+/// The caches, detected once.
+fn caches() -> &'static Caches {
+    static CACHES: std::sync::OnceLock<Caches> = std::sync::OnceLock::new();
     CACHES.get_or_init(detect_caches)
 }
 
-fn detect_caches() -> [Option<usize>; 3] {
-    let mut out = [None; 3];
+fn detect_caches() -> Caches {
+    let mut out = Caches {
+        bytes: [None; 3],
+        l1d: None,
+    };
     cpuid_caches(|kind, level, g| {
         // 1 = data, 3 = unified (2 = instruction, skipped).
         if (kind == 1 || kind == 3) && (1..=3).contains(&level) {
             let bytes = g.sets * g.ways * g.line;
-            let slot = &mut out[level - 1];
+            let slot = &mut out.bytes[level - 1];
             *slot = Some(slot.map_or(bytes, |b: usize| b.max(bytes)));
+        }
+        if kind == 1 && level == 1 {
+            out.l1d = Some(g);
         }
     });
     out

@@ -527,11 +527,16 @@ fn prefetch_lines_l1<T>(v: &[T]) {
     prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(v);
 }
 
+/// Elements of T in a 64-byte cache line (what the prefetches step by).
+#[inline(always)]
+fn line_elems<T>() -> usize {
+    (64 / std::mem::size_of::<T>()).max(1)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_hint<const HINT: i32, T>(v: &[T]) {
-    let step = (64 / std::mem::size_of::<T>()).max(1);
-    for i in (0..v.len()).step_by(step) {
+    for i in (0..v.len()).step_by(line_elems::<T>()) {
         debug_assert!(i < v.len());
         // SAFETY: `v[i]` is in bounds (the range above); a prefetch never faults and changes
         // no value.
@@ -832,10 +837,10 @@ multiversion! {
         let dy = masked(dy, mask, &mut scratch);
         let cnt = x.len() as f64;
         let prefetch = !nt && std::mem::size_of_val(dx) <= norm_prefetch_max_bytes();
+        let line = line_elems::<T>();
         // dx prefetched up to here: a channel's lines before its sums, a line's worth at least
         // (layer norm's channels are single elements).
         let mut pf_to = 0;
-        let line = (64 / std::mem::size_of::<T>()).max(1);
         let (scale, rs) = DevScale::new::<T>(inv, batch);
         let (mut sdx, mut sdxx) = (0.0, 0.0);
         for (ci, gm) in gamma.iter().enumerate() {
@@ -859,10 +864,11 @@ multiversion! {
             (0.0, 0.0)
         };
         let st = Store::of(nt, dx, &[dy, x]);
+        // Not for channels shorter than a line (layer norm's): a prefetch per element.
+        let prefetch_l1 = prefetch && hw >= line;
         for ci in st.order(gamma.len()) {
             let r = ci * hw..(ci + 1) * hw;
-            // Not for channels shorter than a line (layer norm's): a prefetch per element.
-            if prefetch && std::mem::size_of_val(&dx[r.clone()]) >= 64 {
+            if prefetch_l1 {
                 prefetch_lines_l1(&dx[r.clone()]);
             }
             dx_run(&dy[r.clone()], &x[r.clone()], &mut dx[r], mean, (inv * gamma[ci].to_f(), k2, k3), st);
