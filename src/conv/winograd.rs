@@ -125,7 +125,7 @@ impl Wino {
     pub fn slot_len(&self) -> usize {
         let s = self.s;
         let t = self.block_tiles(usize::MAX);
-        self.nx() * t * (self.cin + self.cout)
+        self.nx() * (self.cin * t + self.cout * t + 2 * PITCH_SLACK)
             + self.scratch_len()
             + pg::packed_b_len(s, self.cin, t)
     }
@@ -134,7 +134,9 @@ impl Wino {
     pub fn dw_slot_len(&self) -> usize {
         let s = self.s;
         let t = self.block_tiles(usize::MAX);
-        self.nx() * t * (self.cin + self.cout) + self.scratch_len() + pg::b_panels_bbuf_len(s)
+        self.nx() * (self.cin * t + self.cout * t + 2 * PITCH_SLACK)
+            + self.scratch_len()
+            + pg::b_panels_bbuf_len(s)
     }
     /// Elements of a dU (nx x cout x cin).
     pub fn du_len(&self) -> usize {
@@ -288,14 +290,15 @@ pub(super) fn conv_images<T: Float>(
     assert!(bias.is_empty() || bias.len() >= wg.cout);
     let (sa, ul) = (wg.a_shape(), wg.u_len());
     let tmax = wg.block_tiles(nimg);
-    let (v, rest) = ws.split_at_mut(wg.nx() * wg.cin * tmax);
-    let (m, rest) = rest.split_at_mut(wg.nx() * wg.cout * tmax);
+    let (v, rest) = ws.split_at_mut(wg.nx() * (wg.cin * tmax + PITCH_SLACK));
+    let (m, rest) = rest.split_at_mut(wg.nx() * (wg.cout * tmax + PITCH_SLACK));
     let (scratch, bbuf) = rest.split_at_mut(wg.scratch_len());
     for_blocks(wg, nimg, |pieces| {
         let nt: usize = pieces.iter().map(|&(_, a, b)| (b - a) * tw).sum();
+        let (vp, mp) = (xi_pitch::<T>(wg.cin * nt), xi_pitch::<T>(wg.cout * nt));
         let mut t0 = 0;
         for &(img, ty0, ty1) in pieces {
-            input_transform(wg, &x[img * xs..], (ty0, ty1), (t0, nt), v, scratch);
+            input_transform(wg, &x[img * xs..], (ty0, ty1), (t0, nt, vp), v, scratch);
             t0 += (ty1 - ty0) * tw;
         }
         for xi in 0..wg.nx() {
@@ -306,10 +309,10 @@ pub(super) fn conv_images<T: Float>(
                 wg.cin,
                 &up[xi * ul..(xi + 1) * ul],
                 BSrc::Rows {
-                    data: &v[xi * wg.cin * nt..(xi + 1) * wg.cin * nt],
+                    data: &v[xi * vp..xi * vp + wg.cin * nt],
                     ld: nt,
                 },
-                &mut m[xi * wg.cout * nt..(xi + 1) * wg.cout * nt],
+                &mut m[xi * mp..xi * mp + wg.cout * nt],
                 nt,
                 bbuf,
                 true,
@@ -317,7 +320,7 @@ pub(super) fn conv_images<T: Float>(
         }
         let mut t0 = 0;
         for &(img, ty0, ty1) in pieces {
-            let (o, tl) = (&mut out[img * os..], (t0, nt));
+            let (o, tl) = (&mut out[img * os..], (t0, nt, mp));
             match wg.m {
                 2 => output_transform(m, wg.cout, (ho, wo), (ty0, ty1), tw, tl, o, bias),
                 _ => output_transform4(m, wg.cout, (ho, wo), (ty0, ty1), tw, tl, o, bias),
@@ -349,16 +352,18 @@ pub(super) fn dw_images<T: Float>(
     assert!(du.len() >= wg.du_len());
     let s = wg.a_shape();
     let tmax = wg.block_tiles(nimg);
-    let (v, rest) = ws.split_at_mut(wg.nx() * wg.cin * tmax);
-    let (wt, rest) = rest.split_at_mut(wg.nx() * wg.cout * tmax);
+    let (v, rest) = ws.split_at_mut(wg.nx() * (wg.cin * tmax + PITCH_SLACK));
+    let (wt, rest) = rest.split_at_mut(wg.nx() * (wg.cout * tmax + PITCH_SLACK));
     let (scratch, bbuf) = rest.split_at_mut(wg.scratch_len());
     let (cin, cout) = (wg.cin, wg.cout);
     for_blocks(wg, nimg, |pieces| {
         let nt: usize = pieces.iter().map(|&(_, a, b)| (b - a) * tw).sum();
+        let (vp, wp) = (xi_pitch::<T>(cin * nt), xi_pitch::<T>(cout * nt));
         let mut t0 = 0;
         for &(img, ty0, ty1) in pieces {
-            let (xi, di, tl) = (&x[img * xs..], &dout[img * ds..], (t0, nt));
-            input_transform(wg, xi, (ty0, ty1), tl, v, scratch);
+            let (xi, di) = (&x[img * xs..], &dout[img * ds..]);
+            input_transform(wg, xi, (ty0, ty1), (t0, nt, vp), v, scratch);
+            let tl = (t0, nt, wp);
             match wg.m {
                 2 => dout_transform(di, cout, (ho, wo), (ty0, ty1), tw, tl, wt),
                 _ => dout_transform4(di, cout, (ho, wo), (ty0, ty1), tw, tl, wt),
@@ -366,7 +371,7 @@ pub(super) fn dw_images<T: Float>(
             t0 += (ty1 - ty0) * tw;
         }
         for xi in 0..wg.nx() {
-            let vx = &v[xi * cin * nt..(xi + 1) * cin * nt];
+            let vx = &v[xi * vp..xi * vp + cin * nt];
             // B (tiles x cin) is V[xi]^T: a panel's column jj is input j0 + jj's row of V.
             let pack_b = |k0: usize, kc: usize, j0: usize, out: &mut [T]| {
                 let mut bases = [0usize; pg::MAX_NR];
@@ -381,7 +386,7 @@ pub(super) fn dw_images<T: Float>(
                 cout,
                 cin,
                 nt,
-                (&wt[xi * cout * nt..(xi + 1) * cout * nt], nt),
+                (&wt[xi * wp..xi * wp + cout * nt], nt),
                 &mut du[xi * cout * cin..(xi + 1) * cout * cin],
                 cin,
                 bbuf,
@@ -423,17 +428,36 @@ pub(super) fn dw_from_du<T: Float>(wg: &Wino, du: &[T], dw: &mut [T], par: Paral
     });
 }
 
+/// Elements from one of V's, M's or W's (m + 2)^2 matrices to the next, for matrices of `len`
+/// elements: an odd number of whole cache lines, so consecutive matrices start in different
+/// L1 sets whatever the set count. The transforms touch the same (channel, tile) of every
+/// matrix in turn; packed at a power-of-two size (64 channels x 64 tiles of f32: 16 KB) all
+/// (m + 2)^2 of those lines fell into one L1 set, 16 or 36 lines for its 8 or 12 ways, and the
+/// input transform's stores and the output transform's loads went to L2 (half of each one's
+/// `perf` samples). AMD EPYC model 17, 2 threads, res_conv f32 forced to F(2x2), `LOOP=fwd
+/// examples/force` alternating builds, five rounds: 14.9 -> 13.0 ms (median; faster in 5 of 5).
+fn xi_pitch<T>(len: usize) -> usize {
+    let le = (CACHE_LINE / std::mem::size_of::<T>()).max(1);
+    (len.div_ceil(le) | 1) * le
+}
+
+/// Bytes of a cache line (every x86-64 part).
+const CACHE_LINE: usize = 64;
+
+/// What `xi_pitch` adds to a matrix at most: two lines of f32.
+const PITCH_SLACK: usize = 2 * CACHE_LINE / 4;
+
 /// Tiles per transform step: fixed-size arrays, so the transforms compile to vector code
 /// whatever the image width (a loop over 8 tiles of a row would be mostly scalar remainder).
 const LANES: usize = 8;
 
-/// V[xi][c][t0 + t] (rows `ld` long, `tl` = (t0, ld)) for the tiles of tile rows `tys` of one
-/// image (see `input_transform2` / `input_transform4`).
+/// V[xi][c][t0 + t] (`tl` = (t0, nt, xp): rows nt long, matrix xi at xi * xp, see `xi_pitch`)
+/// for the tiles of tile rows `tys` of one image (see `input_transform2` / `input_transform4`).
 fn input_transform<T: Float>(
     wg: &Wino,
     x: &[T],
     tys: (usize, usize),
-    tl: (usize, usize),
+    tl: (usize, usize, usize),
     v: &mut [T],
     scratch: &mut [T],
 ) {
@@ -458,15 +482,15 @@ multiversion! {
         pad: (usize, usize),
         tys: (usize, usize),
         tw: usize,
-        tl: (usize, usize),
+        tl: (usize, usize, usize),
         v: &mut [T],
         scratch: &mut [T],
     ) {
         let ((h, w), (ph, pw), (ty0, ty1)) = (hw, pad, tys);
         let nty = ty1 - ty0;
         let (rows, wp) = (2 * nty + 2, padded_width(2, tw));
-        // Tile t of this piece is V's column t0 + t; V's rows are `nt` long.
-        let (t0, nt) = tl;
+        // Tile t of this piece is V's column t0 + t; V's rows are `nt` long, matrix xi at xi * xp.
+        let (t0, nt, xp) = tl;
         debug_assert!(t0 + nty * tw <= nt);
         let pbuf = &mut scratch[..rows * wp];
         // Rows outside the image and columns outside each row are the same for every
@@ -503,7 +527,7 @@ multiversion! {
                     let n = LANES.min(tw - tx0);
                     let base = c * nt + t0 + ty * tw + tx0;
                     for (xi, vals) in vals.iter().enumerate() {
-                        let at = xi * cin * nt + base;
+                        let at = xi * xp + base;
                         put_lanes(&mut v[at..], vals, n);
                     }
                 }
@@ -548,31 +572,33 @@ multiversion! {
         howo: (usize, usize),
         tys: (usize, usize),
         tw: usize,
-        tl: (usize, usize),
+        tl: (usize, usize, usize),
         out: &mut [T],
         bias: &[T],
     ) {
         let ((ho, wo), (ty0, ty1)) = (howo, tys);
-        // Tile t of this piece is column t0 + t of rows `nt` long.
-        let (t0, nt) = tl;
+        // Tile t of this piece is column t0 + t of rows `nt` long; matrix xi starts at xi * xp.
+        let (t0, nt, xp) = tl;
         debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
         for f in 0..cout {
             let bv = bias.get(f).copied().unwrap_or(T::zero());
             for ty in 0..ty1 - ty0 {
                 for tx0 in (0..tw).step_by(LANES) {
                     let n = LANES.min(tw - tx0);
-                    let mut mv = [[T::zero(); LANES]; 16];
-                    for (xi, row) in mv.iter_mut().enumerate() {
-                        let r = &m[(xi * cout + f) * nt + t0 + ty * tw + tx0..];
-                        *row = get_lanes(r, n);
-                    }
-                    // s[a][c] = (A^T M)[a][c].
+                    let at = f * nt + t0 + ty * tw + tx0;
+                    // s[a][c] = (A^T M)[a][c], a column c of M (its four rows) at a time, each
+                    // row used as soon as it is read: a 16-row copy on the stack was re-read
+                    // in wider vectors than it was written, which stalled on store forwarding
+                    // (res_conv f32 forced to F(2x2), 2 threads, five alternating rounds:
+                    // median 10.05 -> 9.66 ms, faster in 4 of 5).
                     let mut s0 = [[T::zero(); LANES]; 4];
                     let mut s1 = [[T::zero(); LANES]; 4];
                     for c in 0..4 {
+                        let row = |a: usize| get_lanes(&m[(4 * a + c) * xp + at..], n);
+                        let (m0, m1, m2, m3) = (row(0), row(1), row(2), row(3));
                         for l in 0..LANES {
-                            s0[c][l] = mv[c][l] + mv[4 + c][l] + mv[8 + c][l];
-                            s1[c][l] = mv[4 + c][l] - mv[8 + c][l] - mv[12 + c][l];
+                            s0[c][l] = m0[l] + m1[l] + m2[l];
+                            s1[c][l] = m1[l] - m2[l] - m3[l];
                         }
                     }
                     for (a, sa) in [s0, s1].iter().enumerate() {
@@ -611,12 +637,12 @@ multiversion! {
         howo: (usize, usize),
         tys: (usize, usize),
         tw: usize,
-        tl: (usize, usize),
+        tl: (usize, usize, usize),
         w: &mut [T],
     ) {
         let ((ho, wo), (ty0, ty1)) = (howo, tys);
-        // Tile t of this piece is column t0 + t of rows `nt` long.
-        let (t0, nt) = tl;
+        // Tile t of this piece is column t0 + t of rows `nt` long; matrix xi starts at xi * xp.
+        let (t0, nt, xp) = tl;
         debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
         for f in 0..cout {
             let plane = &dout[f * ho * wo..(f + 1) * ho * wo];
@@ -668,7 +694,7 @@ multiversion! {
                     }
                     let base = f * nt + t0 + ty * tw + tx0;
                     for (xi, vals) in vals.iter().enumerate() {
-                        let at = xi * cout * nt + base;
+                        let at = xi * xp + base;
                         put_lanes(&mut w[at..], vals, n);
                     }
                 }
@@ -767,15 +793,15 @@ multiversion! {
         pad: (usize, usize),
         tys: (usize, usize),
         tw: usize,
-        tl: (usize, usize),
+        tl: (usize, usize, usize),
         v: &mut [T],
         scratch: &mut [T],
     ) {
         let ((h, w), (ph, pw), (ty0, ty1)) = (hw, pad, tys);
         let nty = ty1 - ty0;
         let (rows, wp) = (4 * nty + 2, padded_width(4, tw));
-        // Tile t of this piece is V's column t0 + t; V's rows are `nt` long.
-        let (t0, nt) = tl;
+        // Tile t of this piece is V's column t0 + t; V's rows are `nt` long, matrix xi at xi * xp.
+        let (t0, nt, xp) = tl;
         debug_assert!(t0 + nty * tw <= nt);
         let pbuf = &mut scratch[..rows * wp];
         pbuf.fill(T::zero());
@@ -823,7 +849,7 @@ multiversion! {
                             }
                         }
                         for (b, vals) in vb.iter().enumerate() {
-                            let at = (6 * a + b) * cin * nt + base;
+                            let at = (6 * a + b) * xp + base;
                             put_lanes(&mut v[at..], vals, n);
                         }
                     }
@@ -844,13 +870,13 @@ multiversion! {
         howo: (usize, usize),
         tys: (usize, usize),
         tw: usize,
-        tl: (usize, usize),
+        tl: (usize, usize, usize),
         out: &mut [T],
         bias: &[T],
     ) {
         let ((ho, wo), (ty0, ty1)) = (howo, tys);
-        // Tile t of this piece is column t0 + t of rows `nt` long.
-        let (t0, nt) = tl;
+        // Tile t of this piece is column t0 + t of rows `nt` long; matrix xi starts at xi * xp.
+        let (t0, nt, xp) = tl;
         debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
         let mut s = [[[T::zero(); LANES]; 6]; 4];
         for f in 0..cout {
@@ -859,7 +885,7 @@ multiversion! {
                 for tx0 in (0..tw).step_by(LANES) {
                     let n = LANES.min(tw - tx0);
                     let ld = |xi: usize| {
-                        let r = &m[(xi * cout + f) * nt + t0 + ty * tw + tx0..];
+                        let r = &m[xi * xp + f * nt + t0 + ty * tw + tx0..];
                         get_lanes(r, n)
                     };
                     // s[a][c] = (A^T M)[a][c].
@@ -916,12 +942,12 @@ multiversion! {
         howo: (usize, usize),
         tys: (usize, usize),
         tw: usize,
-        tl: (usize, usize),
+        tl: (usize, usize, usize),
         w: &mut [T],
     ) {
         let ((ho, wo), (ty0, ty1)) = (howo, tys);
-        // Tile t of this piece is column t0 + t of rows `nt` long.
-        let (t0, nt) = tl;
+        // Tile t of this piece is column t0 + t of rows `nt` long; matrix xi starts at xi * xp.
+        let (t0, nt, xp) = tl;
         debug_assert!(t0 + (ty1 - ty0) * tw <= nt);
         let mut y = [[[T::zero(); LANES]; 4]; 4];
         let mut t = [[[T::zero(); LANES]; 4]; 6];
@@ -975,7 +1001,7 @@ multiversion! {
                             }
                         }
                         for (b, vals) in wa.iter().enumerate() {
-                            let at = (6 * a + b) * cout * nt + base;
+                            let at = (6 * a + b) * xp + base;
                             put_lanes(&mut w[at..], vals, n);
                         }
                     }
