@@ -96,20 +96,25 @@ pub(crate) const DW_CHUNKS: usize = 4;
 
 /// Channels per group (in and out) from which Winograd runs. Each transformed value feeds
 /// `cout` (input side) or comes from `cin` (output side) multiply-adds, so the transforms' share
-/// falls with the channel counts: on the Zen 5, 2 threads, res_conv (64 channels) ran the same
-/// either way (f32 5.4-5.8 ms Winograd, 5.2-6.0 direct) while res2_conv (128) gained 1.3x.
-///
-/// Decides the bits: yes: it chooses the algorithm. Used in `conv/fast.rs`.
-pub(crate) const WINO_MIN_CHANNELS: usize = 96;
-
-/// Channels per group (in and out) from which Winograd F(4x4, 3x3) runs (f64 only; with at least
-/// `WINO_MIN_BLOCK_TILES` 4 x 4 tiles per image). AMD EPYC model 17, 2 threads, res_conv (64
-/// channels, 32 x 32) f64, every plan timed in the same rounds (`force -- res_conv f64 2
-/// winograd winograd4`): forward 17.8 ms against 28.1 direct and 23.9 F(2x2); backward 39.5
-/// against 54.9 and 51.5.
+/// falls with the channel counts. AMD EPYC model 17, 2 threads, f32, 32 x 32 images of N = 32,
+/// every plan timed in the same rounds (`force -- 32,C,32,32,C f32 2 winograd`, seven rounds;
+/// AVX-512 / AVX2): at 64 channels forward 12.0 / 11.9 ms against 13.8 / 16.7 direct, backward
+/// 25.1 / 26.9 against 29.7 / 35.7; at 48 forward 7.2-8.0 / 8.6 against 8.1-8.3 / 9.7, backward
+/// 15.9-16.4 / 18.0 against 17.6-18.2 / 22.1; at 32 the forward is slower (4.0 / 5.7 against
+/// 3.6 / 5.3). (96 until the transforms' matrices were spread over the L1 sets, `xi_pitch`.)
 ///
 /// Decides the bits: yes: it chooses the algorithm. Used in `conv/plan.rs`.
-pub(crate) const WINO4_MIN_CHANNELS: usize = 64;
+pub(crate) const WINO_MIN_CHANNELS: usize = 48;
+
+/// Channels per group (in and out) from which Winograd F(4x4, 3x3) runs (f64 only; with at least
+/// `WINO_MIN_BLOCK_TILES` 4 x 4 tiles per image). AMD EPYC model 17, 2 threads, f64, every plan
+/// timed in the same rounds (`force -- SHAPE f64 2 winograd winograd4`): res_conv (64 channels,
+/// 32 x 32) forward 17.8 ms against 28.1 direct and 23.9 F(2x2), backward 39.5 against 54.9 and
+/// 51.5; 48 channels (32,48,32,32,48) forward 10.7 against 17.3 and 15.4, backward 22.7 against
+/// 36.2 and 28.5.
+///
+/// Decides the bits: yes: it chooses the algorithm. Used in `conv/plan.rs`.
+pub(crate) const WINO4_MIN_CHANNELS: usize = 48;
 
 /// Input channels per group from which dx runs direct.
 ///
