@@ -1010,3 +1010,33 @@ multiversion! {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pitch holds the matrix, stays within the slack the workspace sizes allow, and is an
+    /// odd number of lines, so matrix xi starts in a different L1 set from matrix xi + 1 (and,
+    /// with 64 sets, from every matrix up to 63 further on).
+    fn pitch_is_odd_lines<T>() {
+        let le = CACHE_LINE / std::mem::size_of::<T>();
+        for len in (0..5000).chain([4096, 8192, 16384, 1 << 20]) {
+            let p = xi_pitch::<T>(len);
+            assert!(p >= len && p <= len + PITCH_SLACK, "len {len} pitch {p}");
+            assert_eq!(p % le, 0, "len {len}");
+            assert_eq!((p / le) % 2, 1, "len {len}");
+            let sets = 64;
+            let first: Vec<usize> = (0..sets).map(|xi| (xi * p / le) % sets).collect();
+            let mut distinct = first.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), sets, "len {len}: {first:?}");
+        }
+    }
+
+    #[test]
+    fn xi_pitch_spreads_the_matrices_over_the_sets() {
+        pitch_is_odd_lines::<f32>();
+        pitch_is_odd_lines::<f64>();
+    }
+}
