@@ -142,7 +142,7 @@ fn direct_case() -> impl Strategy<Value = ConvCase> {
 }
 
 /// 3 x 3, stride-1 convolutions on images of `rows` x `cols`, small channel counts (the tests
-/// force Winograd, which the cost model would choose from 64 or 96 channels only), padding up to
+/// force Winograd, which the cost model would choose from 48 channels only), padding up to
 /// 3 (dx runs Winograd only up to 2).
 fn winograd_shapes(
     rows: std::ops::RangeInclusive<usize>,

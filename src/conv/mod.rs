@@ -11,7 +11,7 @@
 //!   dout with the flipped, transposed weights.
 //! - **Winograd F(2x2, 3x3) and F(4x4, 3x3)** (`ConvAlgorithm::Winograd`, `Winograd4x4`,
 //!   `winograd.rs`): 3 x 3 stride-1 convolutions, forward, dx and dw, 16 or 36 GEMMs on
-//!   transformed tiles (F(2x2) chosen from 96 channels per group; F(4x4) for f64 from 64
+//!   transformed tiles (F(2x2) chosen from 48 channels per group; F(4x4) for f64 from 48
 //!   channels and 64 tiles per image).
 //! - **im2col** (everything else): the column matrix of one image and group,
 //!
