@@ -169,6 +169,16 @@ pub fn data_cache_bytes(level: usize) -> Option<usize> {
     caches().bytes.get(level.checked_sub(1)?).copied().flatten()
 }
 
+/// Bytes of a cache line on every x86-64 part: what the prefetches and the padded pitches step
+/// by, and the line `CacheGeometry` assumes where CPUID does not say.
+pub(crate) const CACHE_LINE: usize = 64;
+
+/// Elements of T in a cache line.
+#[inline(always)]
+pub(crate) fn line_elems<T>() -> usize {
+    (CACHE_LINE / std::mem::size_of::<T>()).max(1)
+}
+
 /// Geometry of one core's L1 data cache from the same CPUID leaf: what decides whether rows a
 /// power-of-two stride apart all fit (more rows per set than ways evict each other).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -67,8 +67,9 @@ fn wino_block_elems_for(l2: usize) -> usize {
     l2 / 8
 }
 
-/// Largest dx block `group_backward` prefetches (a channel at a time): a quarter of the L2, so the lines are
-/// still in cache when the dx pass reaches them.
+/// Largest output block the group layouts prefetch into L2 during their sums (backward's dx a
+/// channel at a time, forward's output a block of the sums at a time): a quarter of the L2, so
+/// the lines are still in cache when the output pass reaches them.
 ///
 /// Decides the bits: no: a prefetch only. Used in `norm/fast.rs`.
 pub(crate) fn norm_prefetch_max_bytes() -> usize {
@@ -101,7 +102,7 @@ pub(crate) const DW_CHUNKS: usize = 4;
 /// AVX-512 / AVX2): at 64 channels forward 12.0 / 11.9 ms against 13.8 / 16.7 direct, backward
 /// 25.1 / 26.9 against 29.7 / 35.7; at 48 forward 7.2-8.0 / 8.6 against 8.1-8.3 / 9.7, backward
 /// 15.9-16.4 / 18.0 against 17.6-18.2 / 22.1; at 32 the forward is slower (4.0 / 5.7 against
-/// 3.6 / 5.3). (96 until the transforms' matrices were spread over the L1 sets, `xi_pitch`.)
+/// 3.6 / 5.3).
 ///
 /// Decides the bits: yes: it chooses the algorithm. Used in `conv/plan.rs`.
 pub(crate) const WINO_MIN_CHANNELS: usize = 48;

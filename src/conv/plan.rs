@@ -497,7 +497,7 @@ pub(super) fn dcol_in_place_pays<T>(s: Shape, k: usize, fg: usize, p: usize) -> 
     let l1 = crate::cpu::l1d_geometry().unwrap_or(crate::cpu::CacheGeometry {
         sets: 64,
         ways: 8,
-        line: 64,
+        line: crate::cpu::CACHE_LINE,
     });
     in_place_fits(l1, p * std::mem::size_of::<T>(), fg) || k.div_ceil(s.mr) <= 6
 }

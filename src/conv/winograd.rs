@@ -44,7 +44,7 @@
 //! absolute values (the bound the property test holds it to, kernels.md), which for m = 4 is
 //! one to two orders of magnitude above the direct sum's.
 
-use crate::cpu::multiversion;
+use crate::cpu::{CACHE_LINE, line_elems, multiversion};
 use crate::gemm::{self as pg, BSrc, Shape};
 use crate::parallel::Parallelism;
 use crate::scalar::Float;
@@ -437,12 +437,9 @@ pub(super) fn dw_from_du<T: Float>(wg: &Wino, du: &[T], dw: &mut [T], par: Paral
 /// `perf` samples). AMD EPYC model 17, 2 threads, res_conv f32 forced to F(2x2), `LOOP=fwd
 /// examples/force` alternating builds, five rounds: 14.9 -> 13.0 ms (median; faster in 5 of 5).
 fn xi_pitch<T>(len: usize) -> usize {
-    let le = (CACHE_LINE / std::mem::size_of::<T>()).max(1);
+    let le = line_elems::<T>();
     (len.div_ceil(le) | 1) * le
 }
-
-/// Bytes of a cache line (every x86-64 part).
-const CACHE_LINE: usize = 64;
 
 /// What `xi_pitch` adds to a matrix at most: two lines of f32.
 const PITCH_SLACK: usize = 2 * CACHE_LINE / 4;
@@ -1019,7 +1016,7 @@ mod tests {
     /// odd number of lines, so matrix xi starts in a different L1 set from matrix xi + 1 (and,
     /// with 64 sets, from every matrix up to 63 further on).
     fn pitch_is_odd_lines<T>() {
-        let le = CACHE_LINE / std::mem::size_of::<T>();
+        let le = line_elems::<T>();
         for len in (0..5000).chain([4096, 8192, 16384, 1 << 20]) {
             let p = xi_pitch::<T>(len);
             assert!(p >= len && p <= len + PITCH_SLACK, "len {len} pitch {p}");

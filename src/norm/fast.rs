@@ -21,7 +21,7 @@
 //! mean is large against the spread.
 
 use super::{BwdIn, BwdOut, NormLayout};
-use crate::cpu::multiversion;
+use crate::cpu::{line_elems, multiversion};
 use crate::parallel::Parallelism;
 use crate::scalar::Float;
 use crate::tuning::{
@@ -525,12 +525,6 @@ fn prefetch_lines<T>(v: &[T]) {
 fn prefetch_lines_l1<T>(v: &[T]) {
     #[cfg(target_arch = "x86_64")]
     prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T0 }, T>(v);
-}
-
-/// Elements of T in a 64-byte cache line (what the prefetches step by).
-#[inline(always)]
-fn line_elems<T>() -> usize {
-    (64 / std::mem::size_of::<T>()).max(1)
 }
 
 #[cfg(target_arch = "x86_64")]
